@@ -1,0 +1,24 @@
+"""pixel-diffusion: train, sample, measure and look at denoising diffusion models of images."""
+
+from .diffusion import Denoiser, DiffusionLoss, Split, add_noise, forward_chain
+from .samplers import SAMPLERS, ImageNoise, ddim, ddpm, sample
+from .schedules import SCHEDULES, SPACINGS, make_schedule, sampling_times
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Denoiser",
+    "DiffusionLoss",
+    "ImageNoise",
+    "SAMPLERS",
+    "SCHEDULES",
+    "SPACINGS",
+    "Split",
+    "add_noise",
+    "ddim",
+    "ddpm",
+    "forward_chain",
+    "make_schedule",
+    "sample",
+    "sampling_times",
+]

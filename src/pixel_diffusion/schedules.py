@@ -1,0 +1,288 @@
+"""Noise schedules: the signal rate alpha(t) and noise rate sigma(t) for t in [0, 1].
+
+    x_t = alpha(t) x_0 + sigma(t) eps,    alpha(t)^2 + sigma(t)^2 = 1.
+
+A schedule is data: `rates(t)` for any tensor of times, `num_steps` (T for a discrete schedule,
+None for a continuous one) and `t_min`, the smallest time a network is trained at. Respacing a
+1000-step schedule to 20 sampling steps is passing a different tensor of times
+(`sampling_times`), never a different schedule.
+
+Discrete schedules (DDPM, Ho et al. 2020) are a table of T betas. Step i (0-based) of T is time
+(i + 1) / T, where alpha^2 = prod_{j <= i} (1 - beta_j); t = 0 is the clean image. Between grid
+points log alpha^2 is linear in t, so any time in [0, 1] has rates and the grid values are exact.
+Tables are built in float64.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+Tensor = torch.Tensor
+
+
+class Schedule(Protocol):
+    num_steps: int | None
+    t_min: float
+
+    def rates(self, t: Tensor) -> tuple[Tensor, Tensor]: ...
+
+
+def _times(t) -> Tensor:
+    """Times as a float64 tensor (float32 on devices without float64)."""
+    t = torch.as_tensor(t)
+    dtype = torch.float32 if t.device.type == "mps" else torch.float64
+    return t.to(dtype)
+
+
+@dataclass(frozen=True, eq=False)
+class DiscreteSchedule:
+    """A table of T betas; rates at any time interpolate log alpha^2 linearly between grid points."""
+
+    betas: Tensor
+    num_steps: int = field(init=False)
+    t_min: float = field(init=False)
+    log_alpha_sq: Tensor = field(init=False, repr=False)  # (T + 1,): times 0, 1/T, ..., 1
+
+    def __post_init__(self):
+        betas = torch.as_tensor(self.betas, dtype=torch.float64).flatten().cpu()
+        if betas.numel() == 0:
+            raise ValueError("a discrete schedule needs at least one beta")
+        if not bool(((betas > 0) & (betas < 1)).all()):
+            raise ValueError(f"betas must lie in (0, 1); got min {betas.min():.3g}, max {betas.max():.3g}")
+        object.__setattr__(self, "betas", betas)
+        object.__setattr__(self, "num_steps", betas.numel())
+        object.__setattr__(self, "t_min", 1.0 / betas.numel())
+        log_alpha_sq = torch.cat([betas.new_zeros(1), torch.log1p(-betas).cumsum(0)])
+        object.__setattr__(self, "log_alpha_sq", log_alpha_sq)
+
+    @property
+    def alphas_cumprod(self) -> Tensor:
+        """alpha^2 at the T grid times (DDPM's alpha-bar), float64."""
+        return self.log_alpha_sq[1:].exp()
+
+    def timestep(self, t: Tensor) -> Tensor:
+        """Time -> 0-based step index t T - 1 (fractional between grid points)."""
+        return _times(t) * self.num_steps - 1
+
+    def rates(self, t) -> tuple[Tensor, Tensor]:
+        t = _times(t)
+        table = self.log_alpha_sq.to(device=t.device, dtype=t.dtype)
+        position = t.clamp(0, 1) * self.num_steps
+        lower = position.floor().clamp(max=self.num_steps - 1)
+        frac = position - lower
+        lower = lower.long()
+        log_alpha_sq = table[lower] * (1 - frac) + table[lower + 1] * frac
+        return (0.5 * log_alpha_sq).exp(), (-torch.expm1(log_alpha_sq)).sqrt()
+
+
+def linear(num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> DiscreteSchedule:
+    """Betas evenly spaced from beta_start to beta_end (Ho et al. 2020: 1000 steps, 1e-4 to 0.02).
+
+    The tutorials' short variants: 200 steps, 1e-4 to 0.02 (Fashion-MNIST); 100 steps, 1e-4 to
+    0.04 (CIFAR-10)."""
+    _check_steps(num_steps)
+    return DiscreteSchedule(torch.linspace(beta_start, beta_end, num_steps, dtype=torch.float64))
+
+
+def cosine(num_steps: int = 1000, offset: float = 0.008, max_beta: float = 0.999) -> DiscreteSchedule:
+    """Nichol & Dhariwal 2021, eq. 17: alpha^2(t) = f(t) / f(0), f(t) = cos^2(pi/2 (t + s) / (1 + s)),
+    turned into betas clipped at max_beta so the last steps stay finite."""
+    _check_steps(num_steps)
+    grid = torch.arange(num_steps + 1, dtype=torch.float64) / num_steps
+    f = torch.cos((grid + offset) / (1 + offset) * math.pi / 2) ** 2
+    betas = (1 - f[1:] / f[:-1]).clamp(max=max_beta)
+    return DiscreteSchedule(betas)
+
+
+@dataclass(frozen=True)
+class ContinuousCosine:
+    """The Keras DDIM example's schedule: the angle of (alpha, sigma) moves linearly in t from
+    acos(max_signal_rate) to acos(min_signal_rate). Defaults 0.95 / 0.02, so t = 0 is not fully
+    clean; sampling ends on the network's image estimate, as that example does."""
+
+    min_signal_rate: float = 0.02
+    max_signal_rate: float = 0.95
+    num_steps: None = field(default=None, init=False)
+    t_min: float = field(default=0.0, init=False)
+
+    def __post_init__(self):
+        if not 0 <= self.min_signal_rate < self.max_signal_rate <= 1:
+            raise ValueError(
+                "continuous cosine needs 0 <= min_signal_rate < max_signal_rate <= 1; "
+                f"got {self.min_signal_rate}, {self.max_signal_rate}"
+            )
+
+    def rates(self, t) -> tuple[Tensor, Tensor]:
+        t = _times(t)
+        start, end = math.acos(self.max_signal_rate), math.acos(self.min_signal_rate)
+        angle = start + t * (end - start)
+        return torch.cos(angle), torch.sin(angle)
+
+
+@dataclass(frozen=True)
+class Sigmoid:
+    """Sigmoid schedule (Jabri et al. 2023; Chen 2023, "On the importance of noise scheduling",
+    Algorithm 1): alpha^2(t) = (v(end) - v(t)) / (v(end) - v(start)), v(t) = sigmoid((t (end - start)
+    + start) / tau), clamped below at `min_alpha_sq` so t = 1 keeps a finite log-SNR."""
+
+    start: float = -3.0
+    end: float = 3.0
+    tau: float = 1.0
+    min_alpha_sq: float = 1e-9
+    t_min: float = 1e-3
+    num_steps: None = field(default=None, init=False)
+
+    def __post_init__(self):
+        if not (self.start < self.end and self.tau > 0 and 0 < self.min_alpha_sq < 1 and 0 <= self.t_min < 1):
+            raise ValueError(
+                "sigmoid schedule needs start < end, tau > 0, 0 < min_alpha_sq < 1, 0 <= t_min < 1; "
+                f"got start={self.start}, end={self.end}, tau={self.tau}, "
+                f"min_alpha_sq={self.min_alpha_sq}, t_min={self.t_min}"
+            )
+
+    def rates(self, t) -> tuple[Tensor, Tensor]:
+        t = _times(t)
+        v_start = math.exp(-math.log1p(math.exp(-self.start / self.tau)))  # sigmoid(start / tau)
+        v_end = math.exp(-math.log1p(math.exp(-self.end / self.tau)))
+        v = torch.sigmoid((t * (self.end - self.start) + self.start) / self.tau)
+        alpha_sq = ((v_end - v) / (v_end - v_start)).clamp(self.min_alpha_sq, 1.0)
+        return alpha_sq.sqrt(), (1 - alpha_sq).sqrt()
+
+
+def continuous_cosine(min_signal_rate: float = 0.02, max_signal_rate: float = 0.95) -> ContinuousCosine:
+    return ContinuousCosine(min_signal_rate, max_signal_rate)
+
+
+def sigmoid(
+    start: float = -3.0, end: float = 3.0, tau: float = 1.0, min_alpha_sq: float = 1e-9, t_min: float = 1e-3
+) -> Sigmoid:
+    return Sigmoid(start, end, tau, min_alpha_sq, t_min)
+
+
+# Name -> factory; keyword arguments select variants (e.g. linear(num_steps=100, beta_end=0.04)).
+SCHEDULES = {
+    "linear": linear,
+    "cosine": cosine,
+    "continuous-cosine": continuous_cosine,
+    "sigmoid": sigmoid,
+}
+
+
+def make_schedule(name: str, **kwargs) -> Schedule:
+    """Build a schedule from its registry name and keyword arguments."""
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown schedule {name!r}; expected one of {', '.join(SCHEDULES)}")
+    return SCHEDULES[name](**kwargs)
+
+
+def log_snr(schedule: Schedule, t) -> Tensor:
+    """lambda(t) = log(alpha^2 / sigma^2), decreasing in t."""
+    alpha, sigma = schedule.rates(t)
+    return 2 * (alpha.log() - sigma.log())
+
+
+def time_at_log_snr(schedule: Schedule, target: Tensor, iterations: int = 60) -> Tensor:
+    """Invert lambda(t) by bisection on [0, 1] (every schedule here has lambda decreasing in t)."""
+    target = _times(target)
+    lo, hi = torch.zeros_like(target), torch.ones_like(target)
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        above = log_snr(schedule, mid) > target  # still too clean: the answer lies later
+        lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
+    return (lo + hi) / 2
+
+
+# ---- sampling times ---------------------------------------------------------------------------
+# Each returns n + 1 float64 times, strictly decreasing, ending at 0 (the clean image).
+
+
+def _grid_times(schedule: Schedule, indices: Tensor) -> Tensor:
+    return (indices.to(torch.float64) + 1) / schedule.num_steps
+
+
+def _uniform(schedule: Schedule, steps: int) -> Tensor:
+    # Discrete: evenly spaced over the grid, both ends included (diffusers' "linspace").
+    # Continuous: 1, 1 - 1/n, ..., t_min + (1 - t_min)/n (the Keras DDIM example's times).
+    if schedule.num_steps is None:
+        return 1 - torch.arange(steps, dtype=torch.float64) * (1 - schedule.t_min) / steps
+    if steps == 1:
+        return _grid_times(schedule, torch.tensor([schedule.num_steps - 1]))
+    indices = torch.linspace(0, schedule.num_steps - 1, steps, dtype=torch.float64).round()
+    return _grid_times(schedule, indices.flip(0))
+
+
+def _leading(schedule: Schedule, steps: int) -> Tensor:
+    # Every (T // n)-th grid step counted from the clean end: 0, k, 2k, ... (DDIM's original choice).
+    _need_grid(schedule, "leading")
+    indices = torch.arange(steps) * (schedule.num_steps // steps)
+    return _grid_times(schedule, indices.flip(0))
+
+
+def _trailing(schedule: Schedule, steps: int) -> Tensor:
+    # Grid steps counted from the noisy end, so sampling starts at t = 1 (Lin et al. 2024, table 2).
+    _need_grid(schedule, "trailing")
+    k = torch.arange(steps, dtype=torch.float64)
+    indices = (schedule.num_steps - k * schedule.num_steps / steps).round() - 1
+    return _grid_times(schedule, indices)
+
+
+def _karras(schedule: Schedule, steps: int, rho: float = 7.0) -> Tensor:
+    # Karras et al. 2022, eq. 5, over the EDM noise level sigma/alpha = exp(-lambda/2).
+    lam_max, lam_min = log_snr(schedule, torch.tensor([schedule.t_min, 1.0]))
+    s_max, s_min = (-lam_min / 2).exp(), (-lam_max / 2).exp()
+    ramp = torch.linspace(0, 1, steps, dtype=torch.float64) if steps > 1 else torch.zeros(1, dtype=torch.float64)
+    edm_sigma = (s_max ** (1 / rho) + ramp * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
+    times = time_at_log_snr(schedule, -2 * edm_sigma.log())
+    times[0] = 1.0
+    return times
+
+
+def _log_snr_uniform(schedule: Schedule, steps: int) -> Tensor:
+    # Evenly spaced in lambda from t = 1 to t_min (the DPM-Solver papers' choice).
+    lam_max, lam_min = log_snr(schedule, torch.tensor([schedule.t_min, 1.0]))
+    ramp = torch.linspace(0, 1, steps, dtype=torch.float64) if steps > 1 else torch.zeros(1, dtype=torch.float64)
+    times = time_at_log_snr(schedule, lam_min + ramp * (lam_max - lam_min))
+    times[0] = 1.0
+    return times
+
+
+def _need_grid(schedule: Schedule, spacing: str) -> None:
+    if schedule.num_steps is None:
+        raise ValueError(
+            f"spacing {spacing!r} needs a discrete schedule; continuous schedules take "
+            "'uniform', 'karras' or 'log-snr'"
+        )
+
+
+SPACINGS = {
+    "uniform": _uniform,
+    "leading": _leading,
+    "trailing": _trailing,
+    "karras": _karras,
+    "log-snr": _log_snr_uniform,
+}
+
+
+def sampling_times(schedule: Schedule, steps: int, spacing: str = "uniform") -> Tensor:
+    """The n + 1 times a sampler walks for `steps` network evaluations, from noisy to 0."""
+    if spacing not in SPACINGS:
+        raise ValueError(f"unknown spacing {spacing!r}; expected one of {', '.join(SPACINGS)}")
+    _check_steps(steps, "sampling steps")
+    if schedule.num_steps is not None and steps > schedule.num_steps:
+        raise ValueError(
+            f"{steps} sampling steps asked of a schedule with {schedule.num_steps} steps; "
+            f"expected 1 to {schedule.num_steps}"
+        )
+    times = SPACINGS[spacing](schedule, steps)
+    if bool((times[1:] >= times[:-1]).any()):
+        raise ValueError(f"{steps} steps with spacing {spacing!r} repeat a time; use fewer steps or another spacing")
+    return torch.cat([times, times.new_zeros(1)])
+
+
+def _check_steps(steps, what: str = "num_steps") -> None:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"{what} must be a positive integer; got {steps!r}")

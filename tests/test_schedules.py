@@ -1,0 +1,133 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pixel_diffusion import schedules
+from pixel_diffusion.schedules import SCHEDULES, log_snr, make_schedule, sampling_times, time_at_log_snr
+
+ALL = {name: factory() for name, factory in SCHEDULES.items()}
+ALL["linear-200"] = schedules.linear(200, 1e-4, 0.02)
+ALL["linear-100"] = schedules.linear(100, 1e-4, 0.04)
+FINE = torch.linspace(0, 1, 20001, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_rates_are_variance_preserving_and_monotone(name):
+    alpha, sigma = ALL[name].rates(FINE)
+    assert alpha.dtype == torch.float64
+    torch.testing.assert_close(alpha**2 + sigma**2, torch.ones_like(alpha), rtol=0, atol=1e-12)
+    assert bool((alpha[1:] < alpha[:-1]).all()), "alpha must decrease strictly in t"
+    assert bool((sigma[1:] > sigma[:-1]).all())
+    lam = log_snr(ALL[name], FINE[1:])
+    assert bool((lam[1:] < lam[:-1]).all())
+
+
+def test_linear_matches_ddpm_table():
+    s = schedules.linear()
+    betas = np.linspace(1e-4, 0.02, 1000)
+    alphas_cumprod = np.cumprod(1 - betas)
+    assert s.num_steps == 1000 and s.betas[0] == 1e-4 and s.betas[-1] == 0.02
+    grid = (torch.arange(1000, dtype=torch.float64) + 1) / 1000
+    alpha, sigma = s.rates(grid)
+    np.testing.assert_allclose(alpha.numpy() ** 2, alphas_cumprod, rtol=1e-12)
+    np.testing.assert_allclose(sigma.numpy() ** 2, 1 - alphas_cumprod, rtol=1e-10)
+    assert s.rates(torch.tensor(0.0)) == (1.0, 0.0)
+    # The well-known end point of the DDPM schedule: sqrt(alpha-bar_T) = 0.00635.
+    assert float(alpha[-1]) == pytest.approx(0.006353, abs=1e-6)
+
+
+def test_discrete_rates_interpolate_log_alpha_sq_between_grid_points():
+    s = schedules.linear(10, 0.1, 0.2)
+    a_lo, _ = s.rates(torch.tensor(0.3, dtype=torch.float64))
+    a_hi, _ = s.rates(torch.tensor(0.4, dtype=torch.float64))
+    a_mid, _ = s.rates(torch.tensor(0.35, dtype=torch.float64))
+    assert float(a_mid.log()) == pytest.approx(0.5 * float(a_lo.log() + a_hi.log()), rel=1e-12)
+
+
+def test_cosine_matches_diffusers_squaredcos_cap_v2():
+    diffusers = pytest.importorskip("diffusers")
+    reference = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+    ours = schedules.cosine()
+    torch.testing.assert_close(ours.betas.float(), reference.betas, rtol=1e-6, atol=1e-7)
+    # Away from the clipped end, alpha^2 is f(t) / f(0) exactly.
+    t = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
+    f = lambda t: torch.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+    torch.testing.assert_close(ours.rates(t)[0] ** 2, f(t) / f(torch.zeros(1, dtype=torch.float64)), rtol=1e-10, atol=0)
+
+
+def test_continuous_cosine_end_points_are_the_keras_signal_rates():
+    s = schedules.continuous_cosine()
+    alpha, sigma = s.rates(torch.tensor([0.0, 1.0]))
+    torch.testing.assert_close(alpha, torch.tensor([0.95, 0.02], dtype=torch.float64))
+    torch.testing.assert_close(sigma, torch.tensor([math.sqrt(1 - 0.95**2), math.sqrt(1 - 0.02**2)], dtype=torch.float64))
+
+
+def test_sigmoid_end_points():
+    s = schedules.sigmoid()
+    alpha, sigma = s.rates(torch.tensor([0.0, 1.0]))
+    assert float(alpha[0]) == pytest.approx(1.0) and float(sigma[0]) == pytest.approx(0.0, abs=1e-12)
+    assert float(alpha[1]) ** 2 == pytest.approx(1e-9)
+
+
+def test_sampling_times_equal_diffusers_timesteps():
+    diffusers = pytest.importorskip("diffusers")
+    s = schedules.linear()
+    for spacing, theirs in [("uniform", "linspace"), ("leading", "leading"), ("trailing", "trailing")]:
+        for steps in (2, 7, 10, 50, 333, 1000):
+            reference = diffusers.DDIMScheduler(num_train_timesteps=1000, timestep_spacing=theirs)
+            reference.set_timesteps(steps)
+            times = sampling_times(s, steps, spacing)
+            assert len(times) == steps + 1 and times[-1] == 0
+            ours = (times[:-1] * 1000 - 1).round().long()
+            assert torch.equal(ours, reference.timesteps), (spacing, steps)
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("spacing", list(schedules.SPACINGS))
+def test_sampling_times_decrease_to_zero(name, spacing):
+    s = ALL[name]
+    if s.num_steps is None and spacing in ("leading", "trailing"):
+        with pytest.raises(ValueError, match="discrete schedule"):
+            sampling_times(s, 10, spacing)
+        return
+    for steps in (1, 3, 10, 100):
+        times = sampling_times(s, steps, spacing)
+        assert times.shape == (steps + 1,) and times.dtype == torch.float64
+        assert bool((times[1:] < times[:-1]).all()) and times[-1] == 0 and times[0] <= 1
+        assert float(times[-2]) >= s.t_min - 1e-9
+    if spacing in ("uniform", "trailing", "karras", "log-snr"):
+        assert float(sampling_times(s, 1, spacing)[0]) == 1.0  # one step starts from pure noise
+
+
+def test_karras_times_follow_rho_spacing_of_the_edm_noise_level():
+    s = schedules.cosine()
+    times = sampling_times(s, 8, "karras")[:-1]
+    edm_sigma = (-log_snr(s, times) / 2).exp()
+    ramp = edm_sigma ** (1 / 7)
+    torch.testing.assert_close(ramp.diff(), ramp.diff()[:1].expand(7), rtol=1e-6, atol=0)
+
+
+def test_time_at_log_snr_inverts_log_snr():
+    for s in ALL.values():
+        t = torch.linspace(max(s.t_min, 1e-3), 1, 50, dtype=torch.float64)
+        torch.testing.assert_close(time_at_log_snr(s, log_snr(s, t)), t, rtol=0, atol=1e-8)
+
+
+def test_bad_arguments_say_what_is_allowed():
+    s = schedules.linear()
+    with pytest.raises(ValueError, match="positive integer"):
+        sampling_times(s, 0)
+    with pytest.raises(ValueError, match="positive integer"):
+        sampling_times(s, -5)
+    with pytest.raises(ValueError, match="expected 1 to 1000"):
+        sampling_times(s, 1001)
+    with pytest.raises(ValueError, match="expected one of uniform, leading"):
+        sampling_times(s, 10, "quadratic")
+    with pytest.raises(ValueError, match="expected one of linear, cosine"):
+        make_schedule("exponential")
+    with pytest.raises(ValueError, match="betas must lie in"):
+        schedules.DiscreteSchedule(torch.tensor([0.1, 1.5]))
+    with pytest.raises(ValueError, match="min_signal_rate < max_signal_rate"):
+        schedules.continuous_cosine(0.9, 0.5)
