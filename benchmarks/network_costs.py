@@ -24,6 +24,7 @@ NATIVE = {
     "convnext-fashion": (1, 28, "MindSpore DDPM, Fashion-MNIST 28x28"),
     "labml-cifar": (3, 32, "labml.ai DDPM, CIFAR-10 32x32"),
     "basic-mnist": (1, 28, "MNIST tutorial, part 1 (BasicUNet)"),
+    "residual-mnist": (1, 28, "the `mnist` preset: fast default for small grayscale images"),
 }
 
 

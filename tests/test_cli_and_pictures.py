@@ -41,28 +41,17 @@ def test_picture_sizes():
     assert picture.width == 5 * 10 + 2
 
 
-def test_demo_writes_its_pictures(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path), "--n", "8", "--steps", "5"]) == 0
-    for name in ("forward_process.png", "samples_gaussian.png", "trajectory.png"):
+def test_demo_trains_and_writes_its_pictures(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--minutes", "0.05"]) == 0
+    for name in ("demo_samples.png", "demo_forward_process.png", "demo_trajectory.png"):
         with Image.open(tmp_path / name) as picture:
             assert picture.width > 50 and picture.height > 50
-    assert "No network is trained yet" in capsys.readouterr().out
+    assert (tmp_path / "checkpoints" / "latest").exists()
+    assert "demo done in" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("argv", [["demo", "--steps", "0"], ["demo", "--n", "-3"], ["train"], []])
+@pytest.mark.parametrize("argv", [["demo", "--minutes", "0"], ["demo", "--minutes", "-3"], ["sample"], []])
 def test_bad_arguments_exit_2_with_one_line(argv):
     result = subprocess.run([sys.executable, "-m", "pixel_diffusion", *argv], capture_output=True, text=True)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and result.stderr.strip().count("\n") <= 1
-
-
-def test_library_errors_exit_2_with_one_line(tmp_path):
-    # More DDIM steps than the 1000-step schedule has is a ValueError inside the library.
-    result = subprocess.run(
-        [sys.executable, "-m", "pixel_diffusion", "demo", "--out", str(tmp_path), "--steps", "5000", "--n", "2"],
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("pixel-diffusion demo: error: 5000 sampling steps")

@@ -7,7 +7,7 @@ import torch
 from pixel_diffusion import schedules
 from pixel_diffusion.schedules import SCHEDULES, log_snr, make_schedule, sampling_times, time_at_log_snr
 
-ALL = {name: factory() for name, factory in SCHEDULES.items()}
+ALL = {name: factory() for name, factory in SCHEDULES.items() if name != "uniform-mixing"}
 ALL["linear-200"] = schedules.linear(200, 1e-4, 0.02)
 ALL["linear-100"] = schedules.linear(100, 1e-4, 0.04)
 FINE = torch.linspace(0, 1, 20001, dtype=torch.float64)
@@ -131,3 +131,22 @@ def test_bad_arguments_say_what_is_allowed():
         schedules.DiscreteSchedule(torch.tensor([0.1, 1.5]))
     with pytest.raises(ValueError, match="min_signal_rate < max_signal_rate"):
         schedules.continuous_cosine(0.9, 0.5)
+
+
+def test_uniform_mixing_ddim_is_the_tutorials_sampler():
+    # The MNIST tutorial: x <- x (1 - f) + prediction f with f = 1 / (steps - i), from uniform noise.
+    from pixel_diffusion.diffusion import Denoiser
+    from pixel_diffusion.samplers import ddim
+
+    schedule = schedules.uniform_mixing()
+    net = lambda x, level, labels=None: torch.tanh(2 * x) * 0.9  # stands in for the BasicUNet
+    denoiser = Denoiser(net, schedule, prediction="image", noise_input="variance")
+    x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    steps = 7
+    expected = x.clone()
+    for i in range(steps):
+        f = 1 / (steps - i)
+        expected = expected * (1 - f) + net(expected, None) * f
+    torch.testing.assert_close(ddim(denoiser, x, sampling_times(schedule, steps)), expected, rtol=1e-5, atol=1e-5)
+    alpha, sigma = schedule.rates(torch.tensor([0.0, 0.25, 1.0]))
+    assert alpha.tolist() == [1.0, 0.75, 0.0] and sigma.tolist() == [0.0, 0.25, 1.0]

@@ -1,4 +1,4 @@
-"""The `pixel-diffusion` command. Thin: it parses arguments and calls the library."""
+"""The `pixel-diffusion` command. Thin: it parses arguments, builds a config and calls the library."""
 
 from __future__ import annotations
 
@@ -25,77 +25,204 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .presets import PRESETS
+    from .samplers import SAMPLERS
+    from .schedules import SPACINGS
+
     parser = _Parser(prog="pixel-diffusion", description="Denoising diffusion models of images, in pixel space.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
+    train = commands.add_parser(
+        "train",
+        help="train a model (or continue the run in --out)",
+        description="Train a diffusion model. Re-running the same command on the same --out continues "
+        "from its newest checkpoint. Any config field can be set as KEY=VALUE (dotted for sections: "
+        "data.image_size=32, loss.weighting=min-snr).",
+    )
+    train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config fields to override")
+    train.add_argument("--preset", default="mnist", help=f"named configuration (default: mnist); one of {', '.join(PRESETS)}")
+    train.add_argument("--data", help="data source: a folder, .npz/.npy, idx file, CIFAR folder, hf:NAME, mnist-5k or digits (default: the preset's)")
+    train.add_argument("--out", type=Path, help="run directory (default: runs/PRESET)")
+    budget = train.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=_positive_int, help="train for this many optimiser steps (default: the preset's budget)")
+    budget.add_argument("--epochs", type=_positive_int, help="train for this many passes over the data")
+    budget.add_argument("--minutes", type=_positive_float, help="train for this many minutes of wall-clock time")
+    train.add_argument("--config", type=Path, help="JSON or TOML file of config fields, applied after the preset (default: none)")
+    train.add_argument("--resume", action="store_true", help="require an existing checkpoint in --out to continue from (default: continue if there is one)")
+    train.add_argument("--checkpoint-every", type=_positive_int, help="steps between checkpoints (default: the preset's)")
+    train.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: auto)")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar (default: shown)")
+    train.set_defaults(handler=run_train)
+
+    sample = commands.add_parser("sample", help="draw images from a trained run", description="Draw images from a trained run's newest checkpoint (EMA weights).")
+    sample.add_argument("--run", type=Path, required=True, help="run directory written by train")
+    sample.add_argument("--sampler", default="ddim", help=f"one of {', '.join(SAMPLERS)} (default: ddim)")
+    sample.add_argument("--steps", type=_positive_int, default=50, help="sampling steps (default: 50)")
+    sample.add_argument("--spacing", default="uniform", help=f"time spacing, one of {', '.join(SPACINGS)} (default: uniform)")
+    sample.add_argument("--eta", type=float, help="DDIM eta in [0, 1] (default: 0)")
+    sample.add_argument("--n", type=_positive_int, default=64, help="number of images (default: 64)")
+    sample.add_argument("--seed", type=int, default=0, help="seed; image k depends only on (seed, k) (default: 0)")
+    sample.add_argument("--label", type=int, help="class to draw, for runs trained with labels (default: none)")
+    sample.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale with --label (default: 1, no guidance)")
+    sample.add_argument("--batch-size", type=_positive_int, default=64, help="images per batch (default: 64)")
+    sample.add_argument("--weights", choices=("ema", "model"), default="ema", help="which weights (default: ema)")
+    sample.add_argument("--device", default="cpu", help="cpu, cuda, ... (default: cpu)")
+    sample.add_argument("--out", type=Path, help="output folder (default: RUN/samples-SAMPLER-STEPS)")
+    sample.add_argument("--no-png", action="store_true", help="write only samples.npz and the grid, not one PNG per image")
+    sample.set_defaults(handler=run_sample)
+
     demo = commands.add_parser(
         "demo",
-        help="draw the forward process of the built-in MNIST subset and sample from the exact "
-        "denoiser of a Gaussian fitted to it",
-        description="Draws the forward process of the built-in mnist-5k images, then samples with "
-        "DDIM from the exact denoiser of a Gaussian fitted to those images (no network is trained).",
+        help="train the default model on the built-in MNIST subset and draw what it does",
+        description="Trains the mnist preset on the built-in mnist-5k images for a few minutes on this "
+        "machine, then writes a sample grid, a forward-process strip and a denoising trajectory.",
     )
-    demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for the pictures (default: runs/demo)")
-    demo.add_argument("--steps", type=_positive_int, default=50, help="DDIM sampling steps (default: 50)")
-    demo.add_argument("--n", type=_positive_int, default=64, help="number of samples in the grid (default: 64)")
+    demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="run directory (default: runs/demo)")
+    demo.add_argument("--minutes", type=_positive_float, default=5.0, help="training time in minutes (default: 5)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    demo.set_defaults(run=run_demo)
+    demo.set_defaults(handler=run_demo)
     return parser
+
+
+def _train_config(args):
+    from .config import apply_overrides, read_config_file
+    from .presets import preset
+
+    config = preset(args.preset)
+    if args.config:
+        config = apply_overrides(config, read_config_file(args.config))
+    chosen: dict = {}
+    if args.data:
+        chosen["data.source"] = args.data
+    for name in ("steps", "epochs", "minutes"):
+        if getattr(args, name) is not None:
+            chosen.update({"steps": None, "epochs": None, "minutes": None, name: getattr(args, name)})
+    if args.checkpoint_every:
+        chosen["checkpoint_every"] = args.checkpoint_every
+    if args.device:
+        chosen["device"] = args.device
+    if args.no_progress:
+        chosen["progress"] = False
+    config = apply_overrides(config, chosen)
+    config = apply_overrides(config, args.overrides)
+    if not config.data.source:
+        raise ValueError(f"preset {args.preset} has no built-in data; pass --data (a folder of images, .npz, ...)")
+    return config
+
+
+def run_train(args) -> None:
+    from .checkpoints import latest_checkpoint
+    from .training import train
+
+    config = _train_config(args)
+    out = args.out or Path("runs") / config.preset
+    if args.resume and latest_checkpoint(out) is None:
+        raise ValueError(f"--resume: {out} has no checkpoint to continue from")
+    last = train(config, out)
+    print(f"trained {config.preset}: checkpoint {last}; previews in {out / 'samples'}")
+
+
+def run_sample(args) -> None:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from .training import load_run, sample_images
+    from .viz import image_grid
+
+    denoiser, model_config = load_run(args.run, args.weights, args.device)
+    labels = None
+    if args.label is not None:
+        classes = model_config.get("num_classes")
+        if classes is None:
+            raise ValueError(f"{args.run} was trained without labels; drop --label")
+        if not 0 <= args.label < classes:
+            raise ValueError(f"--label must lie in 0..{classes - 1}; got {args.label}")
+        labels = torch.full((args.n,), args.label, dtype=torch.long)
+    options = {"spacing": args.spacing}
+    if args.eta is not None:
+        options["eta"] = args.eta
+    images = sample_images(denoiser, model_config, args.n, sampler=args.sampler, steps=args.steps, seed=args.seed,
+                           labels=labels, guidance=args.guidance, batch_size=args.batch_size, device=args.device, **options)
+    out = args.out or args.run / f"samples-{args.sampler}-{args.steps}"
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / ".samples.npz.tmp.npz"
+    np.savez(tmp, images=images)
+    tmp.replace(out / "samples.npz")
+    scale = max(1, 64 // images.shape[1])
+    image_grid(images, columns=int(np.ceil(np.sqrt(len(images)))), scale=scale).save(out / "grid.png")
+    if not args.no_png:
+        for k, image in enumerate(images):
+            Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(out / f"{k:05d}.png")
+    evaluations = args.steps * (2 if labels is not None and args.guidance != 1 else 1)
+    print(f"{len(images)} images ({args.sampler}, {args.steps} steps, {evaluations} network evaluations each) in {out}")
 
 
 def run_demo(args) -> None:
     import torch
 
-    from .data import from_model_range, load_builtin, to_model_range
-    from .exact import GaussianDenoiser
-    from .samplers import ddim, sample
-    from .schedules import linear, sampling_times
+    from .config import apply_overrides
+    from .data import load_builtin, to_model_range
+    from .presets import preset
+    from .samplers import ddim, sampling_times
+    from .training import load_run, sample_images, train
     from .viz import forward_strip, image_grid, trajectory
 
     start = time.perf_counter()
-    args.out.mkdir(parents=True, exist_ok=True)
-    images, _ = load_builtin("mnist-5k")
-    x = to_model_range(images)  # (5000, 1, 28, 28) in [-1, 1]
-    schedule = linear()
+    config = apply_overrides(preset("mnist"), {"steps": None, "minutes": args.minutes, "seed": args.seed,
+                                              "checkpoint_every": 250, "preview_every": 250})
+    train(config, args.out)
+    denoiser, model_config = load_run(args.out)
     written = {}
 
-    path = args.out / "forward_process.png"
-    spread = x[:: len(x) // 4][:4]  # the subset is sorted by label: take four different digits
-    forward_strip(schedule, spread, [0, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0], seed=args.seed).save(path)
-    written["forward process"] = path
+    images = sample_images(denoiser, model_config, 64, sampler="ddim", steps=20, seed=args.seed)
+    written["samples (DDIM, 20 steps)"] = args.out / "demo_samples.png"
+    image_grid(images, columns=8, scale=2).save(written["samples (DDIM, 20 steps)"])
 
-    # The best a model can do if it only knows the mean and pixel covariance of the data.
-    gaussian = GaussianDenoiser.fit(schedule, x)
-    samples = sample(gaussian, (1, 28, 28), args.n, sampler="ddim", steps=args.steps, seed=args.seed, clip=(-1, 1))
-    path = args.out / "samples_gaussian.png"
-    image_grid(from_model_range(samples), columns=8, scale=2).save(path)
-    written["samples"] = path
+    x = to_model_range(load_builtin("mnist-5k")[0])
+    spread = x[:: len(x) // 4][:4]  # the subset is sorted by label: four different digits
+    written["forward process"] = args.out / "demo_forward_process.png"
+    forward_strip(denoiser.schedule, spread, [0, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0], seed=args.seed).save(
+        written["forward process"]
+    )
 
     states = []
-    times = sampling_times(schedule, 10)
     x_T = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(args.seed))
-    ddim(gaussian, x_T, times, clip=(-1, 1), callback=lambda i, x_t, image: states.append((x_t, image)))
-    path = args.out / "trajectory.png"
-    trajectory(states).save(path)
-    written["denoising trajectory"] = path
+    ddim(denoiser, x_T, sampling_times(denoiser.schedule, 10), clip=(-1, 1),
+         callback=lambda i, x_t, image: states.append((x_t, image)))
+    written["denoising trajectory"] = args.out / "demo_trajectory.png"
+    trajectory(states).save(written["denoising trajectory"])
 
-    print(f"done in {time.perf_counter() - start:.1f} s. No network is trained yet: the samples come from the "
-          "exact denoiser of a Gaussian fitted to mnist-5k (mean and full pixel covariance), the best any "
-          "model knowing only those statistics can do.")
+    print(f"demo done in {(time.perf_counter() - start) / 60:.1f} minutes")
     for what, path in written.items():
-        print(f"  {what:22s} {path}")
+        print(f"  {what:26s} {path}")
 
 
 def main(argv=None) -> int:
+    from .training import TrainingError
+
     args = build_parser().parse_args(argv)
     try:
-        args.run(args)
+        args.handler(args)
     except (ValueError, FileNotFoundError) as error:
         print(f"pixel-diffusion {args.command}: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"pixel-diffusion {args.command}: interrupted", file=sys.stderr)
+    except TrainingError as error:
+        print(f"pixel-diffusion {args.command}: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as error:
+        print(f"pixel-diffusion {args.command}: interrupted{': ' + str(error) if str(error) else ''}", file=sys.stderr)
         return 130
     return 0

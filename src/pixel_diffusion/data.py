@@ -536,10 +536,21 @@ class ImageData:
             return self.images[torch.as_tensor(indices, dtype=torch.long)]
         return torch.from_numpy(np.stack([self.read(int(i)) for i in indices])).permute(0, 3, 1, 2)
 
+    def serve(self, indices, *, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Normalised float images (B, C, H, W) and labels for the given training items; with
+        `flip`, each image is mirrored with probability 1/2 drawn from `generator`."""
+        indices = torch.as_tensor(indices, dtype=torch.long)
+        x = self.normalisation.to_model(self.uint8(indices))
+        if self.flip:
+            mirror = torch.rand(len(indices), generator=generator) < 0.5
+            x[mirror] = x[mirror].flip(-1)
+        return x, None if self.labels is None else self.labels[indices]
+
     def batches(
         self, batch_size: int, *, generator: torch.Generator, split: str = "train", drop_last: bool = True
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-        """One pass over a split in an order drawn from `generator`: (float images, labels or None)."""
+        """One pass over a split in an order drawn from `generator`: (float images, labels or None).
+        Validation batches are never flipped."""
         indices = torch.as_tensor(self.train if split == "train" else self.validation, dtype=torch.long)
         if batch_size < 1 or (drop_last and len(indices) < batch_size):
             raise ValueError(f"batch size {batch_size} does not fit the {len(indices)} images of the {split} split")
@@ -547,11 +558,10 @@ class ImageData:
         stop = len(order) - (len(order) % batch_size if drop_last else 0)
         for start in range(0, stop, batch_size):
             chosen = order[start : start + batch_size]
-            x = self.normalisation.to_model(self.uint8(chosen))
-            if self.flip and split == "train":
-                mirror = torch.rand(len(chosen), generator=generator) < 0.5
-                x[mirror] = x[mirror].flip(-1)
-            yield x, None if self.labels is None else self.labels[chosen]
+            if split == "train":
+                yield self.serve(chosen, generator=generator)
+            else:
+                yield self.normalisation.to_model(self.uint8(chosen)), None if self.labels is None else self.labels[chosen]
 
 
 def _summarise_skipped(skipped: list[tuple[str, str]], total: int) -> None:

@@ -35,6 +35,13 @@ def _per_example(rate: Tensor, like: Tensor) -> Tensor:
 # ---- forward process --------------------------------------------------------------------------
 
 
+def draw_noise(kind: str, shape, *, generator=None, device=None) -> Tensor:
+    """Standard Gaussian noise, or uniform over [-1, 1] for the uniform-mixing corruption."""
+    if kind == "uniform":
+        return torch.rand(shape, generator=generator, device=device) * 2 - 1
+    return torch.randn(shape, generator=generator, device=device)
+
+
 def add_noise(schedule: Schedule, images: Tensor, t: Tensor, noise: Tensor) -> Tensor:
     """Sample q(x_t | x_0) in closed form: x_t = alpha(t) x_0 + sigma(t) eps; t is (B,) or scalar."""
     t = torch.as_tensor(t, device=images.device).expand(images.shape[0])
@@ -144,6 +151,24 @@ class Denoiser(nn.Module):
         return PREDICTIONS[self.prediction](out.float(), x32, a, s)
 
 
+class Guided(nn.Module):
+    """Classifier-free guidance (Ho & Salimans 2022): split = u + w (c - u), where c is the split
+    given the labels and u the split given the "no label" index; w = 1 is plain conditioning."""
+
+    def __init__(self, denoiser: Denoiser, scale: float, null_label: int):
+        super().__init__()
+        self.denoiser, self.scale, self.null_label = denoiser, scale, null_label
+        self.schedule = denoiser.schedule
+
+    def forward(self, x: Tensor, t, labels: Tensor | None = None) -> Split:
+        if labels is None or self.scale == 1:
+            return self.denoiser(x, t, labels)
+        t = torch.as_tensor(t, device=x.device).expand(x.shape[0])
+        both = self.denoiser(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, torch.full_like(labels, self.null_label)]))
+        (c_image, u_image), (c_noise, u_noise) = both.image.chunk(2), both.noise.chunk(2)
+        return Split(u_image + self.scale * (c_image - u_image), u_noise + self.scale * (c_noise - u_noise))
+
+
 # ---- loss -------------------------------------------------------------------------------------
 
 
@@ -243,8 +268,11 @@ class DiffusionLoss:
         generator: torch.Generator | None = None,
     ) -> Tensor:
         schedule, n = denoiser.schedule, images.shape[0]
-        t = TIME_SAMPLERS[self.time_sampling](schedule, n, generator, images.device)  # (B,)
-        noise = torch.randn(images.shape, generator=generator, device=images.device, dtype=torch.float32)
+        # Draw where the generator lives (a CPU generator serves a GPU batch too), then move.
+        where = generator.device if generator is not None else images.device
+        t = TIME_SAMPLERS[self.time_sampling](schedule, n, generator, where).to(images.device)  # (B,)
+        kind = getattr(schedule, "noise", "gaussian")
+        noise = draw_noise(kind, images.shape, generator=generator, device=where).to(images.device)
         images = images.float()
         alpha, sigma = schedule.rates(t)
         a, s = _per_example(alpha, images), _per_example(sigma, images)

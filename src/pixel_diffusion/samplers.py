@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from .diffusion import draw_noise
 from .schedules import Schedule, sampling_times
 
 Tensor = torch.Tensor
@@ -32,18 +33,19 @@ class ImageNoise:
 
     Draws are made on the CPU and moved, so a seed gives the same noise on every device."""
 
-    def __init__(self, seeds: Sequence[int]):
+    def __init__(self, seeds: Sequence[int], kind: str = "gaussian"):
         self.generators = [torch.Generator().manual_seed(_stream_seed(s)) for s in seeds]
+        self.kind = kind
 
     @classmethod
-    def from_seed(cls, seed: int, indices: Sequence[int]) -> "ImageNoise":
+    def from_seed(cls, seed: int, indices: Sequence[int], kind: str = "gaussian") -> "ImageNoise":
         """Streams for images `indices` of a run seeded with `seed`."""
-        return cls([_combine(seed, i) for i in indices])
+        return cls([_combine(seed, i) for i in indices], kind)
 
     def __call__(self, like: Tensor) -> Tensor:
         if like.shape[0] != len(self.generators):
             raise ValueError(f"noise for {len(self.generators)} images asked for a batch of {like.shape[0]}")
-        draws = [torch.randn(like.shape[1:], generator=g) for g in self.generators]
+        draws = [draw_noise(self.kind, like.shape[1:], generator=g) for g in self.generators]
         return torch.stack(draws).to(device=like.device, dtype=like.dtype)
 
 
@@ -173,7 +175,7 @@ def ddim(
         image, eps = _predict(denoiser, x, float(times[i]), a_t, s_t, labels, clip)
         if callback is not None:
             callback(i, x, image)
-        c = eta * math.sqrt(s_s**2 / s_t**2 * -math.expm1(2 * (math.log(a_t) - math.log(a_s))))
+        c = 0.0 if eta == 0 else eta * math.sqrt(s_s**2 / s_t**2 * -math.expm1(2 * (math.log(a_t) - math.log(a_s))))
         x = a_s * image + math.sqrt(max(s_s**2 - c**2, 0.0)) * eps
         if c > 0:
             x = x + c * draw(x)
@@ -228,7 +230,7 @@ def sample(
 
         for start in batches:
             indices = range(start, min(start + batch_size, n))
-            noise = ImageNoise.from_seed(seed, indices)
+            noise = ImageNoise.from_seed(seed, indices, getattr(denoiser.schedule, "noise", "gaussian"))
             x = noise(torch.empty(len(indices), *shape, device=device))
             batch_labels = None if labels is None else labels[start : start + len(indices)].to(device)
             x = walk(denoiser, x, times, labels=batch_labels, noise=noise, callback=step_callback, **options)

@@ -27,6 +27,7 @@ Tensor = torch.Tensor
 class Schedule(Protocol):
     num_steps: int | None
     t_min: float
+    noise: str  # "gaussian" (every diffusion schedule) or "uniform" (UniformMixing)
 
     def rates(self, t: Tensor) -> tuple[Tensor, Tensor]: ...
 
@@ -43,6 +44,7 @@ class DiscreteSchedule:
     """A table of T betas; rates at any time interpolate log alpha^2 linearly between grid points."""
 
     betas: Tensor
+    noise = "gaussian"
     num_steps: int = field(init=False)
     t_min: float = field(init=False)
     log_alpha_sq: Tensor = field(init=False, repr=False)  # (T + 1,): times 0, 1/T, ..., 1
@@ -106,6 +108,7 @@ class ContinuousCosine:
 
     min_signal_rate: float = 0.02
     max_signal_rate: float = 0.95
+    noise = "gaussian"
     num_steps: None = field(default=None, init=False)
     t_min: float = field(default=0.0, init=False)
 
@@ -134,6 +137,7 @@ class Sigmoid:
     tau: float = 1.0
     min_alpha_sq: float = 1e-9
     t_min: float = 1e-3
+    noise = "gaussian"
     num_steps: None = field(default=None, init=False)
 
     def __post_init__(self):
@@ -153,6 +157,26 @@ class Sigmoid:
         return alpha_sq.sqrt(), (1 - alpha_sq).sqrt()
 
 
+@dataclass(frozen=True)
+class UniformMixing:
+    """The MNIST tutorial's first corruption: x_t = (1 - t) x_0 + t u with u uniform over the data
+    range [-1, 1] and t the "amount". Not variance preserving, and its noise is not Gaussian; DDIM
+    with eta = 0 on uniform times is exactly that tutorial's sampler (x <- (1 - f) x + f x_0,
+    f = 1 / (steps left))."""
+
+    t_min: float = 0.0
+    noise = "uniform"
+    num_steps: None = field(default=None, init=False)
+
+    def rates(self, t) -> tuple[Tensor, Tensor]:
+        t = _times(t)
+        return 1 - t, t
+
+
+def uniform_mixing(t_min: float = 0.0) -> UniformMixing:
+    return UniformMixing(t_min)
+
+
 def continuous_cosine(min_signal_rate: float = 0.02, max_signal_rate: float = 0.95) -> ContinuousCosine:
     return ContinuousCosine(min_signal_rate, max_signal_rate)
 
@@ -169,6 +193,7 @@ SCHEDULES = {
     "cosine": cosine,
     "continuous-cosine": continuous_cosine,
     "sigmoid": sigmoid,
+    "uniform-mixing": uniform_mixing,
 }
 
 

@@ -1,0 +1,174 @@
+"""Run directories and checkpoints.
+
+    runs/NAME/config.json                       everything needed to rebuild the run
+    runs/NAME/metrics.jsonl                     one line per logging step
+    runs/NAME/samples/step-NNNNNNN.png          previews from fixed noise
+    runs/NAME/checkpoints/step-NNNNNNN/         model.safetensors, ema.safetensors,
+                                                optimizer.safetensors, state.json
+    runs/NAME/checkpoints/latest                the newest checkpoint's folder name
+
+Tensors are stored as safetensors and everything else as JSON, so loading never executes code
+from a file. Every write goes to a temporary name and is renamed into place: a crash mid-write
+leaves the previous checkpoint and `latest` as they were.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, incomplete or not in this toolkit's format."""
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: Path):
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{path} is not valid JSON ({error})") from None
+
+
+# ---- optimiser state as tensors + JSON --------------------------------------------------------
+
+
+def optimizer_to_files(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """torch optimiser state_dict -> (flat tensors, JSON-ready rest)."""
+    tensors, scalars = {}, {}
+    for index, values in state["state"].items():
+        for name, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{index}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{index}.{name}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_files(tensors: dict[str, torch.Tensor], rest: dict) -> dict:
+    state: dict[int, dict] = {}
+    for key, value in list(tensors.items()) + list(rest.get("scalars", {}).items()):
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    return {"state": state, "param_groups": rest["param_groups"]}
+
+
+# ---- checkpoints ------------------------------------------------------------------------------
+
+
+def step_name(step: int) -> str:
+    return f"step-{step:07d}"
+
+
+def save_checkpoint(
+    run: Path,
+    step: int,
+    *,
+    model: dict[str, torch.Tensor],
+    ema: dict[str, torch.Tensor],
+    optimizer: dict,
+    state: dict,
+    keep: int = 3,
+) -> Path:
+    """Write checkpoints/step-NNNNNNN atomically, point `latest` at it, keep the newest `keep`."""
+    folder = Path(run) / CHECKPOINTS
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / step_name(step)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=folder))
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.items()}, tmp / "model.safetensors")
+        save_file({k: v.detach().cpu().contiguous() for k, v in ema.items()}, tmp / "ema.safetensors")
+        tensors, rest = optimizer_to_files(optimizer)
+        save_file(tensors, tmp / "optimizer.safetensors")
+        write_json(tmp / "optimizer.json", rest)
+        write_json(tmp / "state.json", {**state, "step": step})
+        if final.exists():  # the same step written again (a resumed run's final save)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    atomic_write_text(folder / LATEST, final.name + "\n")
+    for old in list_checkpoints(run)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(run: Path) -> list[Path]:
+    """Complete checkpoint folders, oldest first."""
+    folder = Path(run) / CHECKPOINTS
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith("step-") and (p / "state.json").exists())
+
+
+def latest_checkpoint(run: Path) -> Path | None:
+    """The folder `latest` names, or the newest complete one if `latest` is missing or stale."""
+    folder = Path(run) / CHECKPOINTS
+    pointer = folder / LATEST
+    if pointer.exists():
+        named = folder / pointer.read_text().strip()
+        if named.is_dir() and (named / "state.json").exists():
+            return named
+    found = list_checkpoints(run)
+    return found[-1] if found else None
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.exists():
+        raise CheckpointError(f"{path} is missing")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(
+            f"{path} is not a safetensors file ({str(error).splitlines()[0][:80]}); checkpoints that hold "
+            "pickled objects are refused because loading them could run code"
+        ) from None
+
+
+def load_checkpoint(folder: Path) -> dict:
+    """{'model', 'ema', 'optimizer', 'state'} from a checkpoint folder; never runs code."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"no checkpoint at {folder}")
+    return {
+        "model": _load_tensors(folder / "model.safetensors"),
+        "ema": _load_tensors(folder / "ema.safetensors"),
+        "optimizer": optimizer_from_files(_load_tensors(folder / "optimizer.safetensors"), read_json(folder / "optimizer.json")),
+        "state": read_json(folder / "state.json"),
+    }
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Only a weights file (model or EMA) of a checkpoint."""
+    return _load_tensors(Path(path))

@@ -1,0 +1,209 @@
+"""The typed configuration of a training run, saved as config.json with every run.
+
+Every field can be set from a preset, a JSON or TOML file, or `key=value` overrides on the
+command line (dotted keys reach nested sections: `data.image_size=32`, `loss.weighting=min-snr`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .data import DataConfig
+from .diffusion import DiffusionLoss
+
+BUDGET_FIELDS = ("steps", "epochs", "minutes")
+# Fields that may change between a run and its resumption: how long, how often, where.
+RESUMABLE_FIELDS = BUDGET_FIELDS + (
+    "checkpoint_every",
+    "keep_checkpoints",
+    "log_every",
+    "preview_every",
+    "progress",
+    "device",
+)
+
+
+@dataclass
+class TrainConfig:
+    preset: str = "custom"
+    data: DataConfig = field(default_factory=DataConfig)
+    # Model: a named network (networks.NETWORKS) with field overrides, schedule and parameterisation.
+    network: str = "ddpm-mnist"
+    network_options: dict = field(default_factory=dict)
+    schedule: str = "linear"
+    schedule_options: dict = field(default_factory=dict)
+    prediction: str = "noise"
+    noise_input: str = "timestep"
+    loss: DiffusionLoss = field(default_factory=DiffusionLoss)
+    conditional: bool = False  # train on the data's labels (class-conditional)
+    label_dropout: float = 0.1  # fraction trained with "no label", for classifier-free guidance
+    # Optimisation.
+    optimizer: str = "adamw"  # adamw | adam
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    lr_warmup: int = 0  # steps of linear warmup
+    lr_decay: str = "constant"  # constant | cosine (to min_lr_ratio * lr at the end of the budget)
+    min_lr_ratio: float = 0.0
+    grad_clip: float | None = 1.0
+    batch_size: int = 128
+    accumulation: int = 1  # micro-batches per optimiser step (batch_size is split among them)
+    ema_decay: float = 0.999
+    ema_warmup: bool = True  # decay min(ema_decay, (1 + n) / (10 + n)) at optimiser step n
+    precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast + loss scaling, GPU only)
+    device: str = "auto"
+    seed: int = 0
+    # Budget: exactly one of these is used (steps wins over epochs over minutes).
+    steps: int | None = None
+    epochs: int | None = None
+    minutes: float | None = None
+    # Bookkeeping.
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    log_every: int = 10
+    preview_every: int = 500
+    preview_images: int = 64
+    preview_sampler: str = "ddim"
+    preview_steps: int = 20
+    progress: bool = True
+
+    def __post_init__(self):
+        if isinstance(self.data, dict):
+            self.data = DataConfig(**self.data)
+        if isinstance(self.loss, dict):
+            self.loss = DiffusionLoss(**self.loss)
+        self.betas = tuple(self.betas)
+        checks = [
+            ("optimizer", self.optimizer, ("adamw", "adam")),
+            ("lr_decay", self.lr_decay, ("constant", "cosine")),
+            ("precision", self.precision, ("fp32", "bf16", "fp16")),
+        ]
+        for name, value, options in checks:
+            if value not in options:
+                raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(options)}")
+        positive = {"batch_size": self.batch_size, "accumulation": self.accumulation, "log_every": self.log_every,
+                    "checkpoint_every": self.checkpoint_every, "preview_steps": self.preview_steps}
+        for name, value in positive.items():
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer; got {value!r}")
+        if self.batch_size % self.accumulation:
+            raise ValueError(f"batch_size {self.batch_size} must be divisible by accumulation {self.accumulation}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive; got {self.lr}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must lie in [0, 1); got {self.ema_decay}")
+        if not 0 <= self.label_dropout < 1:
+            raise ValueError(f"label_dropout must lie in [0, 1); got {self.label_dropout}")
+        for name in BUDGET_FIELDS:
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be positive; got {value}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown config fields {unknown}")
+        return cls(**data)
+
+
+def _coerce(text: str, current, annotation):
+    """A command-line value, read as JSON where it parses, converted to the field's type."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = text
+    kinds = typing.get_args(annotation) or (annotation,)
+    if value is None:
+        return None
+    if isinstance(current, (tuple, list)) or typing.get_origin(annotation) in (tuple, list):
+        if not isinstance(value, list):
+            raise ValueError(f"expected a list such as [0.9, 0.999], got {text!r}")
+        return tuple(value)
+    if isinstance(current, bool) or bool in kinds:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("true", "yes", "1", "false", "no", "0"):
+            return str(value).lower() in ("true", "yes", "1")
+        raise ValueError(f"expected true or false, got {text!r}")
+    if (isinstance(current, int) or int in kinds) and not (isinstance(current, float) or float in kinds):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, int):
+            raise ValueError(f"expected an integer, got {text!r}")
+        return value
+    if isinstance(current, float) or float in kinds:
+        if not isinstance(value, (int, float)):
+            raise ValueError(f"expected a number, got {text!r}")
+        return float(value)
+    return value
+
+
+def apply_overrides(config: TrainConfig, overrides: list[str] | dict) -> TrainConfig:
+    """A new config with `key=value` strings (or a {key: value} dict of parsed values) applied."""
+    data = config.to_dict()
+    items = overrides.items() if isinstance(overrides, dict) else [_split(o) for o in overrides]
+    hints = {"": typing.get_type_hints(TrainConfig), "data": typing.get_type_hints(DataConfig),
+             "loss": typing.get_type_hints(DiffusionLoss)}
+    for key, value in items:
+        section, _, name = key.rpartition(".")
+        target = data
+        if section:
+            if section not in ("data", "loss", "network_options", "schedule_options") or not isinstance(data.get(section), dict):
+                raise ValueError(f"unknown config section {section!r} in {key!r}; sections are data, loss, network_options, schedule_options")
+            target = data[section]
+        if section not in ("network_options", "schedule_options") and name not in target:
+            raise ValueError(f"unknown config field {key!r}")
+        if isinstance(value, str) and not isinstance(overrides, dict):
+            try:
+                value = _coerce(value, target.get(name), hints.get(section, {}).get(name, type(None)))
+            except ValueError as error:
+                raise ValueError(f"{key}: {error}") from None
+        target[name] = value
+    return TrainConfig.from_dict(data)
+
+
+def _split(override: str) -> tuple[str, str]:
+    key, sep, value = override.partition("=")
+    if not sep or not key:
+        raise ValueError(f"override {override!r} is not key=value (for example lr=3e-4 or data.image_size=32)")
+    return key.strip(), value.strip()
+
+
+def read_config_file(path: Path) -> dict:
+    """A JSON or TOML file of config fields (nested tables for data and loss)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ValueError(f"cannot read config file {path} ({error.strerror})") from None
+    try:
+        return tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"config file {path} is not valid {'TOML' if path.suffix.lower() == '.toml' else 'JSON'}: {error}") from None
+
+
+def flatten(data: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and key in ("data", "loss"):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def differences(saved: dict, current: dict, ignore=RESUMABLE_FIELDS) -> list[str]:
+    """Fields (dotted) whose values differ between two config dicts, ignoring the resumable ones."""
+    a, b = flatten(saved), flatten(current)
+    normalise = lambda v: json.loads(json.dumps(v))  # noqa: E731  (tuples vs lists)
+    return sorted(k for k in set(a) | set(b) if k not in ignore and normalise(a.get(k)) != normalise(b.get(k)))

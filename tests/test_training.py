@@ -1,0 +1,244 @@
+"""Training, checkpoints, resumption and the train/sample commands, on tiny models and data."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pixel_diffusion import checkpoints
+from pixel_diffusion.checkpoints import CheckpointError, latest_checkpoint, load_checkpoint
+from pixel_diffusion.cli import main
+from pixel_diffusion.config import TrainConfig, apply_overrides, read_config_file
+from pixel_diffusion.diffusion import DiffusionLoss
+from pixel_diffusion.presets import PRESETS, preset
+from pixel_diffusion.training import TrainingError, load_run, train
+
+# A network and budget small enough for a test: digits are 8x8, one downsampling.
+TINY = [
+    "data.source=digits",
+    'network_options={"widths": [8, 16], "groups": 4, "embedding_dim": 8, "embedding_mlp_dim": 16}',
+    "batch_size=32",
+    "log_every=1",
+    "preview_every=0",
+    "progress=false",
+    "precision=fp32",
+    "lr_warmup=2",
+]
+
+
+def tiny(**extra) -> TrainConfig:
+    return apply_overrides(apply_overrides(preset("mnist"), TINY), extra)
+
+
+def _cli(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "pixel_diffusion", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def _weights(run: Path) -> dict:
+    last = latest_checkpoint(run)
+    return {**{f"model.{k}": v for k, v in load_file(last / "model.safetensors").items()},
+            **{f"ema.{k}": v for k, v in load_file(last / "ema.safetensors").items()}}
+
+
+def test_a_few_dozen_steps_lower_the_loss(tmp_path):
+    train(tiny(steps=40, lr=3e-3), tmp_path)
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 40
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["train"]["steps"] == 40 and saved["model"]["network"]["widths"] == [8, 16]
+    assert saved["model"]["normalisation"]["kind"] == "minus-one-one" and saved["model"]["channels"] == 1
+
+
+def test_run_killed_at_any_moment_resumes_bit_identical(tmp_path):
+    args = ["train", "--preset", "mnist", "--steps", "24", "--checkpoint-every", "3", *TINY]
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    assert _cli(*args, "--out", str(whole)).returncode == 0
+    for kill_after in (0.0, 0.7):  # right after the first checkpoint, and somewhat later
+        process = subprocess.Popen([sys.executable, "-m", "pixel_diffusion", *args, "--out", str(broken)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while latest_checkpoint(broken) is None and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(kill_after)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    interrupted_at = int(latest_checkpoint(broken).name.split("-")[1])
+    assert interrupted_at < 24, "the run finished before it could be killed"
+    result = _cli(*args, "--out", str(broken))
+    assert result.returncode == 0, result.stderr
+    a, b = _weights(whole), _weights(broken)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    steps = [json.loads(line)["step"] for line in (broken / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 25))
+
+
+def test_ctrl_c_checkpoints_and_resume_continues(tmp_path):
+    config = tiny(steps=200, checkpoint_every=1000)
+    process = subprocess.Popen([sys.executable, "-m", "pixel_diffusion", "train", "--steps", "200", "--checkpoint-every", "1000",
+                                *TINY, "--out", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "metrics.jsonl").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130 and "interrupted" in stderr
+    stopped = latest_checkpoint(tmp_path)
+    assert stopped is not None and 0 < int(stopped.name.split("-")[1]) < 200
+    del config
+
+
+def test_crash_while_writing_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    train(tiny(steps=4, checkpoint_every=2), tmp_path)
+    before = latest_checkpoint(tmp_path)
+    assert before.name == "step-0000004"
+    real_save = checkpoints.save_file
+    calls = {"n": 0}
+
+    def failing_save(tensors, path, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the EMA file of the next checkpoint
+            raise OSError("disk full")
+        return real_save(tensors, path, *a, **k)
+
+    monkeypatch.setattr(checkpoints, "save_file", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        train(tiny(steps=6, checkpoint_every=2), tmp_path)
+    assert latest_checkpoint(tmp_path) == before
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir() if p.is_dir()] == ["step-0000002", "step-0000004"]
+    load_checkpoint(before)  # still whole
+    monkeypatch.setattr(checkpoints, "save_file", real_save)
+    train(tiny(steps=6, checkpoint_every=2), tmp_path)
+    assert latest_checkpoint(tmp_path).name == "step-0000006"
+
+
+def test_a_pickled_checkpoint_is_refused_without_running_it(tmp_path):
+    train(tiny(steps=2, checkpoint_every=2), tmp_path)
+    target = latest_checkpoint(tmp_path) / "ema.safetensors"
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    torch.save({"weight": Payload()}, target)
+    with pytest.raises(CheckpointError, match="pickled objects are refused"):
+        load_checkpoint(target.parent)
+    with pytest.raises(ValueError, match="pickled objects are refused"):
+        load_run(tmp_path)
+    assert not marker.exists()
+
+
+def test_non_finite_loss_stops_naming_the_step_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+    real = DiffusionLoss.__call__
+    calls = {"n": 0}
+
+    def sometimes_nan(self, *args, **kwargs):
+        calls["n"] += 1
+        loss = real(self, *args, **kwargs)
+        return loss * float("nan") if calls["n"] == 5 else loss
+
+    monkeypatch.setattr(DiffusionLoss, "__call__", sometimes_nan)
+    with pytest.raises(TrainingError, match=r"became nan at step 5.*step-0000004, is kept"):
+        train(tiny(steps=10, checkpoint_every=2), tmp_path)
+    assert latest_checkpoint(tmp_path).name == "step-0000004"
+
+
+def test_resuming_with_other_settings_names_them(tmp_path):
+    train(tiny(steps=2, checkpoint_every=2), tmp_path)
+    with pytest.raises(ValueError, match=r"\(loss.weighting, lr differ\)"):
+        train(tiny(steps=4, lr=0.5, **{"loss.weighting": "none"}), tmp_path)
+    train(tiny(steps=4, checkpoint_every=2), tmp_path)  # a longer budget is fine
+    assert latest_checkpoint(tmp_path).name == "step-0000004"
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_preset_runs_two_steps_on_stand_in_data(name, tmp_path):
+    config = preset(name)
+    channels = 3 if config.data.channels == "3" else 1
+    size = config.data.image_size or 28
+    images = np.random.default_rng(0).integers(0, 256, (8, size, size, channels), dtype=np.uint8)
+    np.savez(tmp_path / "stand_in.npz", images=images, labels=np.arange(8) % 2)
+    overrides = {"data.source": str(tmp_path / "stand_in.npz"), "batch_size": 4, "accumulation": 1, "steps": 2,
+                 "epochs": None, "minutes": None, "preview_every": 0, "progress": False, "lr_warmup": 0}
+    if config.precision == "fp16" and not torch.cuda.is_available():
+        overrides["precision"] = "fp32"  # fp16 loss scaling needs a GPU
+    last = train(apply_overrides(config, overrides), tmp_path / "run")
+    assert last.name == "step-0000002"
+    denoiser, model_config = load_run(tmp_path / "run")
+    assert model_config["channels"] == channels and model_config["image_size"] == [size, size]
+
+
+def test_sample_command_writes_npz_grid_and_pngs(tmp_path):
+    run = tmp_path / "run"
+    train(tiny(steps=3, conditional=True, checkpoint_every=3), run)
+    assert main(["sample", "--run", str(run), "--n", "5", "--steps", "4", "--out", str(tmp_path / "s")]) == 0
+    with np.load(tmp_path / "s" / "samples.npz") as saved:
+        images = saved["images"]
+    assert images.shape == (5, 8, 8, 1) and images.dtype == np.uint8
+    assert (tmp_path / "s" / "grid.png").exists() and len(list((tmp_path / "s").glob("0000*.png"))) == 5
+    assert main(["sample", "--run", str(run), "--n", "3", "--steps", "4", "--label", "3", "--guidance", "2",
+                 "--no-png", "--out", str(tmp_path / "g")]) == 0
+    assert not list((tmp_path / "g").glob("0000*.png"))
+    again = main(["sample", "--run", str(run), "--n", "5", "--steps", "4", "--batch-size", "2", "--out", str(tmp_path / "t")])
+    assert again == 0
+    with np.load(tmp_path / "t" / "samples.npz") as saved:
+        assert np.array_equal(saved["images"], images)  # one seed, one image, whatever the batch
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--preset", "nope"], "unknown preset 'nope'"),
+        (["train", "--steps", "-3"], "expected a positive integer"),
+        (["train", "colour=blue"], "unknown config field 'colour'"),
+        (["train", "lr=fast"], "lr: expected a number"),
+        (["train", "--preset", "keras-flowers", "--steps", "1"], "has no built-in data; pass --data"),
+        (["train", "--data", "/no/such/folder", "--steps", "1"], "does not exist"),
+        (["sample", "--run", "/no/such/run"], "is not a run directory"),
+        (["sample", "--run", ".", "--sampler", "plms"], "is not a run directory"),
+    ],
+)
+def test_command_line_errors_exit_2_with_one_line(argv, message, tmp_path):
+    result = _cli(*argv)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_sample_errors_on_a_run_without_checkpoint_or_labels(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "config.json").write_text("{}")
+    assert main(["sample", "--run", str(tmp_path / "empty")]) == 2
+    assert "has no checkpoint yet" in capsys.readouterr().err
+    train(tiny(steps=2, checkpoint_every=2), tmp_path / "run")
+    assert main(["sample", "--run", str(tmp_path / "run"), "--sampler", "plms"]) == 2
+    assert "unknown sampler 'plms'" in capsys.readouterr().err
+    assert main(["sample", "--run", str(tmp_path / "run"), "--label", "1"]) == 2
+    assert "trained without labels" in capsys.readouterr().err
+    assert main(["train", "--resume", "--out", str(tmp_path / "fresh"), *TINY]) == 2
+    assert "no checkpoint to continue from" in capsys.readouterr().err
+
+
+def test_overrides_and_config_files(tmp_path):
+    config = apply_overrides(preset("mnist"), ["lr=3e-4", "data.image_size=32", "loss.weighting=p2", "grad_clip=null", "betas=[0.9, 0.99]"])
+    assert config.lr == 3e-4 and config.data.image_size == 32 and config.loss.weighting == "p2"
+    assert config.grad_clip is None and config.betas == (0.9, 0.99)
+    (tmp_path / "c.toml").write_text('lr = 0.01\nbatch_size = 32\n[data]\nflip = true\n')
+    config = apply_overrides(preset("mnist"), read_config_file(tmp_path / "c.toml"))
+    assert config.lr == 0.01 and config.batch_size == 32 and config.data.flip
+    assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    with pytest.raises(ValueError, match="not key=value"):
+        apply_overrides(config, ["lr"])
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        apply_overrides(config, ["batch_size=0"])
+    with pytest.raises(ValueError, match="expected one of fp32, bf16, fp16"):
+        apply_overrides(config, ["precision=fp8"])
