@@ -153,6 +153,8 @@ def run_sample(args) -> None:
         labels = torch.full((args.n,), args.label, dtype=torch.long)
     options = {"spacing": args.spacing}
     if args.eta is not None:
+        if args.sampler != "ddim":
+            raise ValueError(f"--eta is an option of the ddim sampler, not of {args.sampler}")
         options["eta"] = args.eta
     images = sample_images(denoiser, model_config, args.n, sampler=args.sampler, steps=args.steps, seed=args.seed,
                            labels=labels, guidance=args.guidance, batch_size=args.batch_size, device=args.device, **options)

@@ -311,7 +311,8 @@ def preview(config: TrainConfig, model_config: dict, net: torch.nn.Module, run_d
     """A grid from the same fixed noise at every preview, so progress is comparable."""
     denoiser = build_denoiser(model_config, net)
     images = sample_images(denoiser, model_config, config.preview_images, sampler=config.preview_sampler,
-                           steps=config.preview_steps, seed=config.seed, progress=False)
+                           steps=config.preview_steps, seed=config.seed, progress=False,
+                           device=next(net.parameters()).device)
     path = run_dir / "samples" / f"{checkpoints.step_name(step)}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     scale = max(1, 64 // images.shape[1])
