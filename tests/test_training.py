@@ -96,6 +96,25 @@ def test_ctrl_c_checkpoints_and_resume_continues(tmp_path):
     del config
 
 
+def test_accelerate_launch_steps_once_per_optimiser_step(tmp_path):
+    accelerate = Path(sys.executable).with_name("accelerate")
+    result = subprocess.run(
+        [str(accelerate), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+         "--dynamo_backend", "no", "-m", "pixel_diffusion", "train", "--steps", "6", "--checkpoint-every", "3",
+         "--out", str(tmp_path), *TINY],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]  # one line per optimiser step, not per process
+    warmup = preset("mnist").lr / 2  # lr_warmup=2 in TINY: lr/2, then lr, then cosine
+    assert records[0]["lr"] == pytest.approx(warmup)
+    assert [p.name for p in sorted((tmp_path / "checkpoints").glob("step-*"))] == ["step-0000003", "step-0000006"]
+    state = load_checkpoint(latest_checkpoint(tmp_path))
+    assert state["state"]["step"] == 6 and state["state"]["images_seen"] == 6 * 32
+    assert state["optimizer"]["state"][0]["step"].item() == 6  # Adam took 6 steps, not 12
+
+
 def test_crash_while_writing_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
     train(tiny(steps=4, checkpoint_every=2), tmp_path)
     before = latest_checkpoint(tmp_path)

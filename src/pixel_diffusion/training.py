@@ -248,7 +248,8 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
             bar.update(1)
             if step % config.log_every == 0 or step == total:
                 seconds = time.perf_counter() - window_start
-                record = {"step": step, "loss": window_loss / window_steps, "lr": lr,
+                mean_loss = accelerator.reduce(torch.tensor(window_loss / window_steps, device=device), "mean").item()
+                record = {"step": step, "loss": mean_loss, "lr": lr,
                           "images_per_s": window_steps * global_batch / seconds, "epoch": step / steps_per_epoch}
                 bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.0f}")
                 if accelerator.is_main_process:
