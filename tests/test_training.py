@@ -81,19 +81,20 @@ def test_run_killed_at_any_moment_resumes_bit_identical(tmp_path):
     assert steps == list(range(1, 25))
 
 
-def test_ctrl_c_checkpoints_and_resume_continues(tmp_path):
-    config = tiny(steps=200, checkpoint_every=1000)
-    process = subprocess.Popen([sys.executable, "-m", "pixel_diffusion", "train", "--steps", "200", "--checkpoint-every", "1000",
-                                *TINY, "--out", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def test_ctrl_c_checkpoints_and_the_same_command_continues(tmp_path):
+    argv = ["train", "--steps", "60", "--checkpoint-every", "1000", *TINY, "--out", str(tmp_path)]
+    process = subprocess.Popen([sys.executable, "-m", "pixel_diffusion", *argv],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not (tmp_path / "metrics.jsonl").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130 and "interrupted" in stderr
-    stopped = latest_checkpoint(tmp_path)
-    assert stopped is not None and 0 < int(stopped.name.split("-")[1]) < 200
-    del config
+    assert process.returncode == 130 and "interrupted" in stderr and "saved" in stderr
+    stopped = int(latest_checkpoint(tmp_path).name.split("-")[1])
+    assert 0 < stopped < 60
+    assert _cli(*argv).returncode == 0
+    assert latest_checkpoint(tmp_path).name == "step-0000060"
 
 
 def test_accelerate_launch_steps_once_per_optimiser_step(tmp_path):
@@ -251,9 +252,10 @@ def test_overrides_and_config_files(tmp_path):
     config = apply_overrides(preset("mnist"), ["lr=3e-4", "data.image_size=32", "loss.weighting=p2", "grad_clip=null", "betas=[0.9, 0.99]"])
     assert config.lr == 3e-4 and config.data.image_size == 32 and config.loss.weighting == "p2"
     assert config.grad_clip is None and config.betas == (0.9, 0.99)
-    (tmp_path / "c.toml").write_text('lr = 0.01\nbatch_size = 32\n[data]\nflip = true\n')
-    config = apply_overrides(preset("mnist"), read_config_file(tmp_path / "c.toml"))
-    assert config.lr == 0.01 and config.batch_size == 32 and config.data.flip
+    (tmp_path / "c.toml").write_text('lr = 0.01\nbatch_size = 32\n[data]\nflip = false\n')
+    config = apply_overrides(preset("keras-flowers"), read_config_file(tmp_path / "c.toml"))
+    assert config.lr == 0.01 and config.batch_size == 32 and not config.data.flip
+    assert config.data.image_size == 64 and config.data.normalise == "standardise"  # the rest of [data] is kept
     assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     with pytest.raises(ValueError, match="not key=value"):
         apply_overrides(config, ["lr"])

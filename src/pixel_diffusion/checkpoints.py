@@ -104,6 +104,8 @@ def save_checkpoint(
     folder = Path(run) / CHECKPOINTS
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / step_name(step)
+    for stale in folder.glob(".step-*"):  # left by a process killed mid-write
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=folder))
     try:
         save_file({k: v.detach().cpu().contiguous() for k, v in model.items()}, tmp / "model.safetensors")

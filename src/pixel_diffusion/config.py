@@ -151,7 +151,8 @@ def _coerce(text: str, current, annotation):
 def apply_overrides(config: TrainConfig, overrides: list[str] | dict) -> TrainConfig:
     """A new config with `key=value` strings (or a {key: value} dict of parsed values) applied."""
     data = config.to_dict()
-    items = overrides.items() if isinstance(overrides, dict) else [_split(o) for o in overrides]
+    # A file's [data] and [loss] tables change only the fields they name.
+    items = flatten(overrides).items() if isinstance(overrides, dict) else [_split(o) for o in overrides]
     hints = {"": typing.get_type_hints(TrainConfig), "data": typing.get_type_hints(DataConfig),
              "loss": typing.get_type_hints(DiffusionLoss)}
     for key, value in items:

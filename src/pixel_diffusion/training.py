@@ -11,6 +11,7 @@ batch, and the learning rate and EMA advance once per optimiser step.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -232,7 +233,7 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
                         + (f"The last good checkpoint, {kept.name}, is kept. " if kept else "No checkpoint was written yet. ")
                         + "Try a lower lr, grad_clip, or fp32."
                     )
-                with accelerator.no_sync(net) if k < config.accumulation - 1 else _nothing():
+                with accelerator.no_sync(net) if k < config.accumulation - 1 else contextlib.nullcontext():
                     accelerator.backward(loss)
                 step_loss += loss.item()
             if config.grad_clip:
@@ -274,14 +275,6 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
     if stop["signal"] is not None:
         raise KeyboardInterrupt(f"stopped by signal {stop['signal']} at step {step}; checkpoint {last.name if last else ''} saved")
     return last
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
