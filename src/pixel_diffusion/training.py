@@ -28,7 +28,7 @@ from . import checkpoints
 from .config import TrainConfig, differences
 from .data import ImageData, Normalisation, load_images
 from .diffusion import Denoiser, Guided
-from .networks import build_network, config_from_dict, config_to_dict, network_config
+from .networks import build_network, config_from_dict, config_to_dict, network_config, summary
 from .samplers import _combine, get_sampler, sample
 from .schedules import make_schedule
 from .viz import image_grid
@@ -170,6 +170,9 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
     if accelerator.is_main_process:
         checkpoints.write_json(saved_config, {"train": config.to_dict(), "model": model_config})
         _truncate_metrics(run_dir / "metrics.jsonl", step)
+        if config.progress:
+            print(f"{run_dir}: {summary(net)}; {len(data.train)} training images of "
+                  f"{data.size[0]}x{data.size[1]}x{data.channels}" + (f"; resuming at step {step}" if step else ""))
 
     net, optimizer = accelerator.prepare(net, optimizer)  # DDP wraps the network under accelerate
     denoiser = build_denoiser(model_config, net)
