@@ -1,0 +1,137 @@
+"""Sample-quality metrics over features from any extractor (features/).
+
+- FID (Heusel et al. 2017): the Frechet distance between Gaussians fitted to two feature sets,
+  ||mu_1 - mu_2||^2 + Tr(S_1 + S_2 - 2 (S_1 S_2)^(1/2)).
+- KID (Binkowski et al. 2018): the unbiased MMD^2 with the kernel k(x, y) = (x.y / d + 1)^3,
+  averaged over random subsets; reported as mean and standard deviation over the subsets.
+- Precision and recall (Kynkaanniemi et al. 2019): the fraction of generated features inside the
+  k-nearest-neighbour balls of the real ones, and the reverse.
+- With a classifier: confidence (fraction of samples given some class with probability > 0.9),
+  class balance (entropy of the predicted-class histogram over log K, 1 = uniform), and the
+  accuracy of the requested class for class-conditional samples.
+All arithmetic is float64.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class FeatureStats:
+    """Mean (D,) and covariance (D, D) of a feature set, float64, and how many features made them."""
+
+    mean: np.ndarray
+    covariance: np.ndarray
+    count: int
+
+    @classmethod
+    def of(cls, features) -> "FeatureStats":
+        x = np.asarray(torch.as_tensor(features).double().cpu())
+        if x.ndim != 2 or len(x) < 2:
+            raise ValueError(f"feature statistics need at least 2 feature vectors (N, D); got shape {x.shape}")
+        return cls(x.mean(0), np.cov(x, rowvar=False), len(x))
+
+    def save(self, path: Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp.npz")
+        np.savez(tmp, mean=self.mean, covariance=self.covariance, count=np.int64(self.count))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> "FeatureStats":
+        with np.load(path, allow_pickle=False) as saved:
+            return cls(saved["mean"], saved["covariance"], int(saved["count"]))
+
+
+def frechet_distance(a: FeatureStats, b: FeatureStats) -> float:
+    """FID between two feature statistics. Tr((S_1 S_2)^(1/2)) is computed as the sum of square
+    roots of the eigenvalues of the symmetric S_1^(1/2) S_2 S_1^(1/2), which are real and >= 0."""
+    if a.mean.shape != b.mean.shape:
+        raise ValueError(f"feature sizes differ: {a.mean.shape[0]} and {b.mean.shape[0]}")
+    values, vectors = np.linalg.eigh(a.covariance)
+    root = (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T  # S_1^(1/2)
+    middle = root @ b.covariance @ root
+    trace_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0, None)).sum()
+    difference = a.mean - b.mean
+    return float(difference @ difference + np.trace(a.covariance) + np.trace(b.covariance) - 2 * trace_sqrt)
+
+
+def fid(real, fake) -> float:
+    """FID between two feature sets (N, D) and (M, D)."""
+    return frechet_distance(FeatureStats.of(real), FeatureStats.of(fake))
+
+
+def _mmd2_unbiased(x: Tensor, y: Tensor) -> Tensor:
+    d = x.shape[1]
+    k_xx, k_yy, k_xy = ((x @ x.T / d + 1) ** 3, (y @ y.T / d + 1) ** 3, (x @ y.T / d + 1) ** 3)
+    m, n = len(x), len(y)
+    sum_xx = k_xx.sum() - k_xx.diagonal().sum()
+    sum_yy = k_yy.sum() - k_yy.diagonal().sum()
+    return sum_xx / (m * (m - 1)) + sum_yy / (n * (n - 1)) - 2 * k_xy.sum() / (m * n)
+
+
+def kid(real, fake, *, subsets: int = 100, subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """KID as (mean, standard deviation) over `subsets` random subsets of min(subset_size, N, M)."""
+    x, y = torch.as_tensor(real).double().cpu(), torch.as_tensor(fake).double().cpu()
+    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
+        raise ValueError(f"KID needs two feature sets (N, D) of one D; got {tuple(x.shape)} and {tuple(y.shape)}")
+    size = min(subset_size, len(x), len(y))
+    if size < 2:
+        raise ValueError(f"KID needs at least 2 features in each set; got {len(x)} and {len(y)}")
+    generator = torch.Generator().manual_seed(seed)
+    values = torch.stack([
+        _mmd2_unbiased(x[torch.randperm(len(x), generator=generator)[:size]], y[torch.randperm(len(y), generator=generator)[:size]])
+        for _ in range(subsets)
+    ])
+    return float(values.mean()), float(values.std(unbiased=subsets > 1)) if subsets > 1 else 0.0
+
+
+def _kth_neighbour_radius(x: Tensor, k: int, chunk: int = 1024) -> Tensor:
+    radii = []
+    for start in range(0, len(x), chunk):
+        distances = torch.cdist(x[start : start + chunk], x)
+        radii.append(distances.kthvalue(k + 1, dim=1).values)  # k + 1: the point itself is at 0
+    return torch.cat(radii)
+
+
+def _inside_any_ball(points: Tensor, centres: Tensor, radii: Tensor, chunk: int = 1024) -> Tensor:
+    inside = []
+    for start in range(0, len(points), chunk):
+        distances = torch.cdist(points[start : start + chunk], centres)
+        inside.append((distances <= radii[None, :]).any(dim=1))
+    return torch.cat(inside)
+
+
+def precision_recall(real, fake, *, k: int = 3) -> tuple[float, float]:
+    """Improved precision and recall (Kynkaanniemi et al. 2019) with k-nearest-neighbour balls."""
+    x, y = torch.as_tensor(real).double().cpu(), torch.as_tensor(fake).double().cpu()
+    if min(len(x), len(y)) <= k:
+        raise ValueError(f"precision and recall with k={k} need more than {k} features in each set")
+    precision = _inside_any_ball(y, x, _kth_neighbour_radius(x, k)).double().mean()
+    recall = _inside_any_ball(x, y, _kth_neighbour_radius(y, k)).double().mean()
+    return float(precision), float(recall)
+
+
+def classifier_scores(probabilities, requested=None, *, threshold: float = 0.9) -> dict[str, float]:
+    """From class probabilities (N, K): confidence, class balance and, given the requested
+    classes (N,), their accuracy."""
+    p = torch.as_tensor(probabilities).double()
+    top, predicted = p.max(dim=1)
+    counts = torch.bincount(predicted, minlength=p.shape[1]).double()
+    share = counts / counts.sum()
+    entropy = -(share[share > 0] * share[share > 0].log()).sum()
+    scores = {
+        "confidence": float((top > threshold).double().mean()),
+        "class_balance": float(entropy / np.log(p.shape[1])) if p.shape[1] > 1 else 1.0,
+    }
+    if requested is not None:
+        scores["accuracy"] = float((predicted == torch.as_tensor(requested)).double().mean())
+    return scores
