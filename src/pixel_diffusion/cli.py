@@ -83,6 +83,39 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--no-png", action="store_true", help="write only samples.npz and the grid, not one PNG per image")
     sample.set_defaults(handler=run_sample)
 
+    classifier = commands.add_parser(
+        "train-classifier",
+        help="train the small CNN whose features the metrics use on MNIST-like data",
+        description="Train a small classifier on a labelled source (10%% held out) for FID/KID features, "
+        "confidence and class balance; writes classifier.safetensors and classifier.json to --out.",
+    )
+    classifier.add_argument("--data", required=True, help="labelled data source: mnist-5k, digits, idx files, CIFAR, a .npz with labels, class folders")
+    classifier.add_argument("--out", type=Path, required=True, help="folder for the classifier")
+    classifier.add_argument("--epochs", type=_positive_int, default=8, help="passes over the data (default: 8)")
+    classifier.add_argument("--image-size", type=_positive_int, help="square side to resize to (default: the data's)")
+    classifier.add_argument("--class-folders", action="store_true", help="image folders: sub-folders are the classes")
+    classifier.set_defaults(handler=run_train_classifier)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="measure sample quality: FID, KID, precision/recall, classifier scores",
+        description="Sample from a run (or take --images) and compare with the run's data (or --reference) "
+        "in the features of a classifier trained with train-classifier.",
+    )
+    evaluate.add_argument("--run", type=Path, help="run directory to sample from (default: none; then --images)")
+    evaluate.add_argument("--images", help="evaluate these instead: a folder of images or a .npz such as sample writes")
+    evaluate.add_argument("--reference", help="reference data source (default: the run's training data)")
+    evaluate.add_argument("--classifier", type=Path, required=True, help="folder written by train-classifier")
+    evaluate.add_argument("--n", type=_positive_int, default=1000, help="images to sample from the run (default: 1000)")
+    evaluate.add_argument("--sampler", default="ddim", help=f"sampler (default: ddim)")
+    evaluate.add_argument("--steps", type=_positive_int, default=50, help="sampling steps (default: 50)")
+    evaluate.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    evaluate.add_argument("--kid-subset-size", type=_positive_int, default=1000, help="KID subset size (default: 1000)")
+    evaluate.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "pixel-diffusion" / "reference",
+                          help="where reference features are cached (default: ~/.cache/pixel-diffusion/reference)")
+    evaluate.add_argument("--out", type=Path, help="JSON file for the results (default: RUN/metrics-SAMPLER-STEPS.json, or none)")
+    evaluate.set_defaults(handler=run_evaluate)
+
     demo = commands.add_parser(
         "demo",
         help="train the default model on the built-in MNIST subset and draw what it does",
@@ -170,6 +203,57 @@ def run_sample(args) -> None:
             Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(out / f"{k:05d}.png")
     evaluations = args.steps * (2 if labels is not None and args.guidance != 1 else 1)
     print(f"{len(images)} images ({args.sampler}, {args.steps} steps, {evaluations} network evaluations each) in {out}")
+
+
+def run_train_classifier(args) -> None:
+    from .data import DataConfig
+    from .features import train_classifier
+
+    config = DataConfig(args.data, image_size=args.image_size, class_folders=args.class_folders)
+    info = train_classifier(config, args.out, epochs=args.epochs)
+    print(f"classifier in {args.out}: validation accuracy {info['validation_accuracy']:.4f}")
+
+
+def run_evaluate(args) -> None:
+    import dataclasses
+    import json
+
+    import numpy as np
+
+    from .checkpoints import atomic_write_text, read_json
+    from .data import DataConfig, load_images
+    from .features import ClassifierFeatures
+    from .metrics import evaluate_images, reference_features
+
+    if (args.run is None) == (args.images is None):
+        raise ValueError("give either --run (to sample from) or --images (to evaluate as they are)")
+    extractor = ClassifierFeatures(args.classifier)
+    size = extractor.config.image_size
+    if args.run is not None:
+        from .training import load_run, sample_images
+
+        denoiser, model_config = load_run(args.run)
+        images = sample_images(denoiser, model_config, args.n, sampler=args.sampler, steps=args.steps, seed=args.seed)
+        run_data = DataConfig(**read_json(args.run / "config.json")["train"]["data"])
+    else:
+        loaded = load_images(DataConfig(args.images, image_size=size[0], channels=str(extractor.config.channels)))
+        images, run_data = loaded.uint8(np.arange(len(loaded))).permute(0, 2, 3, 1).numpy(), None
+    if args.reference:
+        reference_config = DataConfig(args.reference, image_size=size[0], channels=str(extractor.config.channels))
+    elif run_data is not None:
+        reference_config = dataclasses.replace(run_data, flip=False, validation_fraction=0.0)
+    else:
+        raise ValueError("--images needs --reference (the data to compare with)")
+    reference = reference_features(extractor, reference_config, args.cache)
+    scores = evaluate_images(images, reference, extractor, kid_subset_size=args.kid_subset_size)
+    for name, value in scores.items():
+        print(f"  {name:14s} {value:.5g}" if isinstance(value, float) else f"  {name:14s} {value}")
+    out = args.out or (args.run / f"metrics-{args.sampler}-{args.steps}.json" if args.run else None)
+    if out is not None:
+        atomic_write_text(out, json.dumps({**scores, "extractor": extractor.key, "reference": reference_config.source,
+                                           "sampler": args.sampler if args.run else None,
+                                           "steps": args.steps if args.run else None}, indent=2) + "\n")
+        print(f"written to {out}")
 
 
 def run_demo(args) -> None:

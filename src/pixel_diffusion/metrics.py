@@ -135,3 +135,45 @@ def classifier_scores(probabilities, requested=None, *, threshold: float = 0.9) 
     if requested is not None:
         scores["accuracy"] = float((predicted == torch.as_tensor(requested)).double().mean())
     return scores
+
+
+# ---- evaluating a set of images against reference data ----------------------------------------
+
+
+def reference_features(extractor, data_config, cache_dir: Path, *, progress: bool = True) -> np.ndarray:
+    """Features of every image of a data source (training split), cached on disk under a key made
+    of the source, its preparation and the extractor, so a second evaluation reads them back."""
+    import dataclasses
+    import hashlib
+    import json
+
+    from .data import load_images
+
+    key_text = json.dumps({"data": dataclasses.asdict(data_config), "extractor": extractor.key}, sort_keys=True)
+    path = Path(cache_dir) / f"{hashlib.sha256(key_text.encode()).hexdigest()[:24]}.npz"
+    if path.exists():
+        with np.load(path, allow_pickle=False) as saved:
+            return saved["features"]
+    data = load_images(data_config, progress=progress)
+    images = data.uint8(data.train).permute(0, 2, 3, 1).numpy()
+    features, _ = extractor(images)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.npz")
+    np.savez(tmp, features=features.astype(np.float64), key=np.array(key_text))
+    tmp.replace(path)
+    return features
+
+
+def evaluate_images(
+    images: np.ndarray, reference: np.ndarray, extractor, *, requested=None, kid_subsets: int = 100,
+    kid_subset_size: int = 1000, k: int = 3,
+) -> dict[str, float]:
+    """All metrics of uint8 images (N, H, W, C) against reference features (M, D)."""
+    features, probabilities = extractor(images)
+    kid_mean, kid_std = kid(reference, features, subsets=kid_subsets, subset_size=kid_subset_size)
+    precision, recall = precision_recall(reference, features, k=k)
+    scores = {"n": len(images), "fid": fid(reference, features), "kid": kid_mean, "kid_std": kid_std,
+              "precision": precision, "recall": recall}
+    if probabilities is not None:
+        scores.update(classifier_scores(probabilities, requested))
+    return scores
