@@ -97,3 +97,64 @@ def test_evaluate_command_on_images_and_on_a_run(classifier, tmp_path, capsys):
     assert "holds no classifier" in capsys.readouterr().err
     assert main(["evaluate", "--images", str(tmp_path / "samples.npz"), "--classifier", str(classifier)]) == 2
     assert "--images needs --reference" in capsys.readouterr().err
+
+
+# ---- the FID Inception --------------------------------------------------------------------------
+
+
+def test_fid_inception_has_the_standard_names_and_shapes():
+    from pixel_diffusion.features.inception import FIDInception
+
+    state = FIDInception().state_dict()
+    # torchvision's Inception3 (27,161,264 parameters with 1000 classes and its auxiliary head)
+    # without that head (3,326,696) and with 1008 classes (+16,392): the FID network's size.
+    assert sum(v.numel() for k, v in state.items() if not k.split(".")[-1].startswith(("running", "num_batches"))) == 23_850_960
+    for key, shape in {
+        "Conv2d_1a_3x3.conv.weight": (32, 3, 3, 3),
+        "Conv2d_4a_3x3.bn.running_var": (192,),
+        "Mixed_5b.branch5x5_2.conv.weight": (64, 48, 5, 5),
+        "Mixed_6e.branch7x7dbl_5.conv.weight": (192, 192, 1, 7),
+        "Mixed_7a.branch7x7x3_4.conv.weight": (192, 192, 3, 3),
+        "Mixed_7c.branch3x3dbl_3b.conv.weight": (384, 384, 3, 1),
+        "Mixed_7c.branch_pool.conv.weight": (192, 2048, 1, 1),
+        "fc.weight": (1008, 2048),
+    }.items():
+        assert tuple(state[key].shape) == shape, key
+
+
+def test_fid_weights_load_strictly_and_safely(tmp_path, monkeypatch):
+    from pixel_diffusion.features import inception
+
+    torch.manual_seed(0)
+    reference = inception.FIDInception().eval()
+    plain = {k: v for k, v in reference.state_dict().items() if not k.endswith("num_batches_tracked")}  # an older file
+    torch.save(plain, tmp_path / "weights.pth")
+    loaded = inception.load_inception(tmp_path / "weights.pth")
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x)[0], reference(x)[0])
+    monkeypatch.setenv(inception.ENVIRONMENT, str(tmp_path / "weights.pth"))
+    features, probabilities = inception.InceptionFeatures()(np.zeros((3, 16, 16, 1), np.uint8))
+    assert features.shape == (3, 2048) and probabilities is None
+    monkeypatch.delenv(inception.ENVIRONMENT)
+
+    torch.save({k: v for k, v in plain.items() if not k.startswith("fc.")}, tmp_path / "partial.pth")
+    with pytest.raises(ValueError, match=r"not the FID Inception's weights \(missing \['fc.bias', 'fc.weight'\]"):
+        inception.load_inception(tmp_path / "partial.pth")
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("never",))
+
+    torch.save({"fc.weight": Payload()}, tmp_path / "evil.pth")
+    with pytest.raises(ValueError, match="not a weights file of plain tensors"):
+        inception.load_inception(tmp_path / "evil.pth")
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+
+    def offline(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(ValueError, match=r"could not download the FID Inception weights \(OSError\); put pt_inception"):
+        inception.load_inception()

@@ -105,7 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--run", type=Path, help="run directory to sample from (default: none; then --images)")
     evaluate.add_argument("--images", help="evaluate these instead: a folder of images or a .npz such as sample writes")
     evaluate.add_argument("--reference", help="reference data source (default: the run's training data)")
-    evaluate.add_argument("--classifier", type=Path, required=True, help="folder written by train-classifier")
+    evaluate.add_argument("--extractor", default="classifier", choices=("classifier", "inception"),
+                          help="features: a classifier trained by train-classifier, or the FID InceptionV3 (default: classifier)")
+    evaluate.add_argument("--classifier", type=Path, help="folder written by train-classifier (for --extractor classifier)")
+    evaluate.add_argument("--inception-weights", type=Path, help="the FID weights file pt_inception-2015-12-05-6726825d.pth "
+                          "(default: $PIXEL_DIFFUSION_INCEPTION, the cache, or a download)")
     evaluate.add_argument("--n", type=_positive_int, default=1000, help="images to sample from the run (default: 1000)")
     evaluate.add_argument("--sampler", default="ddim", help=f"sampler (default: ddim)")
     evaluate.add_argument("--steps", type=_positive_int, default=50, help="sampling steps (default: 50)")
@@ -222,13 +226,15 @@ def run_evaluate(args) -> None:
 
     from .checkpoints import atomic_write_text, read_json
     from .data import DataConfig, load_images
-    from .features import ClassifierFeatures
+    from .features import load_extractor
     from .metrics import evaluate_images, reference_features
 
     if (args.run is None) == (args.images is None):
         raise ValueError("give either --run (to sample from) or --images (to evaluate as they are)")
-    extractor = ClassifierFeatures(args.classifier)
-    size = extractor.config.image_size
+    extractor = load_extractor(args.extractor, classifier=args.classifier, inception_weights=args.inception_weights)
+    # The classifier takes its own image size and channels; the Inception any size, resized to 299.
+    config = getattr(extractor, "config", None)
+    size, channels = (config.image_size, str(config.channels)) if config else ((None, None), "auto")
     if args.run is not None:
         from .training import load_run, sample_images
 
@@ -236,10 +242,10 @@ def run_evaluate(args) -> None:
         images = sample_images(denoiser, model_config, args.n, sampler=args.sampler, steps=args.steps, seed=args.seed)
         run_data = DataConfig(**read_json(args.run / "config.json")["train"]["data"])
     else:
-        loaded = load_images(DataConfig(args.images, image_size=size[0], channels=str(extractor.config.channels)))
+        loaded = load_images(DataConfig(args.images, image_size=size[0], channels=channels))
         images, run_data = loaded.uint8(np.arange(len(loaded))).permute(0, 2, 3, 1).numpy(), None
     if args.reference:
-        reference_config = DataConfig(args.reference, image_size=size[0], channels=str(extractor.config.channels))
+        reference_config = DataConfig(args.reference, image_size=size[0], channels=channels)
     elif run_data is not None:
         reference_config = dataclasses.replace(run_data, flip=False, validation_fraction=0.0)
     else:

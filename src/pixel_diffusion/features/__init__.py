@@ -1,6 +1,23 @@
 """Feature extractors for the metrics: `extractor(uint8 images (N, H, W, C)) -> (features (N, D),
 class probabilities (N, K) or None)`, each with a `key` naming it for the reference cache."""
 
-from .classifier import ClassifierFeatures, train_classifier
+from pathlib import Path
 
-__all__ = ["ClassifierFeatures", "train_classifier"]
+from .classifier import ClassifierFeatures, train_classifier
+from .inception import InceptionFeatures
+
+
+def load_extractor(name: str, *, classifier: Path | None = None, inception_weights: Path | None = None, device="cpu"):
+    """`classifier` (needs the folder train-classifier wrote) or `inception` (the FID weights)."""
+    if name == "classifier":
+        if classifier is None:
+            raise ValueError("the classifier extractor needs --classifier FOLDER (train one with pixel-diffusion train-classifier)")
+        return ClassifierFeatures(classifier, device)
+    if name == "inception":
+        return InceptionFeatures(inception_weights, device)
+    raise ValueError(f"unknown feature extractor {name!r}; expected one of {', '.join(EXTRACTORS)}")
+
+
+EXTRACTORS = ("classifier", "inception")
+
+__all__ = ["EXTRACTORS", "ClassifierFeatures", "InceptionFeatures", "load_extractor", "train_classifier"]
