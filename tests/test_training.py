@@ -188,13 +188,35 @@ def test_every_preset_runs_two_steps_on_stand_in_data(name, tmp_path):
     images = np.random.default_rng(0).integers(0, 256, (8, size, size, channels), dtype=np.uint8)
     np.savez(tmp_path / "stand_in.npz", images=images, labels=np.arange(8) % 2)
     overrides = {"data.source": str(tmp_path / "stand_in.npz"), "batch_size": 4, "accumulation": 1, "steps": 2,
-                 "epochs": None, "minutes": None, "preview_every": 0, "progress": False, "lr_warmup": 0}
+                 "epochs": None, "minutes": None, "preview_every": 0, "progress": False, "lr_warmup": 0,
+                 "kid_every": 0}  # KID needs feature weights; it is tested on its own below
     if config.precision == "fp16" and not torch.cuda.is_available():
         overrides["precision"] = "fp32"  # fp16 loss scaling needs a GPU
     last = train(apply_overrides(config, overrides), tmp_path / "run")
     assert last.name == "step-0000002"
     denoiser, model_config = load_run(tmp_path / "run")
     assert model_config["channels"] == channels and model_config["image_size"] == [size, size]
+
+
+def test_kid_during_training_keeps_the_best_checkpoint(tmp_path, monkeypatch):
+    from pixel_diffusion.data import DataConfig
+    from pixel_diffusion.features import train_classifier
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # the reference cache lives under it
+    train_classifier(DataConfig("digits"), tmp_path / "classifier", epochs=1, progress=False)
+    config = tiny(steps=6, checkpoint_every=2, keep_checkpoints=1, kid_every=2, kid_images=40,
+                  kid_classifier=str(tmp_path / "classifier"))
+    train(config, tmp_path / "run")
+    kids = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if "kid" in line]
+    assert [r["step"] for r in kids] == [2, 4, 6]
+    best = json.loads((tmp_path / "run" / "checkpoints" / "best" / "state.json").read_text())
+    lowest = min(kids, key=lambda r: r["kid"])
+    assert best["step"] == lowest["step"] and best["kid"] == lowest["kid"]
+    assert (tmp_path / "run" / "checkpoints" / "best" / "ema.safetensors").exists()
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").glob("step-*")] == ["step-0000006"]  # best survives pruning
+    assert list((tmp_path / "home" / ".cache" / "pixel-diffusion" / "reference").glob("*.npz"))
+    with pytest.raises(ValueError, match="KID during training: .*or turn it off with kid_every=0"):
+        train(tiny(steps=2, kid_every=2), tmp_path / "other")
 
 
 def test_sample_command_writes_npz_grid_and_pngs(tmp_path):

@@ -104,7 +104,7 @@ def save_checkpoint(
     folder = Path(run) / CHECKPOINTS
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / step_name(step)
-    for stale in folder.glob(".step-*"):  # left by a process killed mid-write
+    for stale in [*folder.glob(".step-*"), *folder.glob(".best.*")]:  # left by a process killed mid-write
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=folder))
     try:
@@ -124,6 +124,37 @@ def save_checkpoint(
     for old in list_checkpoints(run)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+BEST = "best"
+
+
+def save_best(run: Path, step: int, *, model: dict, ema: dict, metrics: dict) -> Path:
+    """Write checkpoints/best (weights and the metrics that made them best), replacing it atomically."""
+    folder = Path(run) / CHECKPOINTS
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".best.", dir=folder))
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.items()}, tmp / "model.safetensors")
+        save_file({k: v.detach().cpu().contiguous() for k, v in ema.items()}, tmp / "ema.safetensors")
+        write_json(tmp / "state.json", {**metrics, "step": step})
+        old = folder / BEST
+        if old.exists():
+            retired = folder / f".best.old.{os.getpid()}"
+            os.replace(old, retired)
+            os.replace(tmp, old)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(tmp, old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder / BEST
+
+
+def best_metrics(run: Path) -> dict | None:
+    path = Path(run) / CHECKPOINTS / BEST / "state.json"
+    return read_json(path) if path.exists() else None
 
 
 def list_checkpoints(run: Path) -> list[Path]:

@@ -25,6 +25,12 @@ RESUMABLE_FIELDS = BUDGET_FIELDS + (
     "preview_every",
     "progress",
     "device",
+    "kid_every",
+    "kid_images",
+    "kid_steps",
+    "kid_extractor",
+    "kid_classifier",
+    "kid_inception_weights",
 )
 
 
@@ -71,6 +77,14 @@ class TrainConfig:
     preview_sampler: str = "ddim"
     preview_steps: int = 20
     progress: bool = True
+    # KID during training (the Keras example's checkpoint rule): every kid_every steps, kid_images
+    # samples with kid_steps DDIM steps against the training data; the best is kept as `best`.
+    kid_every: int = 0
+    kid_images: int = 500
+    kid_steps: int = 5
+    kid_extractor: str = "classifier"  # classifier (kid_classifier: a train-classifier folder) | inception
+    kid_classifier: str | None = None
+    kid_inception_weights: str | None = None
 
     def __post_init__(self):
         if isinstance(self.data, dict):

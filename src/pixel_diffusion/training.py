@@ -178,6 +178,21 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
     denoiser = build_denoiser(model_config, net)
     ema.net.to(device)
 
+    # KID during training: the extractor and the reference features (cached) are ready up front.
+    kid_setup = None
+    if config.kid_every and accelerator.is_main_process:
+        from .features import load_extractor
+        from .metrics import reference_features
+
+        try:
+            extractor = load_extractor(config.kid_extractor, classifier=config.kid_classifier,
+                                       inception_weights=config.kid_inception_weights, device=device)
+        except ValueError as error:
+            raise ValueError(f"KID during training: {error}; or turn it off with kid_every=0") from None
+        reference_data = dataclasses.replace(config.data, flip=False, validation_fraction=0.0)
+        cache = Path.home() / ".cache" / "pixel-diffusion" / "reference"
+        kid_setup = (extractor, reference_features(extractor, reference_data, cache, progress=config.progress))
+
     # 5. Budget.
     total = config.steps or (config.epochs * steps_per_epoch if config.epochs else None)
     if total is None and config.minutes is None:
@@ -261,6 +276,9 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
                         f.write(json.dumps(record) + "\n")
                     _tensorboard(run_dir, record)
                 window_loss, window_start, window_steps = 0.0, time.perf_counter(), 0
+            if kid_setup is not None and step % config.kid_every == 0:
+                measure_kid(config, model_config, ema.net, run_dir, step, *kid_setup,
+                            model=accelerator.unwrap_model(net).state_dict())
             if config.preview_every and step % config.preview_every == 0 and accelerator.is_main_process:
                 preview(config, model_config, ema.net, run_dir, step)
             if step % config.checkpoint_every == 0:
@@ -286,6 +304,25 @@ def _truncate_metrics(path: Path, step: int) -> None:
         return
     kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
     checkpoints.atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+@torch.no_grad()
+def measure_kid(config, model_config, net, run_dir: Path, step: int, extractor, reference, *, model: dict) -> float:
+    """KID of kid_images EMA samples (kid_steps DDIM steps) against the training data; logged to
+    metrics.jsonl, and the weights kept as checkpoints/best when it is the lowest so far."""
+    from .metrics import kid
+
+    denoiser = build_denoiser(model_config, net)
+    images = sample_images(denoiser, model_config, config.kid_images, sampler="ddim", steps=config.kid_steps,
+                           seed=config.seed + 1, progress=False, device=next(net.parameters()).device)
+    features, _ = extractor(images)
+    value, spread = kid(reference, features, subsets=20, subset_size=min(1000, len(images)))
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": step, "kid": value, "kid_std": spread}) + "\n")
+    best = checkpoints.best_metrics(run_dir)
+    if best is None or value < best["kid"]:
+        checkpoints.save_best(run_dir, step, model=model, ema=net.state_dict(), metrics={"kid": value, "kid_std": spread})
+    return value
 
 
 _writers: dict = {}
