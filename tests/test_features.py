@@ -87,11 +87,13 @@ def test_evaluate_command_on_images_and_on_a_run(classifier, tmp_path, capsys):
     from pixel_diffusion.training import train
 
     config = apply_overrides(preset("mnist"), ["data.source=digits", 'network_options={"widths": [8, 16], "groups": 4}',
-                                               "batch_size=32", "steps=2", "preview_every=0", "progress=false", "precision=fp32"])
+                                               "batch_size=32", "steps=2", "preview_every=0", "progress=false",
+                                               "precision=fp32", "conditional=true"])
     train(config, tmp_path / "run")
     assert main(["evaluate", "--run", str(tmp_path / "run"), "--n", "40", "--steps", "3", "--classifier", str(classifier),
-                 "--cache", str(tmp_path / "cache"), "--kid-subset-size", "40"]) == 0
-    assert json.loads((tmp_path / "run" / "metrics-ddim-3.json").read_text())["n"] == 40
+                 "--cache", str(tmp_path / "cache"), "--kid-subset-size", "40", "--guidance", "2"]) == 0
+    written = json.loads((tmp_path / "run" / "metrics-ddim-3.json").read_text())
+    assert written["n"] == 40 and 0 <= written["accuracy"] <= 1  # a class-conditional run reports accuracy
     capsys.readouterr()
     assert main(["evaluate", "--images", str(tmp_path / "samples.npz"), "--classifier", str(tmp_path / "none")]) == 2
     assert "holds no classifier" in capsys.readouterr().err

@@ -114,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--sampler", default="ddim", help=f"sampler (default: ddim)")
     evaluate.add_argument("--steps", type=_positive_int, default=50, help="sampling steps (default: 50)")
     evaluate.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    evaluate.add_argument("--guidance", type=float, default=1.0, help="guidance scale for class-conditional runs (default: 1)")
     evaluate.add_argument("--kid-subset-size", type=_positive_int, default=1000, help="KID subset size (default: 1000)")
     evaluate.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "pixel-diffusion" / "reference",
                           help="where reference features are cached (default: ~/.cache/pixel-diffusion/reference)")
@@ -223,6 +224,7 @@ def run_evaluate(args) -> None:
     import json
 
     import numpy as np
+    import torch
 
     from .checkpoints import atomic_write_text, read_json
     from .data import DataConfig, load_images
@@ -239,11 +241,15 @@ def run_evaluate(args) -> None:
         from .training import load_run, sample_images
 
         denoiser, model_config = load_run(args.run)
-        images = sample_images(denoiser, model_config, args.n, sampler=args.sampler, steps=args.steps, seed=args.seed)
+        classes = model_config.get("num_classes")
+        # A class-conditional run is sampled with every class in turn, so its accuracy can be measured.
+        requested = None if classes is None else torch.arange(args.n) % classes
+        images = sample_images(denoiser, model_config, args.n, sampler=args.sampler, steps=args.steps, seed=args.seed,
+                               labels=requested, guidance=args.guidance)
         run_data = DataConfig(**read_json(args.run / "config.json")["train"]["data"])
     else:
         loaded = load_images(DataConfig(args.images, image_size=size[0], channels=channels))
-        images, run_data = loaded.uint8(np.arange(len(loaded))).permute(0, 2, 3, 1).numpy(), None
+        images, run_data, requested = loaded.uint8(np.arange(len(loaded))).permute(0, 2, 3, 1).numpy(), None, None
     if args.reference:
         reference_config = DataConfig(args.reference, image_size=size[0], channels=channels)
     elif run_data is not None:
@@ -251,7 +257,7 @@ def run_evaluate(args) -> None:
     else:
         raise ValueError("--images needs --reference (the data to compare with)")
     reference = reference_features(extractor, reference_config, args.cache)
-    scores = evaluate_images(images, reference, extractor, kid_subset_size=args.kid_subset_size)
+    scores = evaluate_images(images, reference, extractor, requested=requested, kid_subset_size=args.kid_subset_size)
     for name, value in scores.items():
         print(f"  {name:14s} {value:.5g}" if isinstance(value, float) else f"  {name:14s} {value}")
     out = args.out or (args.run / f"metrics-{args.sampler}-{args.steps}.json" if args.run else None)

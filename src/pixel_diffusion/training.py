@@ -317,8 +317,10 @@ def measure_kid(config, model_config, net, run_dir: Path, step: int, extractor, 
                            seed=config.seed + 1, progress=False, device=next(net.parameters()).device)
     features, _ = extractor(images)
     value, spread = kid(reference, features, subsets=20, subset_size=min(1000, len(images)))
+    record = {"step": step, "kid": value, "kid_std": spread}
     with open(run_dir / "metrics.jsonl", "a") as f:
-        f.write(json.dumps({"step": step, "kid": value, "kid_std": spread}) + "\n")
+        f.write(json.dumps(record) + "\n")
+    _tensorboard(run_dir, record)
     best = checkpoints.best_metrics(run_dir)
     if best is None or value < best["kid"]:
         checkpoints.save_best(run_dir, step, model=model, ema=net.state_dict(), metrics={"kid": value, "kid_std": spread})
@@ -335,8 +337,9 @@ def _tensorboard(run_dir: Path, record: dict) -> None:
     except ImportError:
         return
     writer = _writers.get(run_dir) or _writers.setdefault(run_dir, SummaryWriter(str(run_dir / "tensorboard")))
-    for key in ("loss", "lr", "images_per_s"):
-        writer.add_scalar(f"train/{key}", record[key], record["step"])
+    for key in ("loss", "lr", "images_per_s", "kid"):
+        if key in record:
+            writer.add_scalar(f"train/{key}", record[key], record["step"])
     writer.flush()
 
 

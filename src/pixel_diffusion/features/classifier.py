@@ -133,8 +133,10 @@ class ClassifierFeatures:
         c = self.config
         if images.ndim != 4 or images.shape[1:3] != c.image_size or images.shape[3] != c.channels:
             raise ValueError(f"the classifier takes images of {c.image_size[0]}x{c.image_size[1]}x{c.channels}; got {images.shape[1:]}")
+        from tqdm.auto import tqdm
+
         features, probabilities = [], []
-        for start in range(0, len(images), batch_size):
+        for start in tqdm(range(0, len(images), batch_size), desc="classifier features", disable=len(images) <= 4 * batch_size):
             x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).permute(0, 3, 1, 2)
             f, logits = self.net(self.normalisation.to_model(x).to(self.device))
             features.append(f.double().cpu())
