@@ -121,6 +121,35 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", type=Path, help="JSON file for the results (default: RUN/metrics-SAMPLER-STEPS.json, or none)")
     evaluate.set_defaults(handler=run_evaluate)
 
+    show = commands.add_parser(
+        "show",
+        help="pictures of what a trained model does, and editing",
+        description="One picture of a trained run: grid (samples, labelled by class for conditional runs), "
+        "forward (the forward process of data images), trajectory (x_t and the image estimate per step), "
+        "steps (one noise sampled with 1..20 steps), interpolation (spherical path between two seeds' noises), "
+        "evolution (GIF of the training previews), curves (loss, lr, KID), restore (SDEdit from --strength), "
+        "inpaint (RePaint inside --mask).",
+    )
+    show.add_argument("kind", choices=SHOWS, help="which picture")
+    show.add_argument("--run", type=Path, required=True, help="run directory written by train")
+    show.add_argument("--out", type=Path, help="output file (default: RUN/show-KIND.png, or .gif for evolution)")
+    show.add_argument("--n", type=_positive_int, default=None, help="images (default: 64 for grid, 8 for steps, 4 inputs for restore/inpaint)")
+    show.add_argument("--sampler", default="ddim", help="sampler for grid, steps, restore (default: ddim)")
+    show.add_argument("--steps", type=_positive_int, default=None, help="sampling steps (default: 50; 10 for trajectory; 20 for interpolation)")
+    show.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    show.add_argument("--seed2", type=int, default=1, help="second seed, for interpolation (default: 1)")
+    show.add_argument("--frames", type=_positive_int, default=10, help="interpolation frames (default: 10)")
+    show.add_argument("--step-counts", default="1,2,3,5,10,20", help="step counts to compare (default: 1,2,3,5,10,20)")
+    show.add_argument("--times", default="0,0.05,0.1,0.2,0.35,0.5,0.75,1", help="times for the forward process (default: 0,0.05,...,1)")
+    show.add_argument("--label", type=int, help="class for grid, for runs trained with labels (default: every class)")
+    show.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (default: 1)")
+    show.add_argument("--input", help="images to noise or edit: any data source (default: the run's data)")
+    show.add_argument("--strength", type=float, default=0.5, help="restore: how far to noise, in (0, 1] (default: 0.5)")
+    show.add_argument("--variations", type=_positive_int, default=4, help="restore/inpaint: results per input (default: 4)")
+    show.add_argument("--mask", default="right-half", help=f"inpaint: {', '.join(MASKS)}, or an image file, white = generate (default: right-half)")
+    show.add_argument("--resample", type=_positive_int, default=5, help="inpaint: RePaint resampling per step (default: 5)")
+    show.set_defaults(handler=run_show)
+
     demo = commands.add_parser(
         "demo",
         help="train the default model on the built-in MNIST subset and draw what it does",
@@ -266,6 +295,87 @@ def run_evaluate(args) -> None:
                                            "sampler": args.sampler if args.run else None,
                                            "steps": args.steps if args.run else None}, indent=2) + "\n")
         print(f"written to {out}")
+
+
+SHOWS = ("grid", "forward", "trajectory", "steps", "interpolation", "evolution", "curves", "restore", "inpaint")
+MASKS = ("left-half", "right-half", "top-half", "bottom-half", "centre")
+
+
+def _mask(spec: str, size: tuple[int, int]):
+    import numpy as np
+    from PIL import Image
+
+    h, w = size
+    mask = np.zeros((h, w), np.float32)
+    boxes = {"left-half": (slice(None), slice(0, w // 2)), "right-half": (slice(None), slice(w // 2, None)),
+             "top-half": (slice(0, h // 2), slice(None)), "bottom-half": (slice(h // 2, None), slice(None)),
+             "centre": (slice(h // 4, h - h // 4), slice(w // 4, w - w // 4))}
+    if spec in boxes:
+        mask[boxes[spec]] = 1
+        return mask
+    if not Path(spec).is_file():
+        raise ValueError(f"--mask must be one of {', '.join(MASKS)} or an image file; got {spec!r}")
+    with Image.open(spec) as picture:
+        return (np.asarray(picture.convert("L").resize((w, h), Image.NEAREST)) > 127).astype(np.float32)
+
+
+def run_show(args) -> None:
+    import dataclasses
+
+    import numpy as np
+
+    from . import viz
+    from .checkpoints import read_json
+    from .data import DataConfig, load_images
+    from .training import load_run
+
+    out = args.out or args.run / f"show-{args.kind}.{'gif' if args.kind == 'evolution' else 'png'}"
+    if args.kind == "evolution":
+        print(viz.training_gif(args.run, out))
+        return
+    if args.kind == "curves":
+        print(viz.curves(args.run, out))
+        return
+    denoiser, model_config = load_run(args.run)
+
+    def inputs(n):
+        data = DataConfig(**read_json(args.run / "config.json")["train"]["data"])
+        size = model_config["image_size"][0]
+        config = dataclasses.replace(data, flip=False, validation_fraction=0.0) if args.input is None else \
+            DataConfig(args.input, image_size=size, channels=str(model_config["channels"]))
+        loaded = load_images(config, progress=False)
+        picks = np.linspace(0, len(loaded) - 1, n).round().astype(int)  # spread over the set
+        return loaded.uint8(picks).permute(0, 2, 3, 1).numpy()
+
+    if args.kind == "grid":
+        picture = viz.sample_grid(denoiser, model_config, args.n or 64, seed=args.seed, label=args.label,
+                                  guidance=args.guidance, steps=args.steps or 50, sampler=args.sampler)
+    elif args.kind == "forward":
+        times = [float(t) for t in args.times.split(",")]
+        x = viz._normalisation(model_config).to_model(torch_from(inputs(args.n or 4)))
+        picture = viz.forward_strip(denoiser.schedule, x, times, seed=args.seed)
+    elif args.kind == "trajectory":
+        picture = viz.denoising_trajectory(denoiser, model_config, n=args.n or 3, steps=args.steps or 10, seed=args.seed)
+    elif args.kind == "steps":
+        counts = tuple(int(k) for k in args.step_counts.split(","))
+        picture = viz.step_comparison(denoiser, model_config, counts, n=args.n or 8, seed=args.seed, sampler=args.sampler)
+    elif args.kind == "interpolation":
+        picture = viz.interpolation(denoiser, model_config, seeds=(args.seed, args.seed2), frames=args.frames, steps=args.steps or 20)
+    elif args.kind == "restore":
+        picture = viz.restoration(denoiser, model_config, inputs(args.n or 4), strength=args.strength,
+                                  variations=args.variations, steps=args.steps or 50, sampler=args.sampler, seed=args.seed)
+    else:
+        picture = viz.inpainting(denoiser, model_config, inputs(args.n or 4), _mask(args.mask, model_config["image_size"]),
+                                 steps=args.steps or 50, resample=args.resample, variations=args.variations, seed=args.seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    picture.save(out)
+    print(out)
+
+
+def torch_from(images):
+    import torch
+
+    return torch.from_numpy(images).permute(0, 3, 1, 2)
 
 
 def run_demo(args) -> None:
