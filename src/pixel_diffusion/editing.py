@@ -11,7 +11,7 @@ import math
 import torch
 
 from .diffusion import add_noise
-from .samplers import ImageNoise, _predict, _walk_rates, check_times, get_sampler
+from .samplers import DDPM_VARIANCES, ImageNoise, _predict, _walk_rates, check_times, get_sampler, posterior_mean
 
 Tensor = torch.Tensor
 
@@ -69,10 +69,9 @@ def inpaint(
             image, _ = _predict(denoiser, x, float(times[i]), a_t, s_t, labels, None)
             if callback is not None and r == 0:
                 callback(i, x, image)
-            # Unknown part: the DDPM step t -> s with the posterior variance (Ho et al. eq. 7).
-            beta = 1 - (a_t / a_s) ** 2
-            mean = (a_s * beta / s_t**2) * image + (a_t / a_s * s_s**2 / s_t**2) * x
-            unknown = mean + math.sqrt(max(beta * s_s**2 / s_t**2, 0.0)) * draw(x)
+            # Unknown part: the DDPM step t -> s with the posterior variance.
+            mean, beta = posterior_mean(image, x, a_t, s_t, a_s, s_s)
+            unknown = mean + math.sqrt(DDPM_VARIANCES["posterior"](beta, s_t, s_s)) * draw(x)
             known = a_s * x0 + s_s * draw(x)
             x_s = mask * unknown + (1 - mask) * known
             if r == resample - 1 or i == steps - 1:

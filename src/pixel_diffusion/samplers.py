@@ -133,14 +133,19 @@ def ddpm(
         image, _ = _predict(denoiser, x, float(times[i]), a_t, s_t, labels, clip)
         if callback is not None:
             callback(i, x, image)
-        beta = -math.expm1(2 * (math.log(a_t) - math.log(a_s)))  # 1 - alpha_t^2 / alpha_s^2
-        mean = (a_s * beta / s_t**2) * image + (a_t / a_s * s_s**2 / s_t**2) * x
+        mean, beta = posterior_mean(image, x, a_t, s_t, a_s, s_s)
         if i == len(times) - 2:
             x = mean
         else:
             var = DDPM_VARIANCES[variance](beta, s_t, s_s)
             x = mean + math.sqrt(var) * draw(x)
     return x
+
+
+def posterior_mean(image: Tensor, x: Tensor, a_t: float, s_t: float, a_s: float, s_s: float) -> tuple[Tensor, float]:
+    """Mean of q(x_s | x_t, x_0 = image) and beta_ts = 1 - alpha_t^2 / alpha_s^2 (Ho et al. eq. 7)."""
+    beta = -math.expm1(2 * (math.log(a_t) - math.log(a_s)))
+    return (a_s * beta / s_t**2) * image + (a_t / a_s * s_s**2 / s_t**2) * x, beta
 
 
 DDPM_VARIANCES = {
