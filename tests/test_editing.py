@@ -84,6 +84,14 @@ def test_training_gif_has_one_frame_per_preview(run, tmp_path):
         assert gif.n_frames == len(list((run / "samples").glob("step-*.png"))) == 2
 
 
+def test_a_single_image_file_can_be_restored(run, tmp_path):
+    Image.fromarray(np.full((8, 8), 200, np.uint8)).save(tmp_path / "one.png")
+    assert main(["show", "restore", "--run", str(run), "--input", str(tmp_path / "one.png"), "--n", "1",
+                 "--steps", "3", "--variations", "2", "--out", str(tmp_path / "r.png")]) == 0
+    with Image.open(tmp_path / "r.png") as picture:
+        assert picture.height >= 8
+
+
 def test_show_errors_are_one_line(run, tmp_path, capsys):
     assert main(["show", "inpaint", "--run", str(run), "--mask", "nowhere.png"]) == 2
     assert "--mask must be one of" in capsys.readouterr().err

@@ -375,7 +375,9 @@ def open_source(config: DataConfig) -> Source:
             return _array_source(path.name, *read_arrays(path))
         if "idx3" in path.name:
             return _array_source(path.name, *read_idx_pair(path))
-        raise ValueError(f"{path} is not a data source; expected a folder, a .npz/.npy file or an idx file")
+        if path.suffix.lower() in IMAGE_SUFFIXES:  # one image, e.g. to restore or inpaint
+            return Source(path.name, 1, lambda i: read_image_file(path, config.alpha, config.max_pixels), lambda i: path.name)
+        raise ValueError(f"{path} is not a data source; expected a folder, an image, a .npz/.npy file or an idx file")
     if (path / "data_batch_1").exists() or (path / "test_batch").exists():
         return _array_source(path.name, *read_cifar_batches(path))
     idx = sorted(path.glob("*images*idx3*"))
