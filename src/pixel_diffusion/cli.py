@@ -206,6 +206,7 @@ def run_sample(args) -> None:
     import torch
     from PIL import Image
 
+    from .samplers import evaluations
     from .training import load_run, sample_images
     from .viz import image_grid
 
@@ -220,8 +221,8 @@ def run_sample(args) -> None:
         labels = torch.full((args.n,), args.label, dtype=torch.long)
     options = {"spacing": args.spacing}
     if args.eta is not None:
-        if args.sampler != "ddim":
-            raise ValueError(f"--eta is an option of the ddim sampler, not of {args.sampler}")
+        if args.sampler not in ("ddim", "euler-ancestral"):
+            raise ValueError(f"--eta is an option of the ddim and euler-ancestral samplers, not of {args.sampler}")
         options["eta"] = args.eta
     images = sample_images(denoiser, model_config, args.n, sampler=args.sampler, steps=args.steps, seed=args.seed,
                            labels=labels, guidance=args.guidance, batch_size=args.batch_size, device=args.device, **options)
@@ -235,8 +236,8 @@ def run_sample(args) -> None:
     if not args.no_png:
         for k, image in enumerate(images):
             Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(out / f"{k:05d}.png")
-    evaluations = args.steps * (2 if labels is not None and args.guidance != 1 else 1)
-    print(f"{len(images)} images ({args.sampler}, {args.steps} steps, {evaluations} network evaluations each) in {out}")
+    calls = evaluations(args.sampler, args.steps) * (2 if labels is not None and args.guidance != 1 else 1)
+    print(f"{len(images)} images ({args.sampler}, {args.steps} steps, {calls} network evaluations each) in {out}")
 
 
 def run_train_classifier(args) -> None:

@@ -187,7 +187,145 @@ def ddim(
     return x
 
 
-SAMPLERS = {"ddpm": ddpm, "ddim": ddim}
+# ---- ODE and SDE solvers (Karras et al. 2022; Lu et al. 2022) ----------------------------------
+# In the EDM variables x~ = x / alpha and s~ = sigma / alpha the probability-flow ODE is
+# dx~/ds~ = (x~ - D(x)) / s~, with D the denoiser's image estimate; the walk ends at s~ = 0.
+
+
+def _scaled(alphas: list[float], sigmas: list[float]) -> list[float]:
+    return [s / a for a, s in zip(alphas, sigmas)]
+
+
+@torch.no_grad()
+def euler(denoiser, x: Tensor, times, *, labels=None, noise=None, callback: Callback | None = None, clip=None) -> Tensor:
+    """Euler's method on the probability-flow ODE (Karras et al. 2022, eq. 3 with Algorithm 1's
+    first stage only). In these variables it is the same walk as DDIM with eta = 0."""
+    times = check_times(times)
+    alphas, sigmas = _walk_rates(denoiser.schedule, times)
+    edm = _scaled(alphas, sigmas)
+    y = x.float() / alphas[0]  # x~
+    for i in range(len(times) - 1):
+        image, _ = _predict(denoiser, y * alphas[i], float(times[i]), alphas[i], sigmas[i], labels, clip)
+        if callback is not None:
+            callback(i, y * alphas[i], image)
+        y = y + (edm[i + 1] - edm[i]) * (y - image) / edm[i]
+    return y * alphas[-1]
+
+
+@torch.no_grad()
+def euler_ancestral(denoiser, x: Tensor, times, *, labels=None, noise=None, callback: Callback | None = None,
+                    eta: float = 1.0, clip=None) -> Tensor:
+    """Euler steps down to s_down, then fresh noise up to s_next (k-diffusion's ancestral
+    sampler): s_up = eta sqrt(s_next^2 (s^2 - s_next^2) / s^2), s_down = sqrt(s_next^2 - s_up^2)."""
+    if not (isinstance(eta, (int, float)) and 0 <= eta <= 1):
+        raise ValueError(f"eta must lie in [0, 1]; got {eta!r}")
+    times = check_times(times)
+    draw = as_noise(noise)
+    alphas, sigmas = _walk_rates(denoiser.schedule, times)
+    edm = _scaled(alphas, sigmas)
+    y = x.float() / alphas[0]
+    for i in range(len(times) - 1):
+        image, _ = _predict(denoiser, y * alphas[i], float(times[i]), alphas[i], sigmas[i], labels, clip)
+        if callback is not None:
+            callback(i, y * alphas[i], image)
+        up = min(edm[i + 1], eta * math.sqrt(edm[i + 1] ** 2 * (edm[i] ** 2 - edm[i + 1] ** 2) / edm[i] ** 2))
+        down = math.sqrt(edm[i + 1] ** 2 - up**2)
+        y = y + (down - edm[i]) * (y - image) / edm[i]
+        if up > 0:
+            y = y + up * draw(y)
+    return y * alphas[-1]
+
+
+@torch.no_grad()
+def heun(denoiser, x: Tensor, times, *, labels=None, noise=None, callback: Callback | None = None,
+         churn: float = 0.0, churn_range: tuple[float, float] = (0.0, float("inf")), churn_noise: float = 1.0,
+         clip=None) -> Tensor:
+    """Heun's second-order method (Karras et al. 2022, Algorithm 2; Algorithm 1 with churn = 0):
+    an Euler step, then a correction with the slope at its end, except on the last step to s~ = 0.
+    With churn > 0, noise raises s~ by gamma = min(churn / n, sqrt(2) - 1) inside churn_range.
+    Network evaluations: 2 per step, 1 on the last."""
+    times = check_times(times)
+    draw = as_noise(noise)
+    schedule = denoiser.schedule
+    alphas, sigmas = _walk_rates(schedule, times)
+    edm = _scaled(alphas, sigmas)
+    n = len(times) - 1
+    y = x.float() / alphas[0]
+
+    def estimate(y_, s_tilde, t_):
+        # D at EDM noise level s_tilde: evaluate the network at the time with that level.
+        a_, s_ = schedule.rates(torch.tensor(float(t_), dtype=torch.float64))
+        return _predict(denoiser, y_ * float(a_), float(t_), float(a_), float(s_), labels, clip)[0]
+
+    for i in range(n):
+        s_cur, t_cur = edm[i], float(times[i])
+        gamma = min(churn / n, math.sqrt(2) - 1) if churn > 0 and churn_range[0] <= s_cur <= churn_range[1] else 0.0
+        if gamma > 0:  # Algorithm 2, lines 5-6: raise the noise level, add the matching noise
+            s_hat = s_cur * (1 + gamma)
+            t_cur = float(time_at_edm_sigma(schedule, s_hat))
+            y = y + math.sqrt(s_hat**2 - s_cur**2) * churn_noise * draw(y)
+            s_cur = s_hat
+        image = estimate(y, s_cur, t_cur)
+        if callback is not None:
+            a_cur = float(schedule.rates(torch.tensor(t_cur, dtype=torch.float64))[0])
+            callback(i, y * a_cur, image)
+        slope = (y - image) / s_cur
+        y_next = y + (edm[i + 1] - s_cur) * slope
+        if edm[i + 1] > 0:  # second-order correction
+            slope_next = (y_next - estimate(y_next, edm[i + 1], float(times[i + 1]))) / edm[i + 1]
+            y_next = y + (edm[i + 1] - s_cur) * (slope + slope_next) / 2
+        y = y_next
+    return y * alphas[-1]
+
+
+def time_at_edm_sigma(schedule, edm_sigma: float) -> Tensor:
+    from .schedules import time_at_log_snr
+
+    return time_at_log_snr(schedule, torch.tensor(-2 * math.log(edm_sigma), dtype=torch.float64))
+
+
+@torch.no_grad()
+def dpmpp_2m(denoiser, x: Tensor, times, *, labels=None, noise=None, callback: Callback | None = None, clip=None) -> Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2), data prediction in lambda = log(alpha/sigma):
+    x_s = (sigma_s / sigma_t) x_t - alpha_s (e^-h - 1) D, h = lambda_s - lambda_t, with
+    D = (1 + 1/(2r)) D_t - 1/(2r) D_prev, r = h_prev / h, after the first step; the step to
+    sigma = 0 takes D itself."""
+    times = check_times(times)
+    alphas, sigmas = _walk_rates(denoiser.schedule, times)
+    x = x.float()
+    previous, h_previous = None, None
+    for i in range(len(times) - 1):
+        a_t, s_t, a_s, s_s = alphas[i], sigmas[i], alphas[i + 1], sigmas[i + 1]
+        image, _ = _predict(denoiser, x, float(times[i]), a_t, s_t, labels, clip)
+        if callback is not None:
+            callback(i, x, image)
+        if s_s == 0:
+            x = image
+            break
+        h = math.log(a_s / s_s) - math.log(a_t / s_t)
+        estimate = image
+        if previous is not None:
+            r = h_previous / h
+            estimate = (1 + 1 / (2 * r)) * image - (1 / (2 * r)) * previous
+        x = (s_s / s_t) * x - a_s * math.expm1(-h) * estimate
+        previous, h_previous = image, h
+    return x
+
+
+SAMPLERS = {
+    "ddpm": ddpm,
+    "ddim": ddim,
+    "euler": euler,
+    "euler-ancestral": euler_ancestral,
+    "heun": heun,
+    "dpmpp-2m": dpmpp_2m,
+}
+
+
+def evaluations(sampler: str, steps: int) -> int:
+    """Network evaluations a sampler makes in `steps` steps (Heun: two per step but the last)."""
+    get_sampler(sampler)
+    return 2 * steps - 1 if sampler == "heun" else steps
 
 
 def get_sampler(name: str):

@@ -387,8 +387,7 @@ def sample_images(
         if model_config.get("num_classes") is None:
             raise ValueError("this run was trained without labels; drop --label")
         denoiser = Guided(denoiser, guidance, model_config["num_classes"])
-    if sampler in ("ddpm", "ddim"):
-        options.setdefault("clip", tuple(r.to(device) for r in normalisation.data_range(channels)))
+    options.setdefault("clip", tuple(r.to(device) for r in normalisation.data_range(channels)))
     x = sample(denoiser, (channels, h, w), n, sampler=sampler, steps=steps, seed=seed, labels=labels,
                batch_size=batch_size, progress=progress, device=device, **options)
     return normalisation.to_uint8(x)

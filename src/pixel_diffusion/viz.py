@@ -237,7 +237,7 @@ def restoration(denoiser, model_config, images: np.ndarray, *, strength: float =
 
     normalisation = _normalisation(model_config)
     x = normalisation.to_model(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2))
-    options = {"clip": _clip(model_config)} if sampler in ("ddpm", "ddim") else {}
+    options = {"clip": _clip(model_config)}
     restored = normalisation.to_uint8(restore(denoiser, x, strength=strength, steps=steps, sampler=sampler,
                                               variations=variations, seed=seed, **options))
     generator = torch.Generator().manual_seed(seed)

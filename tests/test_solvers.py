@@ -1,0 +1,87 @@
+"""The ODE/SDE samplers against the closed-form probability-flow map of Gaussian data.
+
+For pixels i.i.d. N(mu, s^2) the probability-flow ODE keeps each point's standardised position
+in the marginal N(alpha mu, alpha^2 s^2 + sigma^2), so from x_T at t = 1 it ends at
+x_0 = mu + s (x_T - alpha_1 mu) / sqrt(alpha_1^2 s^2 + sigma_1^2). Deterministic samplers must
+converge to it at their order."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pixel_diffusion import schedules
+from pixel_diffusion.exact import GaussianDenoiser
+from pixel_diffusion.samplers import SAMPLERS, ddim, euler, evaluations, sample
+from pixel_diffusion.schedules import sampling_times
+
+MU, STD = 0.3, 0.5
+
+
+def _setup(name="linear"):
+    schedule = schedules.make_schedule(name)
+    x = torch.randn(256, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    a, s = (float(v) for v in schedule.rates(torch.tensor(1.0, dtype=torch.float64)))
+    exact = MU + STD * (x.double() - a * MU) / math.sqrt(a**2 * STD**2 + s**2)
+    return GaussianDenoiser.iid(schedule, MU, STD), x, exact
+
+
+@pytest.mark.parametrize("sampler, order", [("ddim", 1), ("euler", 1), ("heun", 2), ("dpmpp-2m", 2)])
+@pytest.mark.parametrize("spacing", ["log-snr", "karras"])
+def test_deterministic_samplers_converge_at_their_order(sampler, order, spacing):
+    denoiser, x, exact = _setup()
+    counts = [16, 32, 64, 128]
+    errors = [(SAMPLERS[sampler](denoiser, x, sampling_times(denoiser.schedule, n, spacing)).double() - exact).abs().mean().item()
+              for n in counts]
+    slope = np.polyfit(np.log(counts), np.log(errors), 1)[0]
+    if order == 1:
+        assert -1.25 < slope < -0.8, (errors, slope)
+    else:
+        assert slope < -1.8, (errors, slope)
+    assert errors[-1] < (1e-2 if order == 1 else 1e-3)
+
+
+def test_euler_is_ddim():
+    denoiser, x, _ = _setup("cosine")
+    times = sampling_times(denoiser.schedule, 25, "karras")
+    torch.testing.assert_close(euler(denoiser, x, times), ddim(denoiser, x, times), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("sampler, options, steps", [("euler-ancestral", {}, 1000), ("heun", {"churn": 40.0}, 200)])
+def test_stochastic_samplers_reach_the_data_moments(sampler, options, steps):
+    # Both are first order in their noise: the variance deficit shrinks with the step count.
+    denoiser, _, _ = _setup()
+    x = torch.randn(4096, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    run = lambda n, seed: SAMPLERS[sampler](denoiser, x, sampling_times(denoiser.schedule, n, "log-snr"),  # noqa: E731
+                                            noise=torch.Generator().manual_seed(seed), **options)
+    out = run(steps, 2)
+    assert out.mean().item() == pytest.approx(MU, abs=0.01)
+    assert out.var().item() == pytest.approx(STD**2, rel=0.025)
+    assert abs(run(steps // 10, 2).var().item() - STD**2) > abs(out.var().item() - STD**2)
+    assert (out - run(steps, 3)).abs().max() > 1e-3  # the noise is really used
+
+
+class Counting:
+    def __init__(self, denoiser):
+        self.denoiser, self.schedule, self.calls = denoiser, denoiser.schedule, 0
+
+    def __call__(self, x, t, labels=None):
+        self.calls += 1
+        return self.denoiser(x, t, labels)
+
+
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_network_evaluations_are_as_reported(sampler):
+    denoiser, x, _ = _setup()
+    counting = Counting(denoiser)
+    SAMPLERS[sampler](counting, x[:2], sampling_times(denoiser.schedule, 7), noise=torch.Generator().manual_seed(0))
+    assert counting.calls == evaluations(sampler, 7)
+
+
+def test_every_sampler_gives_one_image_per_seed_whatever_the_batch():
+    denoiser, _, _ = _setup()
+    for name in SAMPLERS:
+        a = sample(denoiser, (1, 4, 4), 5, sampler=name, steps=6, seed=3, batch_size=5, progress=False)
+        b = sample(denoiser, (1, 4, 4), 5, sampler=name, steps=6, seed=3, batch_size=2, progress=False)
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
