@@ -252,8 +252,8 @@ def heun(denoiser, x: Tensor, times, *, labels=None, noise=None, callback: Callb
     n = len(times) - 1
     y = x.float() / alphas[0]
 
-    def estimate(y_, s_tilde, t_):
-        # D at EDM noise level s_tilde: evaluate the network at the time with that level.
+    def estimate(y_, t_):
+        # The image estimate D at time t_, from x~ scaled back to x.
         a_, s_ = schedule.rates(torch.tensor(float(t_), dtype=torch.float64))
         return _predict(denoiser, y_ * float(a_), float(t_), float(a_), float(s_), labels, clip)[0]
 
@@ -265,14 +265,14 @@ def heun(denoiser, x: Tensor, times, *, labels=None, noise=None, callback: Callb
             t_cur = float(time_at_edm_sigma(schedule, s_hat))
             y = y + math.sqrt(s_hat**2 - s_cur**2) * churn_noise * draw(y)
             s_cur = s_hat
-        image = estimate(y, s_cur, t_cur)
+        image = estimate(y, t_cur)
         if callback is not None:
             a_cur = float(schedule.rates(torch.tensor(t_cur, dtype=torch.float64))[0])
             callback(i, y * a_cur, image)
         slope = (y - image) / s_cur
         y_next = y + (edm[i + 1] - s_cur) * slope
         if edm[i + 1] > 0:  # second-order correction
-            slope_next = (y_next - estimate(y_next, edm[i + 1], float(times[i + 1]))) / edm[i + 1]
+            slope_next = (y_next - estimate(y_next, float(times[i + 1]))) / edm[i + 1]
             y_next = y + (edm[i + 1] - s_cur) * (slope + slope_next) / 2
         y = y_next
     return y * alphas[-1]
