@@ -32,6 +32,21 @@ def test_restoring_at_a_tiny_strength_returns_nearly_the_input():
         restore(denoiser, x, strength=0)
 
 
+def test_restoration_picture_shows_the_start_the_first_variation_walked_from():
+    from pixel_diffusion.samplers import ImageNoise
+    from pixel_diffusion.diffusion import add_noise
+
+    denoiser = GaussianDenoiser.iid(schedules.cosine(), 0.0, 0.5)
+    x = _images(2)
+    # restore() noises item k * variations with the first draw of stream (seed, k * variations).
+    start = add_noise(denoiser.schedule, x, torch.tensor(0.5, dtype=torch.float64),
+                      ImageNoise.from_seed(7, [0, 3])(x))
+    walked = restore(denoiser, x, strength=0.5, steps=1, variations=3, seed=7)
+    # One DDIM step from t = 0.5 to 0 lands on the image estimate at the start point.
+    expected = denoiser(start, torch.full((2,), 0.5, dtype=torch.float64)).image
+    torch.testing.assert_close(walked[[0, 3]], expected, rtol=1e-5, atol=1e-5)
+
+
 def test_inpainting_keeps_the_unmasked_pixels_exactly():
     denoiser = GaussianDenoiser.iid(schedules.linear(), 0.0, 0.5)
     x = _images()

@@ -363,6 +363,8 @@ def preview(config: TrainConfig, model_config: dict, net: torch.nn.Module, run_d
 def load_run(run_dir: Path, weights: str = "ema", device: str | torch.device = "cpu") -> tuple[Denoiser, dict]:
     """The denoiser of a run's newest checkpoint (EMA weights by default) and its model config."""
     run_dir = Path(run_dir)
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device} asked for, but this machine has no CUDA GPU; use --device cpu")
     if not (run_dir / "config.json").exists():
         raise ValueError(f"{run_dir} is not a run directory (no config.json); train one with pixel-diffusion train")
     latest = checkpoints.latest_checkpoint(run_dir)

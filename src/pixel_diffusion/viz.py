@@ -232,7 +232,8 @@ def denoising_trajectory(denoiser, model_config, *, n: int = 3, steps: int = 10,
 
 def restoration(denoiser, model_config, images: np.ndarray, *, strength: float = 0.5, variations: int = 4,
                 steps: int = 50, sampler: str = "ddim", seed: int = 0) -> Image.Image:
-    """Per input row: the input, it noised to `strength`, and `variations` restorations (SDEdit)."""
+    """Per input row: the input, it noised to `strength` (where the first variation starts), and
+    `variations` restorations (SDEdit)."""
     from .editing import restore
 
     normalisation = _normalisation(model_config)
@@ -240,9 +241,12 @@ def restoration(denoiser, model_config, images: np.ndarray, *, strength: float =
     options = {"clip": _clip(model_config)}
     restored = normalisation.to_uint8(restore(denoiser, x, strength=strength, steps=steps, sampler=sampler,
                                               variations=variations, seed=seed, **options))
-    generator = torch.Generator().manual_seed(seed)
-    noised = normalisation.to_uint8(add_noise(denoiser.schedule, x, torch.tensor(strength, dtype=torch.float64),
-                                              torch.randn(x.shape, generator=generator)))
+    # The starting point of each input's first variation: the first draw of its noise stream.
+    from .samplers import ImageNoise
+
+    kind = getattr(denoiser.schedule, "noise", "gaussian")
+    first = ImageNoise.from_seed(seed, [k * variations for k in range(len(x))], kind)(x)
+    noised = normalisation.to_uint8(add_noise(denoiser.schedule, x, torch.tensor(strength, dtype=torch.float64), first))
     rows = [np.concatenate([images[k : k + 1], noised[k : k + 1], restored[k * variations : (k + 1) * variations]])
             for k in range(len(images))]
     return rows_with_titles(rows, [f"input, t={strength:g}, restored"] * len(rows), scale=max(1, 64 // images.shape[1]))
