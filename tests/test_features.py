@@ -46,7 +46,27 @@ def test_real_beats_blurred_beats_noise(classifier):
         kids.append(kid(reference, features, subsets=20, subset_size=150)[0])
         confidence.append(float((probabilities.max(1) > 0.9).mean()))
     assert fids[0] < fids[1] < fids[2] and kids[0] < kids[1] < kids[2]
-    assert confidence[0] > max(confidence[1:]), confidence  # noise can still fool it: confidence is no distance
+    assert confidence[0] > max(confidence[1:]), confidence
+    assert confidence[2] < 0.05, confidence  # the reject class takes the noise
+
+
+def test_the_reject_class_stops_noise_and_scribbles_being_called_digits(classifier, tmp_path):
+    from pixel_diffusion.features.classifier import corrupt
+
+    plain = tmp_path / "plain"
+    train_classifier(DataConfig("digits"), plain, epochs=6, progress=False, reject_class=False)
+    _, held_out = _digits()
+    x = torch.from_numpy(held_out).permute(0, 3, 1, 2).float() / 127.5 - 1
+    scribbles = ((corrupt(x, torch.Generator().manual_seed(1)) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    uniform = np.random.default_rng(0).integers(0, 256, held_out.shape, dtype=np.uint8)
+    rates = {}
+    for name, folder in (("reject", classifier), ("plain", plain)):
+        extractor = ClassifierFeatures(folder)
+        rates[name] = [float((extractor(images)[1].max(1) > 0.9).mean()) for images in (held_out, scribbles, uniform)]
+    # 8x8 digits after 6 epochs: real ones are called less often than on MNIST, corruptions almost never.
+    assert rates["reject"][0] > 0.3 and rates["reject"][1] < 0.05 and rates["reject"][2] < 0.05, rates
+    assert min(rates["plain"][1:]) > 0.3, rates  # without it, corruptions pass as digits
+    assert json.loads((classifier / "classifier.json").read_text())["validation_corrupted_rejected"] > 0.9
 
 
 def test_reference_features_are_cached(classifier, tmp_path, monkeypatch):

@@ -285,3 +285,44 @@ def test_overrides_and_config_files(tmp_path):
         apply_overrides(config, ["batch_size=0"])
     with pytest.raises(ValueError, match="expected one of fp32, bf16, fp16"):
         apply_overrides(config, ["precision=fp8"])
+
+
+def test_speed_levers_leave_the_training_the_same(tmp_path):
+    """channels_last and the fused optimiser change memory layout and kernels, not the
+    mathematics: 6 steps end at the same weights (to float rounding) with the same names."""
+    plain, fast = tmp_path / "plain", tmp_path / "fast"
+    train(tiny(steps=6), plain)
+    train(tiny(steps=6, channels_last=True, fused_optimizer=True, threads=1), fast)
+    a, b = _weights(plain), _weights(fast)
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-4, msg=name)  # steps move weights ~1e-2
+    records = [json.loads(line) for line in (fast / "metrics.jsonl").read_text().splitlines()]
+    elapsed = [r["elapsed_s"] for r in records]
+    assert elapsed == sorted(elapsed) and elapsed[0] > 0
+
+
+@pytest.mark.slow
+def test_compiled_network_trains_and_saves_plain_names(tmp_path):
+    train(tiny(steps=4, compile=True), tmp_path)
+    names = set(load_file(latest_checkpoint(tmp_path) / "model.safetensors"))
+    assert names and not any("_orig_mod" in n for n in names)
+    load_run(tmp_path)  # loads into an uncompiled network
+
+
+def test_threads_must_be_a_positive_integer():
+    with pytest.raises(ValueError, match="threads must be a positive integer"):
+        tiny(threads=0)
+
+
+def test_bf16_sampling_stays_close_to_fp32(tmp_path):
+    from pixel_diffusion.training import sample_images
+
+    train(tiny(steps=30, lr=3e-3), tmp_path)
+    denoiser, model_config = load_run(tmp_path)
+    full = sample_images(denoiser, model_config, 16, steps=10, progress=False).astype(float)
+    half = sample_images(denoiser, model_config, 16, steps=10, progress=False, precision="bf16").astype(float)
+    # bf16 keeps ~3 significant digits in the network; the walk's arithmetic stays float32.
+    assert np.abs(full - half).mean() < 3.0 and not np.array_equal(full, half)
+    with pytest.raises(ValueError, match="unknown sampling precision"):
+        sample_images(denoiser, model_config, 1, steps=2, progress=False, precision="fp8")

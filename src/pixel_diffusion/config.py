@@ -31,6 +31,10 @@ RESUMABLE_FIELDS = BUDGET_FIELDS + (
     "kid_extractor",
     "kid_classifier",
     "kid_inception_weights",
+    "compile",
+    "channels_last",
+    "fused_optimizer",
+    "threads",
 )
 
 
@@ -62,6 +66,11 @@ class TrainConfig:
     ema_decay: float = 0.999
     ema_warmup: bool = True  # decay min(ema_decay, (1 + n) / (10 + n)) at optimiser step n
     precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast + loss scaling, GPU only)
+    # Speed levers that leave the mathematics alone (docs/performance.md measures each).
+    compile: bool = False  # torch.compile the network's forward and backward
+    channels_last: bool = False  # NHWC memory layout for the network's weights and activations
+    fused_optimizer: bool = False  # one fused kernel for the whole Adam/AdamW update
+    threads: int | None = None  # CPU threads for torch (None: torch's default, one per core)
     device: str = "auto"
     seed: int = 0
     # Budget: exactly one of these is used (steps wins over epochs over minutes).
@@ -113,6 +122,8 @@ class TrainConfig:
             raise ValueError(f"ema_decay must lie in [0, 1); got {self.ema_decay}")
         if not 0 <= self.label_dropout < 1:
             raise ValueError(f"label_dropout must lie in [0, 1); got {self.label_dropout}")
+        if self.threads is not None and (not isinstance(self.threads, int) or isinstance(self.threads, bool) or self.threads < 1):
+            raise ValueError(f"threads must be a positive integer or None; got {self.threads!r}")
         for name in BUDGET_FIELDS:
             value = getattr(self, name)
             if value is not None and not value > 0:

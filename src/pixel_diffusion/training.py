@@ -106,6 +106,8 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
     from tqdm.auto import tqdm
 
     run_dir = Path(run_dir)
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
     # 1. The engine: device, processes and mixed precision.
     if config.precision == "fp16" and not torch.cuda.is_available():
         raise ValueError("precision fp16 needs a GPU (it uses loss scaling); use bf16 or fp32 on the CPU")
@@ -147,8 +149,11 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
     torch.manual_seed(config.seed)
     net = build_network(model_config["network"])
     ema = EMA(net, config.ema_decay, config.ema_warmup)
+    if config.channels_last:
+        net = net.to(memory_format=torch.channels_last)
     optimizer_class = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-    optimizer = optimizer_class(net.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
+    optimizer = optimizer_class(net.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay,
+                                **({"fused": True} if config.fused_optimizer else {}))
 
     # 4. Resume from the newest checkpoint, if the run directory has one.
     step = 0
@@ -175,6 +180,8 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
                   f"{data.size[0]}x{data.size[1]}x{data.channels}" + (f"; resuming at step {step}" if step else ""))
 
     net, optimizer = accelerator.prepare(net, optimizer)  # DDP wraps the network under accelerate
+    if config.compile:  # in place, so state_dict keys stay those of the plain network
+        accelerator.unwrap_model(net).compile()
     denoiser = build_denoiser(model_config, net)
     ema.net.to(device)
 
@@ -220,6 +227,7 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
     micro = global_batch // world // config.accumulation
     loss_fn = config.loss
     window_loss, window_start, window_steps = 0.0, time.perf_counter(), 0
+    started = window_start
     bar = tqdm(total=total, initial=step, desc="training", unit="step", disable=not (config.progress and accelerator.is_main_process))
     last = None
     try:
@@ -242,8 +250,9 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
                     labels = torch.where(dropped, torch.full_like(labels, num_classes), labels).to(device)
                 else:
                     labels = None
+                x = x.to(device, memory_format=torch.channels_last if config.channels_last else torch.contiguous_format)
                 with accelerator.autocast():
-                    loss = loss_fn(denoiser, x.to(device), labels, generator=generator).mean() / config.accumulation
+                    loss = loss_fn(denoiser, x, labels, generator=generator).mean() / config.accumulation
                 if not torch.isfinite(loss):
                     kept = checkpoints.latest_checkpoint(run_dir)
                     raise TrainingError(
@@ -269,7 +278,8 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
                 seconds = time.perf_counter() - window_start
                 mean_loss = accelerator.reduce(torch.tensor(window_loss / window_steps, device=device), "mean").item()
                 record = {"step": step, "loss": mean_loss, "lr": lr,
-                          "images_per_s": window_steps * global_batch / seconds, "epoch": step / steps_per_epoch}
+                          "images_per_s": window_steps * global_batch / seconds, "epoch": step / steps_per_epoch,
+                          "elapsed_s": time.perf_counter() - started}
                 bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.0f}")
                 if accelerator.is_main_process:
                     with open(run_dir / "metrics.jsonl", "a") as f:
@@ -379,10 +389,13 @@ def load_run(run_dir: Path, weights: str = "ema", device: str | torch.device = "
 def sample_images(
     denoiser, model_config: dict, n: int, *, sampler: str = "ddim", steps: int = 50, seed: int = 0,
     labels: torch.Tensor | None = None, guidance: float = 1.0, batch_size: int = 64, progress: bool = True,
-    device: str | torch.device = "cpu", **options,
+    device: str | torch.device = "cpu", precision: str = "fp32", **options,
 ) -> np.ndarray:
-    """n uint8 images (n, H, W, C) from a trained denoiser, clipped to the data range."""
+    """n uint8 images (n, H, W, C) from a trained denoiser, clipped to the data range. With
+    precision "bf16" the network runs under bf16 autocast; the sampler's arithmetic stays float32."""
     get_sampler(sampler)
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"unknown sampling precision {precision!r}; expected fp32 or bf16")
     normalisation = Normalisation(**model_config["normalisation"])
     channels, (h, w) = model_config["channels"], model_config["image_size"]
     if labels is not None:
@@ -390,6 +403,7 @@ def sample_images(
             raise ValueError("this run was trained without labels; drop --label")
         denoiser = Guided(denoiser, guidance, model_config["num_classes"])
     options.setdefault("clip", tuple(r.to(device) for r in normalisation.data_range(channels)))
-    x = sample(denoiser, (channels, h, w), n, sampler=sampler, steps=steps, seed=seed, labels=labels,
-               batch_size=batch_size, progress=progress, device=device, **options)
+    with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        x = sample(denoiser, (channels, h, w), n, sampler=sampler, steps=steps, seed=seed, labels=labels,
+                   batch_size=batch_size, progress=progress, device=device, **options)
     return normalisation.to_uint8(x)

@@ -14,7 +14,8 @@ from ..diffusion import DiffusionLoss
 def mnist() -> TrainConfig:
     """Fast default for the built-in mnist-5k on a CPU: a plain residual U-Net (residual-mnist),
     cosine schedule, velocity prediction, min-SNR-5 weighting, AdamW 2e-3 with 200 warmup steps
-    and cosine decay, EMA 0.999 with warmup, bf16 autocast, batch 64, 3000 steps."""
+    and cosine decay, EMA 0.999 with warmup, bf16 autocast, fused AdamW, batch 64, 3000 steps
+    (docs/performance.md measures each of these choices)."""
     return TrainConfig(
         preset="mnist",
         data=DataConfig("mnist-5k"),
@@ -31,9 +32,11 @@ def mnist() -> TrainConfig:
         batch_size=64,
         ema_decay=0.999,
         precision="bf16",
+        fused_optimizer=True,
         steps=3000,
         checkpoint_every=250,
         preview_every=500,
+        preview_sampler="ddpm",
         preview_steps=20,
     )
 

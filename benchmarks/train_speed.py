@@ -1,0 +1,178 @@
+"""Training speed of the default MNIST recipe against the MNIST tutorial's diffusers network.
+
+    python benchmarks/train_speed.py                       # table to stdout and docs/performance_speed.md
+    python benchmarks/train_speed.py --repeats 5 --steps 30
+
+Every variant is a real `train()` run of a preset with overrides (data from the built-in mnist-5k,
+served from the uint8 cache), in its own process so each has a fresh allocator and an honest peak
+memory (the process's max resident set). Variants run alternately, `--repeats` rounds with the
+order rotated each round, so drift of the machine hits all of them alike. Speed is the median of
+the logged images/s windows after the first `--warmup` steps (which hold torch.compile's work);
+each row reports the median over rounds and the spread (min-max). The same run measures the
+machine's peak: a 2048x2048 matrix product in float32 and in bf16.
+
+`--loss-steps N` adds the check that a lever does not cost quality: fp32 and bf16 runs of the
+default recipe for N steps from the same seed, mean training loss over the last 20% of steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+# name: (preset, overrides, what it is)
+VARIANTS = {
+    "tutorial": ("mnist-tutorial", {}, "tutorial recipe: ddpm-mnist (UNet2DModel 32/64/64 + attention), fp32, Adam"),
+    "tutorial-bf16": ("mnist-tutorial", {"precision": "bf16"}, "the tutorial's network with bf16 autocast"),
+    "ours-fp32": ("mnist", {"precision": "fp32", "fused_optimizer": False, "batch_size": 128}, "residual-mnist, fp32, AdamW"),
+    "ours-bf16": ("mnist", {"fused_optimizer": False, "batch_size": 128}, "+ bf16 autocast"),
+    "ours-bf16-fused": ("mnist", {"batch_size": 128}, "+ bf16, fused AdamW"),
+    "ours-bf16-fused-cl": ("mnist", {"channels_last": True, "batch_size": 128}, "+ bf16, fused AdamW, channels_last"),
+    "ours-bf16-fused-compile": ("mnist", {"compile": True, "batch_size": 128}, "+ bf16, fused AdamW, torch.compile"),
+    "ours-bf16-fused-1thread": ("mnist", {"threads": 1, "batch_size": 128}, "+ bf16, fused AdamW, one thread"),
+    "ours-conv-upsample": ("mnist", {"network_options": {"upsample": "nearest"}, "batch_size": 128},
+                           "+ bf16, fused AdamW, but nearest + 3x3 conv up-sampling"),
+    "ours-default": ("mnist", {}, "the `mnist` preset as shipped (bf16, fused AdamW, its own batch)"),
+}
+# The levers must not cost quality: loss after the same steps, same seed, of the `mnist` recipe.
+LOSS_CHECKS = {
+    "fp32": {"precision": "fp32"},
+    "bf16 (shipped)": {},
+    "bf16, nearest + conv up-sampling": {"network_options": {"upsample": "nearest"}},
+}
+DOC = Path(__file__).resolve().parents[1] / "docs" / "performance_speed.md"
+
+
+def worker(name: str, steps: int, warmup: int, extra: dict) -> dict:
+    """Train one variant for `steps` steps in a scratch directory; report speed and peak memory."""
+    from pixel_diffusion.config import apply_overrides
+    from pixel_diffusion.presets import preset
+    from pixel_diffusion.training import train
+
+    preset_name, overrides, _ = VARIANTS[name]
+    config = preset(preset_name)
+    settings = {**overrides, **extra, "steps": steps, "log_every": 5, "checkpoint_every": 10**9,
+                "preview_every": 0, "lr_warmup": 0, "progress": False, "kid_every": 0}
+    config = apply_overrides(config, settings)
+    with tempfile.TemporaryDirectory() as run:
+        start = time.perf_counter()
+        train(config, Path(run))
+        wall = time.perf_counter() - start
+        records = [json.loads(line) for line in open(Path(run) / "metrics.jsonl")]
+    measured = [r["images_per_s"] for r in records if r["step"] > warmup]
+    tail = [r["loss"] for r in records[-max(1, len(records) // 5):]]
+    return {
+        "images_per_s": statistics.median(measured),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "wall_s": wall,
+        "tail_loss": statistics.fmean(tail),
+        "batch_size": config.batch_size,
+    }
+
+
+def run_worker(name: str, steps: int, warmup: int, extra: dict | None = None) -> dict:
+    command = [sys.executable, __file__, "--worker", name, "--steps", str(steps), "--warmup", str(warmup),
+               "--extra", json.dumps(extra or {})]
+    out = subprocess.run(command, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def peak_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
+    a = torch.randn(size, size).to(dtype)
+    a @ a
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ a
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(times) / 1e9
+
+
+def forward_gflops(network: str, options: dict) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from pixel_diffusion.networks import build_network, config_to_dict, network_config
+
+    config = dataclasses.replace(network_config(network), **options)
+    net = build_network(config_to_dict(config)).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net(torch.randn(1, 1, 28, 28), torch.tensor([0.5]))
+    return counter.get_total_flops() / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=30, help="optimiser steps per measurement")
+    parser.add_argument("--warmup", type=int, default=10, help="steps left out of the speed (compilation, caches)")
+    parser.add_argument("--loss-steps", type=int, default=0, help="also compare fp32 and bf16 loss after this many steps")
+    parser.add_argument("--doc", type=Path, default=DOC)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--extra", default="{}", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.steps, args.warmup, json.loads(args.extra))))
+        return
+
+    from tqdm import tqdm
+
+    from pixel_diffusion.presets import preset
+
+    results: dict[str, list[dict]] = {name: [] for name in args.variants}
+    peaks = {"fp32": [], "bf16": []}
+    with tqdm(total=args.repeats * len(args.variants), desc="train_speed") as bar:
+        for round_ in range(args.repeats):
+            shift = round_ % len(args.variants)
+            for name in args.variants[shift:] + args.variants[:shift]:
+                results[name].append(run_worker(name, args.steps, args.warmup))
+                bar.update(1)
+            peaks["fp32"].append(peak_gflops(torch.float32))
+            peaks["bf16"].append(peak_gflops(torch.bfloat16))
+    peak = {k: statistics.median(v) for k, v in peaks.items()}
+
+    reference = statistics.median(r["images_per_s"] for r in results.get("tutorial", [])) if "tutorial" in results else None
+    rows = ["| variant | what | batch | images/s (median) | spread (min-max) | vs tutorial | peak memory (MB) "
+            "| GFLOP/s (fwd+bwd = 3x fwd) | of peak |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name in args.variants:
+        speeds = [r["images_per_s"] for r in results[name]]
+        median = statistics.median(speeds)
+        config = preset(VARIANTS[name][0])
+        precision = VARIANTS[name][1].get("precision", config.precision)
+        achieved = 3 * forward_gflops(config.network, VARIANTS[name][1].get("network_options", {})) * median
+        fraction = achieved / peak["bf16" if precision == "bf16" else "fp32"]
+        ratio = f"{median / reference:.2f}x" if reference else "-"
+        rows.append(
+            f"| `{name}` | {VARIANTS[name][2]} | {results[name][0]['batch_size']} | {median:.0f} | "
+            f"{min(speeds):.0f}-{max(speeds):.0f} | {ratio} | "
+            f"{statistics.median(r['peak_rss_mb'] for r in results[name]):.0f} | {achieved:.0f} | {100 * fraction:.0f}% |"
+        )
+    lines = [
+        "| measured peak | GFLOP/s (2048x2048 matrix product, median) |", "|---|---:|",
+        f"| float32 | {peak['fp32']:.0f} |", f"| bf16 | {peak['bf16']:.0f} |", "",
+        *rows,
+    ]
+    if args.loss_steps:
+        losses = {label: run_worker("ours-default", args.loss_steps, 0, extra) for label, extra in LOSS_CHECKS.items()}
+        lines += ["", f"Loss after {args.loss_steps} steps of the `mnist` recipe (same seed, mean over the last 20% "
+                  "of logged windows):", "", "| variant | loss | images/s |", "|---|---:|---:|"]
+        lines += [f"| {label} | {r['tail_loss']:.5f} | {r['images_per_s']:.0f} |" for label, r in losses.items()]
+    text = "\n".join(lines)
+    print(text)
+    command = "python benchmarks/train_speed.py " + " ".join(sys.argv[1:])
+    args.doc.write_text(f"<!-- written by: {command.strip()} -->\n{text}\n")
+
+
+if __name__ == "__main__":
+    main()
