@@ -54,10 +54,11 @@ class Classifier(nn.Module):
 
 
 def corrupt(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Images of the data made into non-examples of it, for the reject class: each one (B, C, H, W)
-    in [-1, 1] either drowned in Gaussian noise (sigma in [0.35, 1], variance preserving), cut into
-    a 4x4 grid of tiles and shuffled (strokes that form no character), or either of those lifted
-    onto a grey background, the failure modes of an undertrained generator."""
+    """Images of the data made into non-examples of it, for the reject class, (B, C, H, W) in
+    [-1, 1]: a third drowned in Gaussian noise (sigma in [0.35, 1], variance preserving), a third
+    cut into a 4x4 grid of tiles and shuffled (strokes that form no character), a third shuffled
+    and lifted onto a grey background; a third of the shuffled ones are noised too. These are the
+    failure modes of an undertrained generator."""
     b = x.shape[0]
     u = lambda *shape: torch.rand(shape, generator=generator)  # noqa: E731
     kind = torch.randint(3, (b,), generator=generator)

@@ -119,7 +119,7 @@ def residual_mnist(in_channels: int = 1, num_classes: int | None = None) -> UNet
     """The fast default for small grayscale images on a CPU: a plain residual U-Net, widths
     32/64/96 with one block a level, no attention, GroupNorm with 8 groups, timestep embedding
     32 -> 128, bilinear up-sampling without a convolution (the blocks after it convolve; a 3x3
-    convolution at the doubled size cost a fifth of the forward pass, docs/performance.md).
+    convolution at the doubled size was a fifth of the forward FLOPs, docs/performance.md).
     1,535,393 parameters with 1 channel."""
     return UNetConfig(
         in_channels=in_channels,
