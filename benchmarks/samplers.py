@@ -6,8 +6,10 @@
 
 Every cell draws the same `--samples` images (seeds 0..n-1, so the same starting noise in every
 cell) from the run's EMA weights and scores them with the digit classifier's features against all
-of mnist-5k (FID, KID). Each sampler walks the time spacing of its paper (`SPACING`), and the
-image estimate is clipped to the data range as `pixel-diffusion sample` does. Heun takes
+of mnist-5k (FID, KID). Each sampler walks the time spacing in `SPACING` (its paper's, except
+DPM-Solver++, measured better on Karras's than on its paper's log-SNR spacing: `--study`); the
+Karras and log-SNR walks start at EDM sigma 80, the DDPM/DDIM grid walks at t = 1. The image
+estimate is clipped to the data range as `pixel-diffusion sample` does. Heun takes
 (nfe + 1) // 2 steps, so its cells use 2 * steps - 1 evaluations (one less than asked for even
 counts); the table states the evaluations used. Wall time per image is measured with the
 network compiled and in bf16 autocast, `--batch-size` images at a time.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -30,13 +33,17 @@ from common import ROOT, Scorer
 from pixel_diffusion.samplers import SAMPLERS, evaluations
 from pixel_diffusion.training import load_run, sample_images
 
-# The time discretisation each sampler's paper uses: DDPM and DDIM step uniformly in t (Ho et al.
-# 2020; Song et al. 2021), the EDM samplers in Karras et al.'s sigma spacing with rho = 7, and
-# DPM-Solver++ uniformly in log-SNR (Lu et al. 2022).
-SPACING = {"ddpm": "uniform", "ddim": "uniform", "euler": "karras", "euler-ancestral": "karras", "heun": "karras",
-           "dpmpp-2m": "log-snr"}
+# Time discretisation per sampler, as (spacing, sigma_max): DDPM and DDIM step uniformly in t from
+# t = 1 (Ho et al. 2020; Song et al. 2021), the EDM samplers in Karras et al.'s rho = 7 spacing from
+# sigma 80 (Karras et al. 2022), DPM-Solver++ likewise (its paper's log-SNR spacing is in the study).
+# sigma_max None: the walk starts at t = 1.
+SPACING = {"ddpm": ("uniform", None), "ddim": ("uniform", None), "euler": ("karras", 80.0),
+           "euler-ancestral": ("karras", 80.0), "heun": ("karras", 80.0), "dpmpp-2m": ("karras", 80.0)}
 NFES = (5, 10, 20, 50, 100, 250)
-STUDY = {"sampler": "dpmpp-2m", "spacings": ("uniform", "karras", "log-snr"), "clips": (True, False), "nfes": (10, 20)}
+# DPM-Solver++(2M) by discretisation and clipping: (spacing, sigma_max, clip) at 10 and 20 evaluations.
+STUDY = {"sampler": "dpmpp-2m", "nfes": (10, 20), "variants": (
+    ("uniform", None, True), ("uniform", None, False), ("log-snr", None, True), ("log-snr", 80.0, True),
+    ("karras", None, True), ("karras", 80.0, True), ("karras", 80.0, False))}
 DOCS = ROOT / "docs"
 
 
@@ -45,12 +52,23 @@ def steps_for(sampler: str, nfe: int) -> int:
 
 
 def cell_key(cell: dict) -> tuple:
-    return (cell["run"], cell["sampler"], cell["spacing"], cell["clip"], cell["nfe"], cell["samples"], cell["precision"])
+    return (cell["run"], cell["sampler"], cell["spacing"], cell["sigma_max"], cell["clip"], cell["nfe"], cell["samples"],
+            cell["precision"])
+
+
+def walk_name(spacing: str, sigma_max: float | None) -> str:
+    return f"{spacing} from t = 1" if sigma_max is None else f"{spacing} from sigma {sigma_max:g}"
+
+
+def is_main(cell: dict) -> bool:
+    return cell["clip"] and (cell["spacing"], cell["sigma_max"]) == SPACING[cell["sampler"]]
 
 
 def measure(denoiser, model_config, cell: dict, scorer: Scorer, batch_size: int) -> dict:
     steps = steps_for(cell["sampler"], cell["nfe"])
     options = {} if cell["clip"] else {"clip": None}
+    if cell["spacing"] in ("karras", "log-snr"):
+        options["sigma_max"] = math.inf if cell["sigma_max"] is None else cell["sigma_max"]
     start = time.perf_counter()
     images = sample_images(denoiser, model_config, cell["samples"], sampler=cell["sampler"], steps=steps,
                            spacing=cell["spacing"], seed=0, batch_size=batch_size, precision=cell["precision"],
@@ -70,8 +88,7 @@ def load_cells(path: Path) -> list[dict]:
 
 def table(cells: list[dict], run: str, samples: int, precision: str) -> str:
     main = {(c["sampler"], c["nfe"]): c for c in cells
-            if c["run"] == run and c["samples"] == samples and c["precision"] == precision
-            and c["clip"] and c["spacing"] == SPACING[c["sampler"]]}
+            if c["run"] == run and c["samples"] == samples and c["precision"] == precision and is_main(c)}
     head = "| sampler | spacing | " + " | ".join(f"{n}" for n in NFES) + " |"
     rule = "|---|---|" + "---:|" * len(NFES)
 
@@ -79,7 +96,7 @@ def table(cells: list[dict], run: str, samples: int, precision: str) -> str:
         rows = [head, rule]
         for sampler in SAMPLERS:
             cells_ = [main.get((sampler, n)) for n in NFES]
-            rows.append(f"| `{sampler}` | {SPACING[sampler]} | " + " | ".join("-" if c is None else value(c) for c in cells_) + " |")
+            rows.append(f"| `{sampler}` | {walk_name(*SPACING[sampler])} | " + " | ".join("-" if c is None else value(c) for c in cells_) + " |")
         return rows
 
     lines = ["FID (classifier features; lower is better), by network evaluations asked for; "
@@ -92,16 +109,15 @@ def table(cells: list[dict], run: str, samples: int, precision: str) -> str:
     study = [c for c in cells if c["run"] == run and c["sampler"] == STUDY["sampler"] and c["nfe"] in STUDY["nfes"]
              and c["samples"] == samples and c["precision"] == precision]
     if study:
-        lines += ["", f"`{STUDY['sampler']}` by time spacing and clipping of the image estimate (FID):", "",
-                  "| spacing | clip | " + " | ".join(f"{n} evaluations" for n in STUDY["nfes"]) + " |",
+        lines += ["", f"`{STUDY['sampler']}` by time discretisation and clipping of the image estimate (FID):", "",
+                  "| time spacing | clip | " + " | ".join(f"{n} evaluations" for n in STUDY["nfes"]) + " |",
                   "|---|---|" + "---:|" * len(STUDY["nfes"])]
-        found = {(c["spacing"], c["clip"], c["nfe"]): c for c in study}
-        for spacing in STUDY["spacings"]:
-            for clip in STUDY["clips"]:
-                values = [found.get((spacing, clip, n)) for n in STUDY["nfes"]]
-                if any(values):
-                    lines.append(f"| {spacing} | {'yes' if clip else 'no'} | "
-                                 + " | ".join("-" if v is None else f"{v['fid']:.2f}" for v in values) + " |")
+        found = {(c["spacing"], c["sigma_max"], c["clip"], c["nfe"]): c for c in study}
+        for spacing, sigma_max, clip in STUDY["variants"]:
+            values = [found.get((spacing, sigma_max, clip, n)) for n in STUDY["nfes"]]
+            if any(values):
+                lines.append(f"| {walk_name(spacing, sigma_max)} | {'yes' if clip else 'no'} | "
+                             + " | ".join("-" if v is None else f"{v['fid']:.2f}" for v in values) + " |")
     return "\n".join(lines)
 
 
@@ -115,9 +131,9 @@ def plot(cells: list[dict], run: str, samples: int, precision: str, path: Path) 
     for sampler in SAMPLERS:
         points = sorted((c["evaluations"], c["fid"]) for c in cells
                         if c["run"] == run and c["sampler"] == sampler and c["samples"] == samples
-                        and c["precision"] == precision and c["clip"] and c["spacing"] == SPACING[sampler])
+                        and c["precision"] == precision and is_main(c))
         if points:
-            ax.plot(*zip(*points), marker="o", label=f"{sampler} ({SPACING[sampler]})")
+            ax.plot(*zip(*points), marker="o", label=f"{sampler} ({walk_name(*SPACING[sampler])})")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("network evaluations per image")
@@ -166,19 +182,23 @@ def main() -> None:
     name = str(run.resolve().relative_to(ROOT)) if run.resolve().is_relative_to(ROOT) else str(run)
     base = {"run": name, "samples": args.samples, "precision": args.precision}
     if args.study:
-        todo = [{**base, "sampler": STUDY["sampler"], "spacing": s, "clip": c, "nfe": n}
-                for n in STUDY["nfes"] for s in STUDY["spacings"] for c in STUDY["clips"]]
+        todo = [{**base, "sampler": STUDY["sampler"], "spacing": s, "sigma_max": m, "clip": c, "nfe": n}
+                for n in STUDY["nfes"] for s, m, c in STUDY["variants"]]
     else:
-        todo = [{**base, "sampler": s, "spacing": SPACING[s], "clip": True, "nfe": n} for n in args.nfe for s in args.samplers]
+        todo = [{**base, "sampler": s, "spacing": SPACING[s][0], "sigma_max": SPACING[s][1], "clip": True, "nfe": n}
+                for n in args.nfe for s in args.samplers]
     done = {cell_key(c) for c in load_cells(args.results)}
     todo = [c for c in todo if cell_key(c) not in done]
 
     from tqdm import tqdm
 
     scorer = Scorer()
+    if todo:  # compile (and warm) the network outside the timed cells, on a full batch
+        sample_images(denoiser, model_config, args.batch_size, steps=2, batch_size=args.batch_size,
+                      precision=args.precision, progress=False)
     for cell in tqdm(todo, desc="sampler cells"):
         result = measure(denoiser, model_config, cell, scorer, args.batch_size)
-        tqdm.write(f"{cell['sampler']:16s} {cell['spacing']:8s} clip={cell['clip']!s:5s} nfe={cell['nfe']:3d}: "
+        tqdm.write(f"{cell['sampler']:16s} {walk_name(cell['spacing'], cell['sigma_max']):24s} clip={cell['clip']!s:5s} nfe={cell['nfe']:3d}: "
                    f"FID {result['fid']:.2f}, KID {result['kid']:.4f}, {1000 * result['seconds_per_image']:.1f} ms/image")
         with open(args.results, "a") as f:
             f.write(json.dumps(result) + "\n")

@@ -97,8 +97,36 @@ def test_sampling_times_decrease_to_zero(name, spacing):
         assert times.shape == (steps + 1,) and times.dtype == torch.float64
         assert bool((times[1:] < times[:-1]).all()) and times[-1] == 0 and times[0] <= 1
         assert float(times[-2]) >= s.t_min - 1e-9
-    if spacing in ("uniform", "trailing", "karras", "log-snr"):
+    if spacing in ("uniform", "trailing"):
         assert float(sampling_times(s, 1, spacing)[0]) == 1.0  # one step starts from pure noise
+    if spacing in ("karras", "log-snr"):
+        assert float(sampling_times(s, 1, spacing, sigma_max=math.inf)[0]) == 1.0
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("spacing", ["karras", "log-snr"])
+def test_noise_level_spacings_start_at_sigma_max_or_at_t_one(name, spacing):
+    s = ALL[name]
+    top = float((-log_snr(s, torch.tensor(1.0, dtype=torch.float64)) / 2).exp())  # the schedule's own
+    for sigma_max in (None, 10.0, 80.0):
+        times = sampling_times(s, 12, spacing, sigma_max=sigma_max)
+        start = float((-log_snr(s, times[:1]) / 2).exp())
+        cap = schedules.SIGMA_MAX if sigma_max is None else sigma_max
+        if top <= cap:
+            assert float(times[0]) == 1.0
+        else:
+            assert float(times[0]) < 1 and start == pytest.approx(cap, rel=1e-6)
+        # the rest of the walk is unchanged: same end, strictly decreasing
+        assert float(times[-2]) == pytest.approx(float(sampling_times(s, 12, spacing, sigma_max=math.inf)[-2]), rel=1e-9)
+
+
+def test_grid_spacings_refuse_sigma_max():
+    for spacing in ("uniform", "leading", "trailing"):
+        with pytest.raises(ValueError, match="always starts at t = 1"):
+            sampling_times(schedules.cosine(), 10, spacing, sigma_max=80.0)
+    for bad in (0.0, -1.0, float("nan"), "80"):
+        with pytest.raises(ValueError, match="sigma_max must be a positive number"):
+            sampling_times(schedules.cosine(), 10, "karras", sigma_max=bad)
 
 
 def test_karras_times_follow_rho_spacing_of_the_edm_noise_level():

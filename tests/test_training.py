@@ -266,6 +266,10 @@ def test_sample_errors_on_a_run_without_checkpoint_or_labels(tmp_path, capsys):
     assert "unknown sampler 'plms'" in capsys.readouterr().err
     assert main(["sample", "--run", str(tmp_path / "run"), "--label", "1"]) == 2
     assert "trained without labels" in capsys.readouterr().err
+    assert main(["sample", "--run", str(tmp_path / "run"), "--sigma-max", "80"]) == 2  # default spacing: uniform
+    assert "sigma_max applies to 'karras' and 'log-snr'" in capsys.readouterr().err
+    assert main(["sample", "--run", str(tmp_path / "run"), "--n", "2", "--steps", "3", "--spacing", "karras",
+                 "--sigma-max", "inf", "--no-png", "--out", str(tmp_path / "s")]) == 0
     assert main(["train", "--resume", "--out", str(tmp_path / "fresh"), *TINY]) == 2
     assert "no checkpoint to continue from" in capsys.readouterr().err
 

@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--sampler", default="ddim", help=f"one of {', '.join(SAMPLERS)} (default: ddim)")
     sample.add_argument("--steps", type=_positive_int, default=50, help="sampling steps (default: 50)")
     sample.add_argument("--spacing", default="uniform", help=f"time spacing, one of {', '.join(SPACINGS)} (default: uniform)")
+    sample.add_argument("--sigma-max", type=_positive_float,
+                        help="karras and log-snr spacings: start at this EDM noise level sigma/alpha (default: 80; inf for the schedule's t = 1)")
     sample.add_argument("--eta", type=float, help="DDIM eta in [0, 1] (default: 0)")
     sample.add_argument("--n", type=_positive_int, default=64, help="number of images (default: 64)")
     sample.add_argument("--seed", type=int, default=0, help="seed; image k depends only on (seed, k) (default: 0)")
@@ -224,6 +226,8 @@ def run_sample(args) -> None:
             raise ValueError(f"--label must lie in 0..{classes - 1}; got {args.label}")
         labels = torch.full((args.n,), args.label, dtype=torch.long)
     options = {"spacing": args.spacing}
+    if args.sigma_max is not None:
+        options["sigma_max"] = args.sigma_max
     if args.eta is not None:
         if args.sampler not in ("ddim", "euler-ancestral"):
             raise ValueError(f"--eta is an option of the ddim and euler-ancestral samplers, not of {args.sampler}")

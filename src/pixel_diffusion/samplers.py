@@ -342,6 +342,7 @@ def sample(
     sampler: str = "ddim",
     steps: int = 50,
     spacing: str = "uniform",
+    sigma_max: float | None = None,
     seed: int = 0,
     labels: Tensor | None = None,
     batch_size: int = 64,
@@ -353,7 +354,7 @@ def sample(
     """Draw n images of `shape` (C, H, W) from pure noise, in batches; float32 (n, C, H, W) on the CPU.
 
     Image k starts from and draws only the noise of stream (seed, k), so it is the same image
-    whatever the batch size."""
+    whatever the batch size. `spacing` and `sigma_max` choose the times (`sampling_times`)."""
     from tqdm.auto import tqdm
 
     walk = get_sampler(sampler)
@@ -361,7 +362,7 @@ def sample(
         raise ValueError(f"number of images must be a positive integer; got {n!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch size must be a positive integer; got {batch_size!r}")
-    times = sampling_times(denoiser.schedule, steps, spacing)
+    times = sampling_times(denoiser.schedule, steps, spacing, sigma_max)
     batches = range(0, n, batch_size)
     out = []
     with tqdm(total=len(batches) * steps, desc=f"sampling ({sampler}, {steps} steps)", disable=not progress) as bar:

@@ -225,13 +225,20 @@ def time_at_log_snr(schedule: Schedule, target: Tensor, iterations: int = 60) ->
 # Each returns n + 1 float64 times, strictly decreasing, ending at 0 (the clean image).
 
 
+# Karras et al. 2022 (table 1) start every sampler at the EDM noise level sigma/alpha = 80. A VP
+# schedule's own t = 1 can lie far above it (the discrete cosine's 20,000; the last 1% of its
+# grid spans 64 to 20,000), where a few evenly spaced sigma or lambda steps are all wasted.
+SIGMA_MAX = 80.0
+
+
 def _grid_times(schedule: Schedule, indices: Tensor) -> Tensor:
     return (indices.to(torch.float64) + 1) / schedule.num_steps
 
 
-def _uniform(schedule: Schedule, steps: int) -> Tensor:
+def _uniform(schedule: Schedule, steps: int, sigma_max: float | None = None) -> Tensor:
     # Discrete: evenly spaced over the grid, both ends included (diffusers' "linspace").
     # Continuous: 1, 1 - 1/n, ..., t_min + (1 - t_min)/n (the Keras DDIM example's times).
+    _from_t_one("uniform", sigma_max)
     if schedule.num_steps is None:
         return 1 - torch.arange(steps, dtype=torch.float64) * (1 - schedule.t_min) / steps
     if steps == 1:
@@ -240,39 +247,53 @@ def _uniform(schedule: Schedule, steps: int) -> Tensor:
     return _grid_times(schedule, indices.flip(0))
 
 
-def _leading(schedule: Schedule, steps: int) -> Tensor:
+def _leading(schedule: Schedule, steps: int, sigma_max: float | None = None) -> Tensor:
     # Every (T // n)-th grid step counted from the clean end: 0, k, 2k, ... (DDIM's original choice).
     _need_grid(schedule, "leading")
+    _from_t_one("leading", sigma_max)
     indices = torch.arange(steps) * (schedule.num_steps // steps)
     return _grid_times(schedule, indices.flip(0))
 
 
-def _trailing(schedule: Schedule, steps: int) -> Tensor:
+def _trailing(schedule: Schedule, steps: int, sigma_max: float | None = None) -> Tensor:
     # Grid steps counted from the noisy end, so sampling starts at t = 1 (Lin et al. 2024, table 2).
     _need_grid(schedule, "trailing")
+    _from_t_one("trailing", sigma_max)
     k = torch.arange(steps, dtype=torch.float64)
     indices = (schedule.num_steps - k * schedule.num_steps / steps).round() - 1
     return _grid_times(schedule, indices)
 
 
-def _karras(schedule: Schedule, steps: int, rho: float = 7.0) -> Tensor:
+def _log_snr_range(schedule: Schedule, sigma_max: float | None) -> tuple[Tensor, Tensor, bool]:
+    """(lambda at t_min, lambda where the walk starts, whether that start lies before t = 1)."""
+    lam_max, lam_min = log_snr(schedule, torch.tensor([schedule.t_min, 1.0], dtype=torch.float64))
+    sigma_max = SIGMA_MAX if sigma_max is None else sigma_max
+    floor = -2 * math.log(sigma_max) if math.isfinite(sigma_max) else -math.inf
+    if floor <= lam_min:
+        return lam_max, lam_min, False
+    return lam_max, torch.tensor(floor, dtype=torch.float64), True
+
+
+def _start(times: Tensor, capped: bool) -> Tensor:
+    if not capped:
+        times[0] = 1.0  # exactly the schedule's end, not the bisection's estimate of it
+    return times
+
+
+def _karras(schedule: Schedule, steps: int, sigma_max: float | None = None, rho: float = 7.0) -> Tensor:
     # Karras et al. 2022, eq. 5, over the EDM noise level sigma/alpha = exp(-lambda/2).
-    lam_max, lam_min = log_snr(schedule, torch.tensor([schedule.t_min, 1.0]))
+    lam_max, lam_min, capped = _log_snr_range(schedule, sigma_max)
     s_max, s_min = (-lam_min / 2).exp(), (-lam_max / 2).exp()
     ramp = torch.linspace(0, 1, steps, dtype=torch.float64) if steps > 1 else torch.zeros(1, dtype=torch.float64)
     edm_sigma = (s_max ** (1 / rho) + ramp * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
-    times = time_at_log_snr(schedule, -2 * edm_sigma.log())
-    times[0] = 1.0
-    return times
+    return _start(time_at_log_snr(schedule, -2 * edm_sigma.log()), capped)
 
 
-def _log_snr_uniform(schedule: Schedule, steps: int) -> Tensor:
-    # Evenly spaced in lambda from t = 1 to t_min (the DPM-Solver papers' choice).
-    lam_max, lam_min = log_snr(schedule, torch.tensor([schedule.t_min, 1.0]))
+def _log_snr_uniform(schedule: Schedule, steps: int, sigma_max: float | None = None) -> Tensor:
+    # Evenly spaced in lambda from the start to t_min (the DPM-Solver papers' choice).
+    lam_max, lam_min, capped = _log_snr_range(schedule, sigma_max)
     ramp = torch.linspace(0, 1, steps, dtype=torch.float64) if steps > 1 else torch.zeros(1, dtype=torch.float64)
-    times = time_at_log_snr(schedule, lam_min + ramp * (lam_max - lam_min))
-    times[0] = 1.0
-    return times
+    return _start(time_at_log_snr(schedule, lam_min + ramp * (lam_max - lam_min)), capped)
 
 
 def _need_grid(schedule: Schedule, spacing: str) -> None:
@@ -281,6 +302,11 @@ def _need_grid(schedule: Schedule, spacing: str) -> None:
             f"spacing {spacing!r} needs a discrete schedule; continuous schedules take "
             "'uniform', 'karras' or 'log-snr'"
         )
+
+
+def _from_t_one(spacing: str, sigma_max: float | None) -> None:
+    if sigma_max is not None:
+        raise ValueError(f"spacing {spacing!r} always starts at t = 1; sigma_max applies to 'karras' and 'log-snr'")
 
 
 SPACINGS = {
@@ -292,17 +318,24 @@ SPACINGS = {
 }
 
 
-def sampling_times(schedule: Schedule, steps: int, spacing: str = "uniform") -> Tensor:
-    """The n + 1 times a sampler walks for `steps` network evaluations, from noisy to 0."""
+def sampling_times(schedule: Schedule, steps: int, spacing: str = "uniform", sigma_max: float | None = None) -> Tensor:
+    """The n + 1 times a sampler walks for `steps` network evaluations, from noisy to 0.
+
+    The grid spacings (uniform, leading, trailing) start at t = 1. The karras and log-snr spacings
+    start where the EDM noise level sigma/alpha is `sigma_max` (default SIGMA_MAX = 80), or at
+    t = 1 if the schedule never gets that noisy; sigma_max = inf starts them at t = 1 always."""
     if spacing not in SPACINGS:
         raise ValueError(f"unknown spacing {spacing!r}; expected one of {', '.join(SPACINGS)}")
     _check_steps(steps, "sampling steps")
+    if sigma_max is not None and (isinstance(sigma_max, bool) or not isinstance(sigma_max, (int, float))
+                                  or not sigma_max > 0):
+        raise ValueError(f"sigma_max must be a positive number (inf for no limit); got {sigma_max!r}")
     if schedule.num_steps is not None and steps > schedule.num_steps:
         raise ValueError(
             f"{steps} sampling steps asked of a schedule with {schedule.num_steps} steps; "
             f"expected 1 to {schedule.num_steps}"
         )
-    times = SPACINGS[spacing](schedule, steps)
+    times = SPACINGS[spacing](schedule, steps, sigma_max)
     if bool((times[1:] >= times[:-1]).any()):
         raise ValueError(f"{steps} steps with spacing {spacing!r} repeat a time; use fewer steps or another spacing")
     return torch.cat([times, times.new_zeros(1)])
