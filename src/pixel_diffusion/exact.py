@@ -77,6 +77,14 @@ class GaussianDenoiser(_ExactDenoiser):
         gain = a * variances / (a**2 * variances + s**2)
         return mean + ((gain * coords) @ basis.T).reshape(x.shape)
 
+    def flow_to_data(self, x: Tensor, t: float) -> Tensor:
+        """Where the probability-flow ODE takes x from time t to t = 0 (independent pixels): each
+        point keeps its standardised position in the marginal N(alpha mu, alpha^2 s^2 + sigma^2)."""
+        if self.basis is not None:
+            raise ValueError("flow_to_data needs independent pixels (basis=None)")
+        a, s = (float(v) for v in self.schedule.rates(torch.tensor(float(t), dtype=torch.float64)))
+        return self.mean + self.variances.sqrt() * (x.double() - a * self.mean) / (a**2 * self.variances + s**2).sqrt()
+
     def sample(self, n: int, shape: tuple[int, ...], generator: torch.Generator | None = None) -> Tensor:
         """n exact draws of x_0 (float64), shaped (n, *shape)."""
         if self.basis is None:
