@@ -2,12 +2,13 @@
 
     python benchmarks/samplers.py --run runs/quality_at_budget/ours    # a trained `mnist` run
     python benchmarks/samplers.py                                      # trains the mnist preset first
-    python benchmarks/samplers.py --study                              # DPM-Solver++(2M): spacing x clipping
+    python benchmarks/samplers.py --study                              # DPM-Solver++(2M), ODE and SDE: spacing x clipping
 
 Every cell draws the same `--samples` images (seeds 0..n-1, so the same starting noise in every
 cell) from the run's EMA weights and scores them with the digit classifier's features against all
 of mnist-5k (FID, KID). Each sampler walks the time spacing in `SPACING` (its paper's, except
-DPM-Solver++, measured better on Karras's than on its paper's log-SNR spacing: `--study`); the
+DPM-Solver++, ODE and SDE, measured better at 10 evaluations on Karras's than on its paper's
+log-SNR spacing: `--study`); the
 Karras and log-SNR walks start at EDM sigma 80, the DDPM/DDIM grid walks at t = 1. The image
 estimate is clipped to the data range as `pixel-diffusion sample` does. Heun takes
 (nfe + 1) // 2 steps, so its cells use 2 * steps - 1 evaluations (one less than asked for even
@@ -35,15 +36,22 @@ from pixel_diffusion.training import load_run, sample_images
 
 # Time discretisation per sampler, as (spacing, sigma_max): DDPM and DDIM step uniformly in t from
 # t = 1 (Ho et al. 2020; Song et al. 2021), the EDM samplers in Karras et al.'s rho = 7 spacing from
-# sigma 80 (Karras et al. 2022), DPM-Solver++ likewise (its paper's log-SNR spacing is in the study).
+# sigma 80 (Karras et al. 2022), DPM-Solver++ (ODE and SDE) likewise (its paper's log-SNR spacing is in the study).
 # sigma_max None: the walk starts at t = 1.
 SPACING = {"ddpm": ("uniform", None), "ddim": ("uniform", None), "euler": ("karras", 80.0),
-           "euler-ancestral": ("karras", 80.0), "heun": ("karras", 80.0), "dpmpp-2m": ("karras", 80.0)}
+           "euler-ancestral": ("karras", 80.0), "heun": ("karras", 80.0), "dpmpp-2m": ("karras", 80.0),
+           "dpmpp-2m-sde": ("karras", 80.0)}
 NFES = (5, 10, 20, 50, 100, 250)
-# DPM-Solver++(2M) by discretisation and clipping: (spacing, sigma_max, clip) at 10 and 20 evaluations.
-STUDY = {"sampler": "dpmpp-2m", "nfes": (10, 20), "variants": (
-    ("uniform", None, True), ("uniform", None, False), ("log-snr", None, True), ("log-snr", 80.0, True),
-    ("karras", None, True), ("karras", 80.0, True), ("karras", 80.0, False))}
+# DPM-Solver++(2M), ODE and SDE, by discretisation and clipping, and DDPM / DDIM beside them:
+# (sampler, spacing, sigma_max, clip) at 10 and 20 evaluations. First-order SDE-DPM-Solver++ is
+# DDPM's posterior step, so DDPM on the Karras walk isolates the multistep correction.
+STUDY = {"nfes": (10, 20), "variants": (
+    ("dpmpp-2m", "uniform", None, True), ("dpmpp-2m", "uniform", None, False), ("dpmpp-2m", "log-snr", None, True),
+    ("dpmpp-2m", "log-snr", 80.0, True), ("dpmpp-2m", "karras", None, True), ("dpmpp-2m", "karras", 80.0, True),
+    ("dpmpp-2m", "karras", 80.0, False), ("dpmpp-2m-sde", "uniform", None, True),
+    ("dpmpp-2m-sde", "log-snr", 80.0, True), ("dpmpp-2m-sde", "karras", 80.0, True),
+    ("dpmpp-2m-sde", "karras", 80.0, False), ("ddpm", "uniform", None, False), ("ddim", "uniform", None, False),
+    ("ddpm", "karras", 80.0, True), ("ddpm", "karras", 80.0, False))}
 DOCS = ROOT / "docs"
 
 
@@ -106,18 +114,20 @@ def table(cells: list[dict], run: str, samples: int, precision: str) -> str:
     lines += ["", "Share of samples the classifier calls with confidence > 0.9:", ""] + grid(lambda c: f"{c['confidence']:.0%}")
     lines += ["", "Wall time per image (ms; bf16, compiled network, 2 CPU cores):", ""] + grid(
         lambda c: f"{1000 * c['seconds_per_image']:.1f}")
-    study = [c for c in cells if c["run"] == run and c["sampler"] == STUDY["sampler"] and c["nfe"] in STUDY["nfes"]
+    study = [c for c in cells if c["run"] == run and c["nfe"] in STUDY["nfes"]
              and c["samples"] == samples and c["precision"] == precision]
-    if study:
-        lines += ["", f"`{STUDY['sampler']}` by time discretisation and clipping of the image estimate (FID):", "",
-                  "| time spacing | clip | " + " | ".join(f"{n} evaluations" for n in STUDY["nfes"]) + " |",
-                  "|---|---|" + "---:|" * len(STUDY["nfes"])]
-        found = {(c["spacing"], c["sigma_max"], c["clip"], c["nfe"]): c for c in study}
-        for spacing, sigma_max, clip in STUDY["variants"]:
-            values = [found.get((spacing, sigma_max, clip, n)) for n in STUDY["nfes"]]
-            if any(values):
-                lines.append(f"| {walk_name(spacing, sigma_max)} | {'yes' if clip else 'no'} | "
-                             + " | ".join("-" if v is None else f"{v['fid']:.2f}" for v in values) + " |")
+    found = {(c["sampler"], c["spacing"], c["sigma_max"], c["clip"], c["nfe"]): c for c in study}
+    rows = []
+    for variant in STUDY["variants"]:
+        values = [found.get((*variant, n)) for n in STUDY["nfes"]]
+        if any(values):
+            sampler, spacing, sigma_max, clip = variant
+            rows.append(f"| `{sampler}` | {walk_name(spacing, sigma_max)} | {'yes' if clip else 'no'} | "
+                        + " | ".join("-" if v is None else f"{v['fid']:.2f}" for v in values) + " |")
+    if rows:
+        lines += ["", "DPM-Solver++(2M), ODE and SDE, and DDPM and DDIM, by time discretisation and clipping of the image estimate (FID):", "",
+                  "| sampler | time spacing | clip | " + " | ".join(f"{n} evaluations" for n in STUDY["nfes"]) + " |",
+                  "|---|---|---|" + "---:|" * len(STUDY["nfes"])] + rows
     return "\n".join(lines)
 
 
@@ -171,6 +181,7 @@ def main() -> None:
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
     parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument("--no-compile", action="store_true", help="run the network eagerly")
+    parser.add_argument("--no-clip", action="store_true", help="leave the image estimate unclipped (not the table's cells)")
     parser.add_argument("--study", action="store_true", help="measure the DPM-Solver++ spacing x clipping cells instead")
     parser.add_argument("--results", type=Path, default=DOCS / "samplers_results.jsonl")
     args = parser.parse_args()
@@ -182,10 +193,10 @@ def main() -> None:
     name = str(run.resolve().relative_to(ROOT)) if run.resolve().is_relative_to(ROOT) else str(run)
     base = {"run": name, "samples": args.samples, "precision": args.precision}
     if args.study:
-        todo = [{**base, "sampler": STUDY["sampler"], "spacing": s, "sigma_max": m, "clip": c, "nfe": n}
-                for n in STUDY["nfes"] for s, m, c in STUDY["variants"]]
+        todo = [{**base, "sampler": p, "spacing": s, "sigma_max": m, "clip": c, "nfe": n}
+                for n in STUDY["nfes"] for p, s, m, c in STUDY["variants"]]
     else:
-        todo = [{**base, "sampler": s, "spacing": SPACING[s][0], "sigma_max": SPACING[s][1], "clip": True, "nfe": n}
+        todo = [{**base, "sampler": s, "spacing": SPACING[s][0], "sigma_max": SPACING[s][1], "clip": not args.no_clip, "nfe": n}
                 for n in args.nfe for s in args.samplers]
     done = {cell_key(c) for c in load_cells(args.results)}
     todo = [c for c in todo if cell_key(c) not in done]

@@ -1,5 +1,5 @@
-"""Our DDPM and DDIM steps against diffusers' DDPMScheduler and DDIMScheduler, step by step, for
-the same model outputs, timesteps and noise.
+"""Our DDPM, DDIM and DPM-Solver++ steps against diffusers' DDPMScheduler, DDIMScheduler and
+DPMSolverMultistepScheduler, step by step, for the same model outputs, timesteps and noise.
 
 Each step of our walk is recorded through the callback; diffusers is then asked to take the same
 step from the same x_t with the same network output and the same noise draw. Where diffusers
@@ -11,7 +11,7 @@ import torch
 from pixel_diffusion import schedules
 from pixel_diffusion.diffusion import Denoiser
 from pixel_diffusion.exact import GaussianDenoiser
-from pixel_diffusion.samplers import ddim, ddpm
+from pixel_diffusion.samplers import ddim, ddpm, dpmpp_2m, dpmpp_2m_sde
 from pixel_diffusion.schedules import sampling_times
 
 diffusers = pytest.importorskip("diffusers")
@@ -145,6 +145,38 @@ def test_ddim_steps_equal_diffusers(prediction, eta, steps, spacing, clip):
             variance_noise=noise.double() if eta > 0 else None,
         ).prev_sample
         torch.testing.assert_close(states[i + 1], theirs.float(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # inside diffusers' set_timesteps
+@pytest.mark.parametrize("prediction", THEIR_PREDICTION)
+@pytest.mark.parametrize("sampler, algorithm", [(dpmpp_2m, "dpmsolver++"), (dpmpp_2m_sde, "sde-dpmsolver++")])
+@pytest.mark.parametrize("steps, spacing", [(50, "uniform"), (20, "trailing"), (7, "leading")])
+def test_dpmpp_2m_steps_equal_diffusers(prediction, sampler, algorithm, steps, spacing):
+    # diffusers' multistep keeps the previous image estimates itself; it is fed our states in order.
+    schedule, net = SCHEDULE, make_net(prediction)
+    states, timesteps, draws = _walk(sampler, schedule, net, prediction, steps, spacing)
+    reference = diffusers.DPMSolverMultistepScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="linear",
+        prediction_type=THEIR_PREDICTION[prediction],
+        algorithm_type=algorithm,
+        solver_order=2,
+        solver_type="midpoint",
+        final_sigmas_type="zero",  # the walk ends at clean data, the last step first order
+    )
+    _in_float64(reference)
+    reference.alpha_t, reference.sigma_t = reference.alphas_cumprod.sqrt(), (1 - reference.alphas_cumprod).sqrt()
+    reference.set_timesteps(timesteps=timesteps.tolist())
+    # Its EDM sigmas are stored in float32 once set; rebuilt in float64 from the same table.
+    cumprod = reference.alphas_cumprod[timesteps]
+    reference.sigmas = torch.cat([((1 - cumprod) / cumprod).sqrt(), torch.zeros(1, dtype=torch.float64)])
+    for i, t in enumerate(timesteps.tolist()):
+        x = states[i]
+        noise = draws[i] if i < len(draws) else torch.zeros_like(x)
+        output = net(x, torch.tensor([float(t)])).double()
+        theirs = reference.step(output, t, x.double(), variance_noise=noise.double()).prev_sample
+        torch.testing.assert_close(states[i + 1], theirs.float(), rtol=1e-5, atol=1e-5)
+    assert len(draws) == (steps - 1 if sampler is dpmpp_2m_sde else 0)
 
 
 def test_diffusers_float32_tables_lose_precision_near_t0_where_ours_do_not(ddpm_noise):

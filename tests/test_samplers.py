@@ -207,9 +207,10 @@ def test_bad_arguments_say_what_is_allowed():
     schedule = schedules.linear()
     denoiser = GaussianDenoiser.iid(schedule, MU, STD)
     x, times = _x_T()[:2], sampling_times(schedule, 10)
-    for eta in (-0.1, 1.5):
-        with pytest.raises(ValueError, match=r"eta must lie in \[0, 1\]"):
-            ddim(denoiser, x, times, eta=eta)
+    for walk in (ddim, SAMPLERS["euler-ancestral"], SAMPLERS["dpmpp-2m"], SAMPLERS["dpmpp-2m-sde"]):
+        for eta in (-0.1, 1.5):
+            with pytest.raises(ValueError, match=r"eta must lie in \[0, 1\]"):
+                walk(denoiser, x, times, eta=eta)
     with pytest.raises(ValueError, match="expected one of posterior, beta"):
         ddpm(denoiser, x, times, variance="learned")
     with pytest.raises(ValueError, match="expected one of ddpm, ddim"):

@@ -22,7 +22,7 @@ def _setup(name="linear"):
     schedule = schedules.make_schedule(name)
     x = torch.randn(256, 1, 4, 4, generator=torch.Generator().manual_seed(0))
     denoiser = GaussianDenoiser.iid(schedule, MU, STD)
-    return denoiser, x, denoiser.flow_to_data(x, 1.0)
+    return denoiser, x, denoiser.flow(x, 1.0)
 
 
 @pytest.mark.parametrize("sampler, order", [("ddim", 1), ("euler", 1), ("heun", 2), ("dpmpp-2m", 2)])
@@ -33,7 +33,7 @@ def test_deterministic_samplers_converge_at_their_order(sampler, order, spacing)
     errors = []
     for n in counts:  # these spacings start below t = 1, at EDM sigma 80
         times = sampling_times(denoiser.schedule, n, spacing)
-        exact = denoiser.flow_to_data(x, float(times[0]))
+        exact = denoiser.flow(x, float(times[0]))
         errors.append((SAMPLERS[sampler](denoiser, x, times).double() - exact).abs().mean().item())
     slope = np.polyfit(np.log(counts), np.log(errors), 1)[0]
     if order == 1:
@@ -43,15 +43,51 @@ def test_deterministic_samplers_converge_at_their_order(sampler, order, spacing)
     assert errors[-1] < (1e-2 if order == 1 else 1e-3)
 
 
+@pytest.mark.parametrize("spacing", ["log-snr", "karras"])
+def test_dpm_solver_error_floor_is_the_final_denoising_step(spacing):
+    # The walk's last step returns D at the last grid time (sigma 0.01) instead of following the
+    # flow to sigma = 0: an error of about sigma^2 / (2 s^2) |x_0 - mu| that more steps cannot
+    # remove. Against D applied to the exact flow at that time, the error keeps falling at order 2.
+    denoiser, x, _ = _setup()
+    counts, to_data, to_last = [128, 256, 512], [], []
+    for n in counts:
+        times = sampling_times(denoiser.schedule, n, spacing)
+        out = SAMPLERS["dpmpp-2m"](denoiser, x, times).double()
+        last = float(times[-2])
+        on_flow = denoiser.flow(x, float(times[0]), last)
+        alpha, sigma = (float(v) for v in denoiser.schedule.rates(torch.tensor(last, dtype=torch.float64)))
+        denoised = MU + alpha * STD**2 / (alpha**2 * STD**2 + sigma**2) * (on_flow - alpha * MU)
+        floor = (denoised - denoiser.flow(x, float(times[0]))).abs().mean().item()
+        to_data.append((out - denoiser.flow(x, float(times[0]))).abs().mean().item())
+        to_last.append((out - denoised).abs().mean().item())
+    end = denoiser.flow(x, float(times[0]))
+    assert floor == pytest.approx(sigma**2 / (2 * STD**2) * (end - MU).abs().mean().item(), rel=0.01)
+    assert np.polyfit(np.log(counts), np.log(to_last), 1)[0] < -1.8, to_last
+    assert to_data[-1] > 0.5 * floor  # against the flow to sigma = 0 it stays near the floor
+
+
 def test_euler_is_ddim():
     denoiser, x, _ = _setup("cosine")
     times = sampling_times(denoiser.schedule, 25, "karras")
     torch.testing.assert_close(euler(denoiser, x, times), ddim(denoiser, x, times), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("sampler, options, steps", [("euler-ancestral", {}, 1000), ("heun", {"churn": 40.0}, 200)])
+@pytest.mark.parametrize("spacing", ["uniform", "karras"])
+def test_euler_ancestral_is_ddpm(spacing):
+    # With eta = 1, s_down = s_next^2 / s and s_up = s_next sqrt(1 - s_next^2 / s^2): the step is
+    # DDPM's posterior draw (and first-order SDE-DPM-Solver++), written in the EDM variables.
+    denoiser, x, _ = _setup("cosine")
+    times = sampling_times(denoiser.schedule, 12, spacing)
+    run = lambda name: SAMPLERS[name](denoiser, x, times, noise=torch.Generator().manual_seed(4))  # noqa: E731
+    # x / alpha at the cosine schedule's t = 1 (alpha about 5e-5) costs float32 digits: 1e-4.
+    torch.testing.assert_close(run("euler-ancestral"), run("ddpm"), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("sampler, options, steps",
+                         [("euler-ancestral", {}, 1000), ("heun", {"churn": 40.0}, 200), ("dpmpp-2m-sde", {}, 200),
+                          ("dpmpp-2m", {"eta": 0.5}, 200)])
 def test_stochastic_samplers_reach_the_data_moments(sampler, options, steps):
-    # Both are first order in their noise: the variance deficit shrinks with the step count.
+    # All are first order in their noise: the variance error shrinks with the step count.
     denoiser, _, _ = _setup()
     x = torch.randn(4096, 1, 4, 4, generator=torch.Generator().manual_seed(1))
     run = lambda n, seed: SAMPLERS[sampler](denoiser, x, sampling_times(denoiser.schedule, n, "log-snr"),  # noqa: E731
@@ -61,6 +97,20 @@ def test_stochastic_samplers_reach_the_data_moments(sampler, options, steps):
     assert out.var().item() == pytest.approx(STD**2, rel=0.025)
     assert abs(run(steps // 10, 2).var().item() - STD**2) > abs(out.var().item() - STD**2)
     assert (out - run(steps, 3)).abs().max() > 1e-3  # the noise is really used
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_first_order_sde_dpm_solver_step_is_the_ddpm_posterior_step(schedule):
+    # Before it has a previous estimate, SDE-DPM-Solver++ steps x_t -> x_s exactly as DDPM with
+    # the posterior variance does (both sample q(x_s | x_t, x_0 = D) of a variance-preserving
+    # schedule), so a two-step walk (one step, then the final one to D) is the same walk.
+    denoiser, x, _ = _setup(schedule)
+    times = torch.tensor([0.8, 0.3, 0.0], dtype=torch.float64)
+    ours = SAMPLERS["dpmpp-2m-sde"](denoiser, x, times, noise=torch.Generator().manual_seed(5))
+    theirs = SAMPLERS["ddpm"](denoiser, x, times, noise=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    other = SAMPLERS["dpmpp-2m-sde"](denoiser, x, times, noise=torch.Generator().manual_seed(6))
+    assert (ours - other).abs().max() > 1e-3
 
 
 class Counting:

@@ -270,6 +270,10 @@ def test_sample_errors_on_a_run_without_checkpoint_or_labels(tmp_path, capsys):
     assert "sigma_max applies to 'karras' and 'log-snr'" in capsys.readouterr().err
     assert main(["sample", "--run", str(tmp_path / "run"), "--n", "2", "--steps", "3", "--spacing", "karras",
                  "--sigma-max", "inf", "--no-png", "--out", str(tmp_path / "s")]) == 0
+    assert main(["sample", "--run", str(tmp_path / "run"), "--sampler", "heun", "--eta", "0.5"]) == 2
+    assert "--eta is an option of the ddim, euler-ancestral, dpmpp-2m, dpmpp-2m-sde samplers, not of heun" in capsys.readouterr().err
+    assert main(["sample", "--run", str(tmp_path / "run"), "--n", "2", "--steps", "3", "--sampler", "dpmpp-2m-sde",
+                 "--spacing", "karras", "--eta", "0.5", "--no-png", "--out", str(tmp_path / "e")]) == 0
     assert main(["train", "--resume", "--out", str(tmp_path / "fresh"), *TINY]) == 2
     assert "no checkpoint to continue from" in capsys.readouterr().err
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from . import __version__
 
+ETA_SAMPLERS = ("ddim", "euler-ancestral", "dpmpp-2m", "dpmpp-2m-sde")  # the samplers with a noise amount `eta`
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line and status 2, never a traceback
@@ -35,10 +37,35 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _add_walk_arguments(command) -> None:
+    """The sampling walk's options, shared by sample and evaluate."""
+    from .schedules import SPACINGS
+
+    command.add_argument("--spacing", default="uniform", help=f"time spacing, one of {', '.join(SPACINGS)} (default: uniform)")
+    command.add_argument("--sigma-max", type=_positive_float,
+                         help="karras and log-snr spacings: start at this EDM noise level sigma/alpha (default: 80; inf for the schedule's t = 1)")
+    command.add_argument("--eta", type=float,
+                         help=f"noise per step in [0, 1] for {', '.join(ETA_SAMPLERS)} (default: 0 for ddim and dpmpp-2m, 1 for the others)")
+    command.add_argument("--no-clip", action="store_true",
+                         help="leave the image estimate unclipped at each step (default: clipped to the data range; docs/samplers.md measures both)")
+
+
+def _walk_options(args) -> dict:
+    options = {"spacing": args.spacing}
+    if args.sigma_max is not None:
+        options["sigma_max"] = args.sigma_max
+    if args.eta is not None:
+        if args.sampler not in ETA_SAMPLERS:
+            raise ValueError(f"--eta is an option of the {', '.join(ETA_SAMPLERS)} samplers, not of {args.sampler}")
+        options["eta"] = args.eta
+    if args.no_clip:
+        options["clip"] = None
+    return options
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .presets import PRESETS
     from .samplers import SAMPLERS
-    from .schedules import SPACINGS
 
     parser = _Parser(prog="pixel-diffusion", description="Denoising diffusion models of images, in pixel space.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -70,10 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--run", type=Path, required=True, help="run directory written by train")
     sample.add_argument("--sampler", default="ddim", help=f"one of {', '.join(SAMPLERS)} (default: ddim)")
     sample.add_argument("--steps", type=_positive_int, default=50, help="sampling steps (default: 50)")
-    sample.add_argument("--spacing", default="uniform", help=f"time spacing, one of {', '.join(SPACINGS)} (default: uniform)")
-    sample.add_argument("--sigma-max", type=_positive_float,
-                        help="karras and log-snr spacings: start at this EDM noise level sigma/alpha (default: 80; inf for the schedule's t = 1)")
-    sample.add_argument("--eta", type=float, help="DDIM eta in [0, 1] (default: 0)")
+    _add_walk_arguments(sample)
     sample.add_argument("--n", type=_positive_int, default=64, help="number of images (default: 64)")
     sample.add_argument("--seed", type=int, default=0, help="seed; image k depends only on (seed, k) (default: 0)")
     sample.add_argument("--label", type=int, help="class to draw, for runs trained with labels (default: none)")
@@ -119,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--n", type=_positive_int, default=1000, help="images to sample from the run (default: 1000)")
     evaluate.add_argument("--sampler", default="ddim", help=f"sampler (default: ddim)")
     evaluate.add_argument("--steps", type=_positive_int, default=50, help="sampling steps (default: 50)")
+    _add_walk_arguments(evaluate)
     evaluate.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     evaluate.add_argument("--guidance", type=float, default=1.0, help="guidance scale for class-conditional runs (default: 1)")
     evaluate.add_argument("--kid-subset-size", type=_positive_int, default=1000, help="KID subset size (default: 1000)")
@@ -225,16 +250,9 @@ def run_sample(args) -> None:
         if not 0 <= args.label < classes:
             raise ValueError(f"--label must lie in 0..{classes - 1}; got {args.label}")
         labels = torch.full((args.n,), args.label, dtype=torch.long)
-    options = {"spacing": args.spacing}
-    if args.sigma_max is not None:
-        options["sigma_max"] = args.sigma_max
-    if args.eta is not None:
-        if args.sampler not in ("ddim", "euler-ancestral"):
-            raise ValueError(f"--eta is an option of the ddim and euler-ancestral samplers, not of {args.sampler}")
-        options["eta"] = args.eta
     images = sample_images(denoiser, model_config, args.n, sampler=args.sampler, steps=args.steps, seed=args.seed,
                            labels=labels, guidance=args.guidance, batch_size=args.batch_size, device=args.device,
-                           precision=args.precision, **options)
+                           precision=args.precision, **_walk_options(args))
     out = args.out or args.run / f"samples-{args.sampler}-{args.steps}"
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / ".samples.npz.tmp.npz"
@@ -286,7 +304,7 @@ def run_evaluate(args) -> None:
         # A class-conditional run is sampled with every class in turn, so its accuracy can be measured.
         requested = None if classes is None else torch.arange(args.n) % classes
         images = sample_images(denoiser, model_config, args.n, sampler=args.sampler, steps=args.steps, seed=args.seed,
-                               labels=requested, guidance=args.guidance)
+                               labels=requested, guidance=args.guidance, **_walk_options(args))
         run_data = DataConfig(**read_json(args.run / "config.json")["train"]["data"])
     else:
         loaded = load_images(DataConfig(args.images, image_size=size[0], channels=channels))

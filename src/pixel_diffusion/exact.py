@@ -77,13 +77,21 @@ class GaussianDenoiser(_ExactDenoiser):
         gain = a * variances / (a**2 * variances + s**2)
         return mean + ((gain * coords) @ basis.T).reshape(x.shape)
 
-    def flow_to_data(self, x: Tensor, t: float) -> Tensor:
-        """Where the probability-flow ODE takes x from time t to t = 0 (independent pixels): each
-        point keeps its standardised position in the marginal N(alpha mu, alpha^2 s^2 + sigma^2)."""
+    def flow(self, x: Tensor, t: float, to: float = 0.0) -> Tensor:
+        """Where the probability-flow ODE takes x from time t to time `to` (independent pixels;
+        `to` = 0 is clean data, alpha 1 and sigma 0): each point keeps its standardised position in
+        the marginal N(alpha mu, alpha^2 s^2 + sigma^2)."""
         if self.basis is not None:
-            raise ValueError("flow_to_data needs independent pixels (basis=None)")
-        a, s = (float(v) for v in self.schedule.rates(torch.tensor(float(t), dtype=torch.float64)))
-        return self.mean + self.variances.sqrt() * (x.double() - a * self.mean) / (a**2 * self.variances + s**2).sqrt()
+            raise ValueError("the closed-form flow needs independent pixels (basis=None)")
+
+        def marginal(time):  # mean and standard deviation of x_time
+            if time == 0:
+                return self.mean, self.variances.sqrt()
+            a, sigma = (float(v) for v in self.schedule.rates(torch.tensor(float(time), dtype=torch.float64)))
+            return a * self.mean, (a**2 * self.variances + sigma**2).sqrt()
+
+        (m_t, sd_t), (m_to, sd_to) = marginal(t), marginal(to)
+        return m_to + sd_to * (x.double() - m_t) / sd_t
 
     def sample(self, n: int, shape: tuple[int, ...], generator: torch.Generator | None = None) -> Tensor:
         """n exact draws of x_0 (float64), shaped (n, *shape)."""

@@ -216,7 +216,8 @@ def euler(denoiser, x: Tensor, times, *, labels=None, noise=None, callback: Call
 def euler_ancestral(denoiser, x: Tensor, times, *, labels=None, noise=None, callback: Callback | None = None,
                     eta: float = 1.0, clip=None) -> Tensor:
     """Euler steps down to s_down, then fresh noise up to s_next (k-diffusion's ancestral
-    sampler): s_up = eta sqrt(s_next^2 (s^2 - s_next^2) / s^2), s_down = sqrt(s_next^2 - s_up^2)."""
+    sampler): s_up = eta sqrt(s_next^2 (s^2 - s_next^2) / s^2), s_down = sqrt(s_next^2 - s_up^2).
+    With eta = 1 this is DDPM's posterior step written in these variables: the same walk as `ddpm`."""
     if not (isinstance(eta, (int, float)) and 0 <= eta <= 1):
         raise ValueError(f"eta must lie in [0, 1]; got {eta!r}")
     times = check_times(times)
@@ -285,12 +286,21 @@ def time_at_edm_sigma(schedule, edm_sigma: float) -> Tensor:
 
 
 @torch.no_grad()
-def dpmpp_2m(denoiser, x: Tensor, times, *, labels=None, noise=None, callback: Callback | None = None, clip=None) -> Tensor:
-    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2), data prediction in lambda = log(alpha/sigma):
-    x_s = (sigma_s / sigma_t) x_t - alpha_s (e^-h - 1) D, h = lambda_s - lambda_t, with
-    D = (1 + 1/(2r)) D_t - 1/(2r) D_prev, r = h_prev / h, after the first step; the step to
-    sigma = 0 takes D itself."""
+def dpmpp_2m(denoiser, x: Tensor, times, *, labels=None, noise=None, callback: Callback | None = None,
+             eta: float = 0.0, clip=None) -> Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2), data prediction in lambda = log(alpha/sigma),
+    h = lambda_s - lambda_t. The step t -> s with image estimate D is
+        x_s = (sigma_s / sigma_t) e^(-eta h) x_t + alpha_s (1 - e^(-(1 + eta) h)) D
+              + sigma_s sqrt(1 - e^(-2 eta h)) z,
+    where after the first step D = (1 + 1/(2r)) D_t - 1/(2r) D_prev, r = h_prev / h (the
+    multistep's linear extrapolation); the step to sigma = 0 takes D_t itself. eta = 0 is the
+    probability-flow ODE solver; eta = 1 is SDE-DPM-Solver++(2M), the same authors' solver of the
+    reverse SDE (diffusers' `sde-dpmsolver++`, midpoint form); eta between them interpolates as
+    k-diffusion's dpmpp_2m_sde does."""
+    if not (isinstance(eta, (int, float)) and 0 <= eta <= 1):
+        raise ValueError(f"eta must lie in [0, 1]; got {eta!r}")
     times = check_times(times)
+    draw = as_noise(noise)
     alphas, sigmas = _walk_rates(denoiser.schedule, times)
     x = x.float()
     previous, h_previous = None, None
@@ -307,9 +317,18 @@ def dpmpp_2m(denoiser, x: Tensor, times, *, labels=None, noise=None, callback: C
         if previous is not None:
             r = h_previous / h
             estimate = (1 + 1 / (2 * r)) * image - (1 / (2 * r)) * previous
-        x = (s_s / s_t) * x - a_s * math.expm1(-h) * estimate
+        x = (s_s / s_t * math.exp(-eta * h)) * x - a_s * math.expm1(-(1 + eta) * h) * estimate
+        if eta > 0:
+            x = x + s_s * math.sqrt(-math.expm1(-2 * eta * h)) * draw(x)
         previous, h_previous = image, h
     return x
+
+
+@torch.no_grad()
+def dpmpp_2m_sde(denoiser, x: Tensor, times, *, labels=None, noise=None, callback: Callback | None = None,
+                 eta: float = 1.0, clip=None) -> Tensor:
+    """SDE-DPM-Solver++(2M): `dpmpp_2m` with eta = 1, fresh noise on every step but the last."""
+    return dpmpp_2m(denoiser, x, times, labels=labels, noise=noise, callback=callback, eta=eta, clip=clip)
 
 
 SAMPLERS = {
@@ -319,6 +338,7 @@ SAMPLERS = {
     "euler-ancestral": euler_ancestral,
     "heun": heun,
     "dpmpp-2m": dpmpp_2m,
+    "dpmpp-2m-sde": dpmpp_2m_sde,
 }
 
 
