@@ -8,9 +8,9 @@ Every cell draws the same `--samples` images (seeds 0..n-1, so the same starting
 cell) from the run's EMA weights and scores them with the digit classifier's features against all
 of mnist-5k (FID, KID). Each sampler walks the time spacing in `SPACING` (its paper's, except
 DPM-Solver++, ODE and SDE, measured better at 10 evaluations on Karras's than on its paper's
-log-SNR spacing: `--study`); the
-Karras and log-SNR walks start at EDM sigma 80, the DDPM/DDIM grid walks at t = 1. The image
-estimate is clipped to the data range as `pixel-diffusion sample` does. Heun takes
+log-SNR spacing: `--study`); the Karras and log-SNR walks start at EDM sigma 80, the DDPM/DDIM
+grid walks at t = 1. The image estimate is clipped to the data range as `pixel-diffusion sample`
+does (`--no-clip` measures unclipped cells, kept out of the main table). Heun takes
 (nfe + 1) // 2 steps, so its cells use 2 * steps - 1 evaluations (one less than asked for even
 counts); the table states the evaluations used. Wall time per image is measured with the
 network compiled and in bf16 autocast, `--batch-size` images at a time.

@@ -38,7 +38,7 @@ def errors(sampler: str, spacing: str, steps: int, schedule, x: torch.Tensor) ->
     last = float(times[-2])
     alpha, sigma = (float(v) for v in schedule.rates(torch.tensor(last, dtype=torch.float64)))
     on_flow = denoiser.flow(x, float(times[0]), last)
-    denoised = MU + alpha * STD**2 / (alpha**2 * STD**2 + sigma**2) * (on_flow - alpha * MU)
+    denoised = denoiser.posterior_mean(on_flow, *(torch.tensor(v, dtype=torch.float64) for v in (alpha, sigma)))
     return (out - denoiser.flow(x, float(times[0]))).abs().mean().item(), (out - denoised).abs().mean().item()
 
 

@@ -274,6 +274,11 @@ def test_sample_errors_on_a_run_without_checkpoint_or_labels(tmp_path, capsys):
     assert "--eta is an option of the ddim, euler-ancestral, dpmpp-2m, dpmpp-2m-sde samplers, not of heun" in capsys.readouterr().err
     assert main(["sample", "--run", str(tmp_path / "run"), "--n", "2", "--steps", "3", "--sampler", "dpmpp-2m-sde",
                  "--spacing", "karras", "--eta", "0.5", "--no-png", "--out", str(tmp_path / "e")]) == 0
+    for flags, out in (([], "clipped"), (["--no-clip"], "unclipped")):
+        assert main(["sample", "--run", str(tmp_path / "run"), "--n", "4", "--steps", "3", "--no-png",
+                     "--out", str(tmp_path / out), *flags]) == 0
+    with np.load(tmp_path / "clipped" / "samples.npz") as a, np.load(tmp_path / "unclipped" / "samples.npz") as b:
+        assert not np.array_equal(a["images"], b["images"])  # the barely trained net's estimates leave the range
     assert main(["train", "--resume", "--out", str(tmp_path / "fresh"), *TINY]) == 2
     assert "no checkpoint to continue from" in capsys.readouterr().err
 
