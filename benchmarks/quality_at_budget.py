@@ -51,11 +51,12 @@ def checkpoint_minutes(run: Path, step: int) -> float:
 
 
 def score_run(run: Path, scorer: Scorer, *, sampler: str, steps: int, spacing: str, samples: int,
-              curve_samples: int) -> list[dict]:
+              curve_samples: int, last_only: bool = False) -> list[dict]:
     from pixel_diffusion.networks import build_network
 
     model_config = checkpoints.read_json(run / "config.json")["model"]
     folders = sorted(run.glob("checkpoints/step-*"), key=lambda p: int(p.name.split("-")[1]))
+    folders = folders[-1:] if last_only else folders
     rows = []
     for k, folder in enumerate(folders):
         step = int(folder.name.split("-")[1])

@@ -206,6 +206,29 @@ def test_time_sampling_is_uniform():
         assert counts.min() > 0.95 * 10000 and counts.max() < 1.05 * 10000
 
 
+def test_log_normal_time_sampling_draws_the_edm_noise_levels():
+    # ln(sigma / alpha) at the drawn times ~ N(P_mean, P_std^2) (Karras et al. 2022), here on the
+    # discrete cosine grid, whose range (ln sigma/alpha from -5.0 to 9.9) clips 0.1% of draws.
+    images = torch.zeros(50000, 1, 1, 1)
+    schedule = schedules.cosine()
+    for mean, std in ((-1.2, 1.2), (0.5, 0.6)):
+        recorder = Recorder(GaussianDenoiser.iid(schedule, 0.0, 1.0))
+        loss = DiffusionLoss(time_sampling="log-normal", log_normal_mean=mean, log_normal_std=std)
+        loss(recorder, images, generator=torch.Generator().manual_seed(6))
+        alpha, sigma = schedule.rates(recorder.t)
+        log_sigma = (sigma / alpha).log()
+        assert abs(float(log_sigma.mean()) - mean) < 0.02 and abs(float(log_sigma.std()) - std) < 0.02
+        # Quartiles too, not just the first two moments.
+        quartiles = torch.quantile(log_sigma.float(), torch.tensor([0.25, 0.5, 0.75]))
+        torch.testing.assert_close(quartiles, mean + std * torch.tensor([-0.6745, 0.0, 0.6745]), atol=0.03, rtol=0)
+    # A schedule narrower than the distribution holds every draw inside [t_min, 1].
+    recorder = Recorder(GaussianDenoiser.iid(schedules.linear(100), 0.0, 1.0))
+    DiffusionLoss(time_sampling="log-normal", log_normal_std=5.0)(recorder, images[:5000], generator=torch.Generator().manual_seed(7))
+    assert float(recorder.t.min()) >= 0.01 and float(recorder.t.max()) <= 1 and float(recorder.t.min()) < 0.0101
+    with pytest.raises(ValueError, match="log_normal_std must be positive"):
+        DiffusionLoss(time_sampling="log-normal", log_normal_std=0.0)
+
+
 def test_loss_trains_a_network():
     torch.manual_seed(0)
     schedule = schedules.linear(100)

@@ -97,6 +97,25 @@ def test_ctrl_c_checkpoints_and_the_same_command_continues(tmp_path):
     assert latest_checkpoint(tmp_path).name == "step-0000060"
 
 
+def test_a_minutes_budget_counts_the_time_before_a_resume(tmp_path):
+    records = lambda: [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    train(tiny(steps=None, epochs=None, minutes=0.02, checkpoint_every=1000), tmp_path)
+    first = records()
+    state = load_checkpoint(latest_checkpoint(tmp_path))["state"]
+    assert state["step"] == first[-1]["step"] and state["elapsed_s"] >= 1.2
+    # The same budget again: spent already, so no step is taken.
+    train(tiny(steps=None, epochs=None, minutes=0.02, checkpoint_every=1000), tmp_path)
+    assert records() == first
+    # Twice the budget: the run goes on where its clock and its learning-rate decay stopped
+    # (half the budget gone: cosine at 0.5, lr = lr (0.1 + 0.9 / 2) and below).
+    train(tiny(steps=None, epochs=None, minutes=0.04, checkpoint_every=1000), tmp_path)
+    resumed = records()[len(first):]
+    assert resumed and resumed[0]["step"] == first[-1]["step"] + 1
+    assert resumed[0]["elapsed_s"] >= state["elapsed_s"]
+    assert load_checkpoint(latest_checkpoint(tmp_path))["state"]["elapsed_s"] >= 2.4
+    assert resumed[0]["lr"] <= 0.56 * preset("mnist").lr
+
+
 def test_accelerate_launch_steps_once_per_optimiser_step(tmp_path):
     accelerate = Path(sys.executable).with_name("accelerate")
     result = subprocess.run(
@@ -272,6 +291,9 @@ def test_sample_errors_on_a_run_without_checkpoint_or_labels(tmp_path, capsys):
                  "--sigma-max", "inf", "--no-png", "--out", str(tmp_path / "s")]) == 0
     assert main(["sample", "--run", str(tmp_path / "run"), "--sampler", "heun", "--eta", "0.5"]) == 2
     assert "--eta is an option of the ddim, euler-ancestral, dpmpp-2m, dpmpp-2m-sde samplers, not of heun" in capsys.readouterr().err
+    assert main(["sample", "--run", str(tmp_path / "run"), "--sampler", "ddim", "--eta", "1.5"]) == 2
+    err = capsys.readouterr().err
+    assert "--eta must lie in [0, 1]" in err and "got 1.5" in err and len(err.strip().splitlines()) == 1
     assert main(["sample", "--run", str(tmp_path / "run"), "--n", "2", "--steps", "3", "--sampler", "dpmpp-2m-sde",
                  "--spacing", "karras", "--eta", "0.5", "--no-png", "--out", str(tmp_path / "e")]) == 0
     for flags, out in (([], "clipped"), (["--no-clip"], "unclipped")):
@@ -321,6 +343,16 @@ def test_compiled_network_trains_and_saves_plain_names(tmp_path):
     names = set(load_file(latest_checkpoint(tmp_path) / "model.safetensors"))
     assert names and not any("_orig_mod" in n for n in names)
     load_run(tmp_path)  # loads into an uncompiled network
+
+
+def test_compile_without_a_cpu_compiler_is_one_line(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "CXX"}
+    env["PATH"] = str(Path(sys.executable).parent)  # python, and no g++ or clang++
+    result = subprocess.run([sys.executable, "-m", "pixel_diffusion", "train", "--steps", "1", "--out", str(tmp_path),
+                             *TINY, "compile=true"], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "compile=true on a CPU needs a C++ compiler" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert latest_checkpoint(tmp_path) is None
 
 
 def test_threads_must_be_a_positive_integer():

@@ -57,6 +57,8 @@ def _walk_options(args) -> dict:
     if args.eta is not None:
         if args.sampler not in ETA_SAMPLERS:
             raise ValueError(f"--eta is an option of the {', '.join(ETA_SAMPLERS)} samplers, not of {args.sampler}")
+        if not 0 <= args.eta <= 1:  # checked here, before the run is loaded and a progress bar drawn
+            raise ValueError(f"--eta must lie in [0, 1] (0: deterministic, 1: the full posterior noise); got {args.eta:g}")
         options["eta"] = args.eta
     if args.no_clip:
         options["clip"] = None

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .schedules import Schedule
+from .schedules import Schedule, time_at_log_snr
 
 Tensor = torch.Tensor
 
@@ -172,7 +172,10 @@ class Guided(nn.Module):
 # ---- loss -------------------------------------------------------------------------------------
 
 
-def _uniform_times(schedule: Schedule, n: int, generator, device) -> Tensor:
+# Where training draws its noise levels: (schedule, n, generator, device, loss) -> (B,) float64 times.
+
+
+def _uniform_times(schedule: Schedule, n: int, generator, device, loss: "DiffusionLoss") -> Tensor:
     # Discrete: a grid step uniformly; continuous: t ~ U(t_min, 1].
     if schedule.num_steps is not None:
         index = torch.randint(schedule.num_steps, (n,), generator=generator, device=device)
@@ -181,7 +184,17 @@ def _uniform_times(schedule: Schedule, n: int, generator, device) -> Tensor:
     return 1 - u * (1 - schedule.t_min)
 
 
-TIME_SAMPLERS = {"uniform": _uniform_times}
+def _log_normal_times(schedule: Schedule, n: int, generator, device, loss: "DiffusionLoss") -> Tensor:
+    # Karras et al. 2022, table 1: ln(sigma / alpha) ~ N(P_mean, P_std^2), i.e. the log-SNR
+    # lambda = -2 ln(sigma / alpha) ~ N(-2 P_mean, (2 P_std)^2); mapped to the time where the
+    # schedule reaches it, and held inside its [t_min, 1] (a discrete schedule's times between
+    # grid points are its interpolated rates).
+    z = torch.randn(n, generator=generator, device=device, dtype=torch.float64)
+    lam = -2 * (loss.log_normal_mean + loss.log_normal_std * z)
+    return time_at_log_snr(schedule, lam.cpu()).to(device).clamp(schedule.t_min, 1.0)
+
+
+TIME_SAMPLERS = {"uniform": _uniform_times, "log-normal": _log_normal_times}
 
 # What the loss compares, from a Split and the rates.
 TARGETS: dict[str, Callable[[Split, Tensor, Tensor], Tensor]] = {
@@ -244,6 +257,8 @@ class DiffusionLoss:
     distance: str = "mse"
     weighting: str = "none"
     time_sampling: str = "uniform"
+    log_normal_mean: float = -1.2  # EDM's P_mean and P_std, for time_sampling "log-normal"
+    log_normal_std: float = 1.2
     min_snr_gamma: float = 5.0
     p2_gamma: float = 1.0
     p2_k: float = 1.0
@@ -254,7 +269,7 @@ class DiffusionLoss:
         _check_choice("loss distance", self.distance, DISTANCES)
         _check_choice("loss weighting", self.weighting, WEIGHTINGS)
         _check_choice("time sampling", self.time_sampling, TIME_SAMPLERS)
-        for name in ("min_snr_gamma", "p2_k", "huber_delta"):
+        for name in ("min_snr_gamma", "p2_k", "huber_delta", "log_normal_std"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive; got {getattr(self, name)}")
         if not self.p2_gamma >= 0:
@@ -270,7 +285,7 @@ class DiffusionLoss:
         schedule, n = denoiser.schedule, images.shape[0]
         # Draw where the generator lives (a CPU generator serves a GPU batch too), then move.
         where = generator.device if generator is not None else images.device
-        t = TIME_SAMPLERS[self.time_sampling](schedule, n, generator, where).to(images.device)  # (B,)
+        t = TIME_SAMPLERS[self.time_sampling](schedule, n, generator, where, self).to(images.device)  # (B,)
         kind = getattr(schedule, "noise", "gaussian")
         noise = draw_noise(kind, images.shape, generator=generator, device=where).to(images.device)
         images = images.float()

@@ -84,6 +84,17 @@ def learning_rate(config: TrainConfig, step: int, total: int | None, fraction: f
     return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
 
 
+def _check_cpu_compiler() -> None:
+    """torch.compile builds C++ for a CPU: say so before training rather than fail at its first step."""
+    from torch._inductor import cpp_builder
+
+    try:
+        cpp_builder.get_cpp_compiler()
+    except Exception:
+        raise ValueError("compile=true on a CPU needs a C++ compiler (g++ or clang++ on the PATH, or $CXX); "
+                         "install one or set compile=false") from None
+
+
 def _generator(*key: int) -> torch.Generator:
     seed = int(key[0])
     for part in key[1:]:
@@ -120,6 +131,8 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
     )
     rank, world = accelerator.process_index, accelerator.num_processes
     device = accelerator.device
+    if config.compile and device.type == "cpu":
+        _check_cpu_compiler()
 
     # 2. Data.
     data = load_images(config.data, progress=config.progress and accelerator.is_main_process)
@@ -156,7 +169,7 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
                                 **({"fused": True} if config.fused_optimizer else {}))
 
     # 4. Resume from the newest checkpoint, if the run directory has one.
-    step = 0
+    step, trained_s = 0, 0.0  # trained_s: training seconds before this process, for a minutes budget
     saved_config = run_dir / "config.json"
     latest = checkpoints.latest_checkpoint(run_dir)
     if latest is not None:
@@ -172,6 +185,7 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
         ema.net.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         step = int(state["state"]["step"])
+        trained_s = float(state["state"].get("elapsed_s", 0.0))
     if accelerator.is_main_process:
         checkpoints.write_json(saved_config, {"train": config.to_dict(), "model": model_config})
         _truncate_metrics(run_dir / "metrics.jsonl", step)
@@ -204,7 +218,7 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
     total = config.steps or (config.epochs * steps_per_epoch if config.epochs else None)
     if total is None and config.minutes is None:
         raise ValueError("no budget: set steps, epochs or minutes")
-    deadline = time.monotonic() + 60 * config.minutes if total is None else None
+    budget_s = 60 * config.minutes if total is None else None  # counts the time of earlier processes too
 
     # 6. Stop cleanly on Ctrl-C or SIGTERM: finish the step, checkpoint, leave.
     stop = {"signal": None}
@@ -219,7 +233,7 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
             model=accelerator.unwrap_model(net).state_dict(),
             ema=ema.net.state_dict(),
             optimizer=optimizer.optimizer.state_dict() if hasattr(optimizer, "optimizer") else optimizer.state_dict(),
-            state={"epoch": at // steps_per_epoch, "images_seen": at * global_batch},
+            state={"epoch": at // steps_per_epoch, "images_seen": at * global_batch, "elapsed_s": elapsed()},
             keep=config.keep_checkpoints,
         )
 
@@ -228,15 +242,27 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
     loss_fn = config.loss
     window_loss, window_start, window_steps = 0.0, time.perf_counter(), 0
     started = window_start
+
+    def elapsed() -> float:  # training seconds of the run, this process's and the earlier ones'
+        return trained_s + time.perf_counter() - started
+
+    def agreed(value: float) -> float:  # one number on every process (the mean), so all stop together
+        if world == 1:
+            return value
+        return accelerator.reduce(torch.tensor([value], dtype=torch.float64, device=device), "mean").item()
+
     bar = tqdm(total=total, initial=step, desc="training", unit="step", disable=not (config.progress and accelerator.is_main_process))
     last = None
     try:
-        while (step < total) if total is not None else (time.monotonic() < deadline):
+        while True:
+            fraction = None if total is not None else agreed(elapsed()) / budget_s  # of a minutes budget
+            if (step >= total) if total is not None else (fraction >= 1):
+                break
             epoch, index = divmod(step, steps_per_epoch)
             order = epoch_order(config.seed, epoch, len(data.train))
             batch = torch.as_tensor(data.train)[order[index * global_batch : (index + 1) * global_batch]]
             mine = batch[rank * (global_batch // world) : (rank + 1) * (global_batch // world)]
-            lr = learning_rate(config, step, total, None if total else 1 - (deadline - time.monotonic()) / (60 * config.minutes))
+            lr = learning_rate(config, step, total, fraction)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             torch.manual_seed(_combine(config.seed, _combine(step, rank)))  # dropout
@@ -279,7 +305,7 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
                 mean_loss = accelerator.reduce(torch.tensor(window_loss / window_steps, device=device), "mean").item()
                 record = {"step": step, "loss": mean_loss, "lr": lr,
                           "images_per_s": window_steps * global_batch / seconds, "epoch": step / steps_per_epoch,
-                          "elapsed_s": time.perf_counter() - started}
+                          "elapsed_s": elapsed()}
                 bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.0f}")
                 if accelerator.is_main_process:
                     with open(run_dir / "metrics.jsonl", "a") as f:
@@ -293,7 +319,7 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
                 preview(config, model_config, ema.net, run_dir, step)
             if step % config.checkpoint_every == 0:
                 last = save(step)
-            if stop["signal"] is not None:
+            if agreed(float(stop["signal"] is not None)) > 0:  # a signal to any process stops them all
                 break
         if last is None or int(last.name.split("-")[1]) != step:
             last = save(step)
