@@ -34,6 +34,8 @@ TRIALS = {
     "log-normal": ("EDM log-normal noise levels, ln(sigma/alpha) ~ N(-1.2, 1.2^2) (uniform t)",
                    {"loss.time_sampling": "log-normal"}),
     "batch-128": ("batch 128 (64)", {"batch_size": 128}),
+    "ema-0.997": ("EMA decay 0.997 from the start (0.999 behind the warmup (1 + n) / (10 + n), 0.995 at step 1800)",
+                  {"ema_decay": 0.997, "ema_warmup": False}),
 }
 BASELINE = ROOT / "runs" / "quality_at_budget" / "ours"
 
