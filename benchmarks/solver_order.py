@@ -36,9 +36,7 @@ def errors(sampler: str, spacing: str, steps: int, schedule, x: torch.Tensor) ->
     times = sampling_times(schedule, steps, spacing)
     out = SAMPLERS[sampler](denoiser, x, times).double()
     last = float(times[-2])
-    alpha, sigma = (float(v) for v in schedule.rates(torch.tensor(last, dtype=torch.float64)))
-    on_flow = denoiser.flow(x, float(times[0]), last)
-    denoised = denoiser.posterior_mean(on_flow, *(torch.tensor(v, dtype=torch.float64) for v in (alpha, sigma)))
+    denoised = denoiser.denoise(denoiser.flow(x, float(times[0]), last), last)
     return (out - denoiser.flow(x, float(times[0]))).abs().mean().item(), (out - denoised).abs().mean().item()
 
 

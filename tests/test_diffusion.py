@@ -227,6 +227,8 @@ def test_log_normal_time_sampling_draws_the_edm_noise_levels():
     assert float(recorder.t.min()) >= 0.01 and float(recorder.t.max()) <= 1 and float(recorder.t.min()) < 0.0101
     with pytest.raises(ValueError, match="log_normal_std must be positive"):
         DiffusionLoss(time_sampling="log-normal", log_normal_std=0.0)
+    with pytest.raises(ValueError, match="log_normal_mean must be a finite number"):
+        DiffusionLoss(time_sampling="log-normal", log_normal_mean=float("nan"))
 
 
 def test_loss_trains_a_network():

@@ -8,6 +8,7 @@ and how it is told the noise level, so callers always receive both parts.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, NamedTuple, Sequence
 
@@ -272,6 +273,8 @@ class DiffusionLoss:
         for name in ("min_snr_gamma", "p2_k", "huber_delta", "log_normal_std"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive; got {getattr(self, name)}")
+        if not math.isfinite(self.log_normal_mean):
+            raise ValueError(f"log_normal_mean must be a finite number; got {self.log_normal_mean}")
         if not self.p2_gamma >= 0:
             raise ValueError(f"p2_gamma must be >= 0; got {self.p2_gamma}")
 

@@ -27,13 +27,20 @@ class _ExactDenoiser(abc.ABC):
     def posterior_mean(self, x: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
         """E[x_0 | x_t] in float64, with alpha and sigma broadcast per example."""
 
-    def __call__(self, x: Tensor, t, labels: Tensor | None = None) -> Split:
+    def _estimate(self, x: Tensor, t) -> tuple[Tensor, Tensor, Tensor]:
         t = torch.as_tensor(t, device=x.device).expand(x.shape[0])
         alpha, sigma = self.schedule.rates(t)
         x64 = x.double()
         a, s = _per_example(alpha, x64), _per_example(sigma, x64)
-        image = self.posterior_mean(x64, a, s)
-        return Split(image.float(), ((x64 - a * image) / s).float())
+        return self.posterior_mean(x64, a, s), a, s
+
+    def __call__(self, x: Tensor, t, labels: Tensor | None = None) -> Split:
+        image, a, s = self._estimate(x, t)
+        return Split(image.float(), ((x.double() - a * image) / s).float())
+
+    def denoise(self, x: Tensor, t) -> Tensor:
+        """E[x_0 | x_t] at time t in float64 (the image part of the split, before float32)."""
+        return self._estimate(x, torch.as_tensor(t, dtype=torch.float64))[0]
 
 
 class GaussianDenoiser(_ExactDenoiser):
