@@ -3,12 +3,15 @@
     python benchmarks/recipe_trials.py                          # every trial not trained yet, then the table
     python benchmarks/recipe_trials.py --trials log-normal      # one trial
 
-Each trial trains the `mnist` preset with its overrides (`TRIALS`) for `--minutes` of wall-clock
-time on mnist-5k, with the same seed, checkpoints and budget as benchmarks/quality_at_budget.py,
-whose `ours` run is the `mnist` trial itself (used when present rather than trained again). The
-last checkpoint's EMA weights draw `--samples` images (20-step DDPM, seeds 0..n-1) that are scored
-with the digit classifier's features: FID, KID, the share called with confidence > 0.9,
-precision and recall. Writes docs/performance_recipes.md; the runs stay in --out.
+Each trial trains the `mnist` preset with its overrides (`TRIALS`) on mnist-5k with the same seed
+and checkpoints as benchmarks/quality_at_budget.py, whose `ours` run is the `mnist` trial itself
+(used when present rather than trained again). A change that alters the time a step takes (the
+network, the batch size) trains for `--minutes` of wall-clock time, like `ours`; any other change
+trains for exactly as many steps as `ours` made in its minutes, so that the machine's speed on the
+day (it varies by up to 15% from run to run) does not enter the comparison. The last checkpoint's
+EMA weights draw `--samples` images (20-step DDPM, seeds 0..n-1) that are scored with the digit
+classifier's features: FID, KID, the share called with confidence > 0.9, precision and recall.
+Writes docs/performance_recipes.md; the runs stay in --out.
 """
 
 from __future__ import annotations
@@ -25,17 +28,24 @@ from pixel_diffusion.config import apply_overrides
 from pixel_diffusion.presets import preset
 from pixel_diffusion.training import train
 
-# name: (what changes, overrides of the mnist preset)
+# name: (what changes, overrides of the mnist preset, whether it changes the time a step takes)
 TRIALS = {
-    "mnist": ("the preset as shipped", {}),
-    "lr-4e-3": ("learning rate 4e-3 (2e-3)", {"lr": 4e-3}),
-    "mid-attention": ("self-attention in the 7x7 middle block (none)", {"network_options.mid_attention": True}),
-    "batch-32": ("batch 32 (64)", {"batch_size": 32}),
+    "mnist": ("the preset as shipped", {}, True),
+    "mnist-again": ("the preset as shipped, trained again on another day", {}, True),
+    "lr-4e-3": ("learning rate 4e-3 (2e-3)", {"lr": 4e-3}, False),
+    "mid-attention": ("self-attention in the 7x7 middle block (none)", {"network_options.mid_attention": True}, True),
+    "batch-32": ("batch 32 (64)", {"batch_size": 32}, True),
     "log-normal": ("EDM log-normal noise levels, ln(sigma/alpha) ~ N(-1.2, 1.2^2) (uniform t)",
-                   {"loss.time_sampling": "log-normal"}),
-    "batch-128": ("batch 128 (64)", {"batch_size": 128}),
+                   {"loss.time_sampling": "log-normal"}, False),
+    "batch-128": ("batch 128 (64)", {"batch_size": 128}, True),
     "ema-0.997": ("EMA decay 0.997 from the start (0.999 behind the warmup (1 + n) / (10 + n), 0.995 at step 1800)",
-                  {"ema_decay": 0.997, "ema_warmup": False}),
+                  {"ema_decay": 0.997, "ema_warmup": False}, False),
+    "min-snr-1": ("min-SNR weighting with gamma 1 (5)", {"loss.min_snr_gamma": 1.0}, False),
+    "beta2-0.99": ("AdamW beta2 0.99 (0.999)", {"betas": (0.9, 0.99)}, False),
+    "widths-24-64-128": ("widths 24/64/128: 0.375 GFLOP (32/64/96: 0.358)", {"network_options.widths": (24, 64, 128)}, True),
+    "widths-32-64-128": ("widths 32/64/128: 0.436 GFLOP (32/64/96: 0.358)", {"network_options.widths": (32, 64, 128)}, True),
+    "one-up-block": ("one up block a level, skips from the blocks only: 0.250 GFLOP (two, skips from the stem and "
+                     "down-samplers too: 0.358)", {"network_options.skip_stem_and_downsamples": False}, True),
 }
 BASELINE = ROOT / "runs" / "quality_at_budget" / "ours"
 
@@ -47,8 +57,15 @@ def train_trial(name: str, minutes: float, out: Path) -> Path:
     if checkpoints.latest_checkpoint(run) is not None:
         print(f"{run} is trained already; delete it to train again")
         return run
-    overrides = {"steps": None, "epochs": None, "minutes": minutes, "checkpoint_every": 300, "keep_checkpoints": 1000,
-                 "preview_every": 0, "kid_every": 0, **TRIALS[name][1]}
+    _, changes, clock = TRIALS[name]
+    budget = {"steps": None, "minutes": minutes}
+    if not clock:  # as many steps as the baseline made in its minutes
+        baseline = checkpoints.latest_checkpoint(BASELINE)
+        if baseline is None or minutes != 10:
+            raise SystemExit(f"{name} trains for the baseline's steps: train the `mnist` trial ({BASELINE}) first")
+        budget = {"steps": checkpoints.read_json(baseline / "state.json")["step"], "minutes": None}
+    overrides = {"epochs": None, **budget, "checkpoint_every": 300, "keep_checkpoints": 1000, "preview_every": 0,
+                 "kid_every": 0, **changes}
     train(apply_overrides(preset("mnist"), overrides), run)
     return run
 
@@ -63,15 +80,17 @@ def main() -> None:
     args = parser.parse_args()
 
     scorer = Scorer()
-    lines = [f"| trial | change (shipped value) | steps in {args.minutes:g} min | images seen | FID | KID | "
-             "confident > 0.9 | precision | recall |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| trial | change (shipped value) | budget | steps | images seen | FID | KID | confident > 0.9 | precision | "
+             "recall |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name in args.trials:  # each scored as soon as it is trained
         run = train_trial(name, args.minutes, args.out)
         last = score_run(run, scorer, sampler="ddpm", steps=20, spacing="uniform", samples=args.samples,
                          curve_samples=args.samples, last_only=True)[-1]
-        batch = checkpoints.read_json(run / "config.json")["train"]["batch_size"]
-        lines.append(f"| `{name}` | {TRIALS[name][0]} | {last['step']} | {last['step'] * batch:,} | {last['fid']:.2f} | "
-                     f"{last['kid']:.4f} | {last['confidence']:.1%} | {last['precision']:.2f} | {last['recall']:.2f} |")
+        config = checkpoints.read_json(run / "config.json")["train"]
+        budget = f"{config['minutes']:g} min" if config["steps"] is None else f"{config['steps']} steps"
+        lines.append(f"| `{name}` | {TRIALS[name][0]} | {budget} | {last['step']} | {last['step'] * config['batch_size']:,} | "
+                     f"{last['fid']:.2f} | {last['kid']:.4f} | {last['confidence']:.1%} | {last['precision']:.2f} | "
+                     f"{last['recall']:.2f} |")
     text = "\n".join(lines)
     print(text)
     if set(args.trials) == set(TRIALS):  # the page holds the whole table only

@@ -119,6 +119,11 @@ def test_evaluate_command_on_images_and_on_a_run(classifier, tmp_path, capsys):
     assert "holds no classifier" in capsys.readouterr().err
     assert main(["evaluate", "--images", str(tmp_path / "samples.npz"), "--classifier", str(classifier)]) == 2
     assert "--images needs --reference" in capsys.readouterr().err
+    # Sampling options mean nothing for images given as they are: refused, not silently ignored.
+    assert main(["evaluate", "--images", str(tmp_path / "samples.npz"), "--reference", "digits", "--classifier",
+                 str(classifier), "--eta", "0.5", "--steps", "20"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--steps, --eta set how a --run is sampled" in err
 
 
 # ---- the FID Inception --------------------------------------------------------------------------

@@ -58,6 +58,14 @@ def test_a_few_dozen_steps_lower_the_loss(tmp_path):
     assert saved["model"]["normalisation"]["kind"] == "minus-one-one" and saved["model"]["channels"] == 1
 
 
+def test_the_gradient_norm_is_logged_before_clipping(tmp_path):
+    train(tiny(steps=4, grad_clip=1e-6), tmp_path)
+    norms = [json.loads(line)["grad_norm"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(norms) == 4 and all(np.isfinite(norms)) and min(norms) > 1e-3  # not the clipped 1e-6
+    train(tiny(steps=1, grad_clip=None), tmp_path / "unclipped")
+    assert "grad_norm" not in (tmp_path / "unclipped" / "metrics.jsonl").read_text()
+
+
 def test_run_killed_at_any_moment_resumes_bit_identical(tmp_path):
     args = ["train", "--preset", "mnist", "--steps", "24", "--checkpoint-every", "3", *TINY]
     whole, broken = tmp_path / "whole", tmp_path / "broken"

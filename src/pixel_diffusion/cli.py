@@ -152,7 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "pixel-diffusion" / "reference",
                           help="where reference features are cached (default: ~/.cache/pixel-diffusion/reference)")
     evaluate.add_argument("--out", type=Path, help="JSON file for the results (default: RUN/metrics-SAMPLER-STEPS.json, or none)")
-    evaluate.set_defaults(handler=run_evaluate)
+    # Options that only mean something when sampling from --run; given with --images they are refused.
+    sampling = ("n", "sampler", "steps", "spacing", "sigma_max", "eta", "no_clip", "seed", "guidance")
+    evaluate.set_defaults(handler=run_evaluate, sampling_defaults={dest: evaluate.get_default(dest) for dest in sampling})
 
     show = commands.add_parser(
         "show",
@@ -294,6 +296,12 @@ def run_evaluate(args) -> None:
 
     if (args.run is None) == (args.images is None):
         raise ValueError("give either --run (to sample from) or --images (to evaluate as they are)")
+    if args.images is not None:
+        given = ["--" + dest.replace("_", "-") for dest, default in args.sampling_defaults.items()
+                 if getattr(args, dest) != default]
+        if given:
+            raise ValueError(f"{', '.join(given)} set how a --run is sampled; --images are evaluated as they are, "
+                             "so leave them out")
     extractor = load_extractor(args.extractor, classifier=args.classifier, inception_weights=args.inception_weights)
     # The classifier takes its own image size and channels; the Inception any size, resized to 299.
     config = getattr(extractor, "config", None)

@@ -128,7 +128,7 @@ def training_gif(run_dir, out=None, *, duration_ms: int = 400):
 
 
 def curves(run_dir, out=None):
-    """Loss, learning rate and KID over training from metrics.jsonl, as a PNG (matplotlib)."""
+    """Loss, learning rate, gradient norm and KID over training from metrics.jsonl, as a PNG (matplotlib)."""
     import json
     from pathlib import Path
 
@@ -142,7 +142,8 @@ def curves(run_dir, out=None):
     if not path.exists():
         raise ValueError(f"{run_dir} has no metrics.jsonl; train it first")
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    panels = [("loss", "training loss", "log"), ("lr", "learning rate", "linear"), ("kid", "KID", "linear")]
+    panels = [("loss", "training loss", "log"), ("lr", "learning rate", "linear"),
+              ("grad_norm", "gradient norm (before clipping)", "log"), ("kid", "KID", "linear")]
     panels = [p for p in panels if any(p[0] in r for r in records)]
     figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3), squeeze=False)
     for axis, (key, title, scale) in zip(axes[0], panels):
