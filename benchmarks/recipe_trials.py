@@ -7,11 +7,11 @@ Each trial trains the `mnist` preset with its overrides (`TRIALS`) on mnist-5k w
 and checkpoints as benchmarks/quality_at_budget.py, whose `ours` run is the `mnist` trial itself
 (used when present rather than trained again). A change that alters the time a step takes (the
 network, the batch size) trains for `--minutes` of wall-clock time, like `ours`; any other change
-trains for exactly as many steps as `ours` made in its minutes, so that the machine's speed on the
-day (it varies by up to 15% from run to run) does not enter the comparison. The last checkpoint's
-EMA weights draw `--samples` images (20-step DDPM, seeds 0..n-1) that are scored with the digit
-classifier's features: FID, KID, the share called with confidence > 0.9, precision and recall.
-Writes docs/performance_recipes.md; the runs stay in --out.
+trains for exactly as many steps as `ours` made in its minutes, so that the machine's speed on
+the day (1805 steps in ten minutes one day, 1479 another) does not enter the comparison. The last
+checkpoint's EMA weights draw `--samples` images (20-step DDPM, seeds 0..n-1) that are scored with
+the digit classifier's features: FID, KID, the share called with confidence > 0.9, precision and
+recall. Writes docs/performance_recipes.md; the runs stay in --out.
 """
 
 from __future__ import annotations

@@ -240,7 +240,7 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
     # 7. The loop: one optimiser step per global batch.
     micro = global_batch // world // config.accumulation
     loss_fn = config.loss
-    window_loss, window_grad, window_start, window_steps = 0.0, 0.0, time.perf_counter(), 0
+    window_loss, window_grad, window_start, window_steps = 0.0, None, time.perf_counter(), 0
     started = window_start
 
     def elapsed() -> float:  # training seconds of the run, this process's and the earlier ones'
@@ -290,7 +290,9 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
                     accelerator.backward(loss)
                 step_loss += loss.item()
             if config.grad_clip:  # the norm before clipping is logged (its window mean)
-                window_grad += accelerator.clip_grad_norm_(net.parameters(), config.grad_clip)
+                norm = accelerator.clip_grad_norm_(net.parameters(), config.grad_clip)
+                if norm is not None:  # None where the engine clips by itself (DeepSpeed)
+                    window_grad = norm if window_grad is None else window_grad + norm
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -306,14 +308,14 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
                 record = {"step": step, "loss": mean_loss, "lr": lr,
                           "images_per_s": window_steps * global_batch / seconds, "epoch": step / steps_per_epoch,
                           "elapsed_s": elapsed()}
-                if config.grad_clip:
+                if window_grad is not None:
                     record["grad_norm"] = float(window_grad / window_steps)
                 bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.0f}")
                 if accelerator.is_main_process:
                     with open(run_dir / "metrics.jsonl", "a") as f:
                         f.write(json.dumps(record) + "\n")
                     _tensorboard(run_dir, record)
-                window_loss, window_grad, window_start, window_steps = 0.0, 0.0, time.perf_counter(), 0
+                window_loss, window_grad, window_start, window_steps = 0.0, None, time.perf_counter(), 0
             if kid_setup is not None and step % config.kid_every == 0:
                 measure_kid(config, model_config, ema.net, run_dir, step, *kid_setup,
                             model=accelerator.unwrap_model(net).state_dict())
