@@ -33,6 +33,7 @@ TRIALS = {
     "mnist": ("the preset as shipped", {}, True),
     "mnist-again": ("the preset as shipped, trained again on another day", {}, True),
     "lr-4e-3": ("learning rate 4e-3 (2e-3)", {"lr": 4e-3}, False),
+    "lr-1e-3": ("learning rate 1e-3 (2e-3)", {"lr": 1e-3}, False),
     "mid-attention": ("self-attention in the 7x7 middle block (none)", {"network_options.mid_attention": True}, True),
     "batch-32": ("batch 32 (64)", {"batch_size": 32}, True),
     "log-normal": ("EDM log-normal noise levels, ln(sigma/alpha) ~ N(-1.2, 1.2^2) (uniform t)",
