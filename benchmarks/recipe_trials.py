@@ -51,19 +51,24 @@ TRIALS = {
 BASELINE = ROOT / "runs" / "quality_at_budget" / "ours"
 
 
-def train_trial(name: str, minutes: float, out: Path) -> Path:
-    if name == "mnist" and checkpoints.latest_checkpoint(BASELINE) is not None and minutes == 10:
+def baseline_run(minutes: float, out: Path) -> Path:
+    """Where the `mnist` trial's run is: quality_at_budget's `ours` for 10 minutes, if trained."""
+    if minutes == 10 and checkpoints.latest_checkpoint(BASELINE) is not None:
         return BASELINE
-    run = out / name
+    return out / "mnist"
+
+
+def train_trial(name: str, minutes: float, out: Path) -> Path:
+    run = baseline_run(minutes, out) if name == "mnist" else out / name
     if checkpoints.latest_checkpoint(run) is not None:
         print(f"{run} is trained already; delete it to train again")
         return run
     _, changes, clock = TRIALS[name]
     budget = {"steps": None, "minutes": minutes}
     if not clock:  # as many steps as the baseline made in its minutes
-        baseline = checkpoints.latest_checkpoint(BASELINE)
-        if baseline is None or minutes != 10:
-            raise SystemExit(f"{name} trains for the baseline's steps: train the `mnist` trial ({BASELINE}) first")
+        baseline = checkpoints.latest_checkpoint(baseline_run(minutes, out))
+        if baseline is None:
+            raise SystemExit(f"{name} trains for as many steps as the `mnist` trial made: run --trials mnist first")
         budget = {"steps": checkpoints.read_json(baseline / "state.json")["step"], "minutes": None}
     overrides = {"epochs": None, **budget, "checkpoint_every": 300, "keep_checkpoints": 1000, "preview_every": 0,
                  "kid_every": 0, **changes}
