@@ -24,7 +24,8 @@ NATIVE = {
     "convnext-fashion": (1, 28, "MindSpore DDPM, Fashion-MNIST 28x28"),
     "labml-cifar": (3, 32, "labml.ai DDPM, CIFAR-10 32x32"),
     "basic-mnist": (1, 28, "MNIST tutorial, part 1 (BasicUNet)"),
-    "residual-mnist": (1, 28, "the `mnist` preset: fast default for small grayscale images"),
+    "residual-mnist": (1, 28, "plain residual U-Net for small grayscale images"),
+    "patch-mnist": (1, 28, "the `mnist` preset: residual-mnist on 2x2 patches"),
 }
 
 

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 from common import ROOT, Scorer
 
 from pixel_diffusion import checkpoints
@@ -70,8 +71,11 @@ def score_run(run: Path, scorer: Scorer, *, sampler: str, steps: int, spacing: s
             with np.load(saved, allow_pickle=False) as f:
                 images, scores = f["images"], json.loads(str(f["scores"]))
         else:
+            # A class-conditional run draws the classes in turn (no guidance, the same evaluations).
+            classes = model_config.get("num_classes")
+            labels = None if classes is None else torch.arange(n) % classes
             images = sample_images(denoiser, model_config, n, sampler=sampler, steps=steps, spacing=spacing, seed=0,
-                                   batch_size=250, precision="bf16", progress=False)
+                                   labels=labels, batch_size=250, precision="bf16", progress=False)
             scores = scorer(images)
             np.savez(saved, images=images, scores=np.array(json.dumps(scores)))
         rows.append({"step": step, "minutes": minutes, "n": n, **scores, "images": images})

@@ -8,7 +8,8 @@ and checkpoints as benchmarks/quality_at_budget.py, whose `ours` run is the `mni
 (used when present rather than trained again). A change that alters the time a step takes (the
 network, the batch size) trains for `--minutes` of wall-clock time, like `ours`; any other change
 trains for exactly as many steps as `ours` made in its minutes, so that the machine's speed on
-the day (1805 steps in ten minutes one day, 1479 another) does not enter the comparison. The last
+the day (1805 steps in ten minutes one day, 1479 another) does not enter the comparison; trials
+of the preset before patches (residual-mnist) name that network and its 1805 steps. The last
 checkpoint's EMA weights draw `--samples` images (20-step DDPM, seeds 0..n-1) that are scored with
 the digit classifier's features: FID, KID, the share called with confidence > 0.9, precision and
 recall. Writes docs/performance_recipes.md; the runs stay in --out.
@@ -28,25 +29,46 @@ from pixel_diffusion.config import apply_overrides
 from pixel_diffusion.presets import preset
 from pixel_diffusion.training import train
 
-# name: (what changes, overrides of the mnist preset, whether it changes the time a step takes)
+# The trials before the preset moved to 2x2 patches ran on residual-mnist (widths 32/64/96 at
+# 28x28, 14x14, 7x7); they name it, so that they still train what they trained.
+PLAIN = {"network": "residual-mnist"}
+# name: (what changes, overrides of the mnist preset, budget): "clock" for a change of the time a
+# step takes (trained for --minutes), "steps" for any other (as many steps as the `mnist` trial
+# made), or a number of steps (the trials that matched the residual-mnist preset's 1805 steps).
 TRIALS = {
-    "mnist": ("the preset as shipped", {}, True),
-    "mnist-again": ("the preset as shipped, trained again on another day", {}, True),
-    "lr-4e-3": ("learning rate 4e-3 (2e-3)", {"lr": 4e-3}, False),
-    "lr-1e-3": ("learning rate 1e-3 (2e-3)", {"lr": 1e-3}, False),
-    "mid-attention": ("self-attention in the 7x7 middle block (none)", {"network_options.mid_attention": True}, True),
-    "batch-32": ("batch 32 (64)", {"batch_size": 32}, True),
-    "log-normal": ("EDM log-normal noise levels, ln(sigma/alpha) ~ N(-1.2, 1.2^2) (uniform t)",
-                   {"loss.time_sampling": "log-normal"}, False),
-    "batch-128": ("batch 128 (64)", {"batch_size": 128}, True),
-    "ema-0.997": ("EMA decay 0.997 from the start (0.999 behind the warmup (1 + n) / (10 + n), 0.995 at step 1800)",
-                  {"ema_decay": 0.997, "ema_warmup": False}, False),
-    "min-snr-1": ("min-SNR weighting with gamma 1 (5)", {"loss.min_snr_gamma": 1.0}, False),
-    "beta2-0.99": ("AdamW beta2 0.99 (0.999)", {"betas": (0.9, 0.99)}, False),
-    "widths-24-64-128": ("widths 24/64/128: 0.375 GFLOP (32/64/96: 0.358)", {"network_options.widths": (24, 64, 128)}, True),
-    "widths-32-64-128": ("widths 32/64/128: 0.436 GFLOP (32/64/96: 0.358)", {"network_options.widths": (32, 64, 128)}, True),
-    "one-up-block": ("one up block a level, skips from the blocks only: 0.250 GFLOP (two, skips from the stem and "
-                     "down-samplers too: 0.358)", {"network_options.skip_stem_and_downsamples": False}, True),
+    "mnist": ("the preset as shipped (patch-mnist)", {}, "clock"),
+    "no-patches": ("residual-mnist, no patches, widths 32/64/96 at 28/14/7 (the preset before patches)", PLAIN, "clock"),
+    "mnist-again": ("no-patches, trained again on another day", PLAIN, "clock"),
+    "lr-4e-3": ("no-patches, learning rate 4e-3 (2e-3)", {**PLAIN, "lr": 4e-3}, "clock"),
+    "lr-1e-3": ("no-patches, learning rate 1e-3 (2e-3)", {**PLAIN, "lr": 1e-3}, 1805),
+    "mid-attention": ("no-patches, self-attention in the 7x7 middle block (none)",
+                      {**PLAIN, "network_options.mid_attention": True}, "clock"),
+    "batch-32": ("no-patches, batch 32 (64)", {**PLAIN, "batch_size": 32}, "clock"),
+    "log-normal": ("no-patches, EDM log-normal noise levels, ln(sigma/alpha) ~ N(-1.2, 1.2^2) (uniform t)",
+                   {**PLAIN, "loss.time_sampling": "log-normal"}, "clock"),
+    "batch-128": ("no-patches, batch 128 (64)", {**PLAIN, "batch_size": 128}, "clock"),
+    "ema-0.997": ("no-patches, EMA decay 0.997 from the start (0.999 behind the warmup (1 + n) / (10 + n), 0.995 at "
+                  "step 1800)", {**PLAIN, "ema_decay": 0.997, "ema_warmup": False}, 1805),
+    "min-snr-1": ("no-patches, min-SNR weighting with gamma 1 (5)", {**PLAIN, "loss.min_snr_gamma": 1.0}, 1805),
+    "beta2-0.99": ("no-patches, AdamW beta2 0.99 (0.999)", {**PLAIN, "betas": (0.9, 0.99)}, 1805),
+    "widths-24-64-128": ("no-patches, widths 24/64/128: 0.375 GFLOP (32/64/96: 0.358)",
+                         {**PLAIN, "network_options.widths": (24, 64, 128)}, "clock"),
+    "widths-32-64-128": ("no-patches, widths 32/64/128: 0.436 GFLOP (32/64/96: 0.358)",
+                         {**PLAIN, "network_options.widths": (32, 64, 128)}, "clock"),
+    "one-up-block": ("no-patches, one up block a level, skips from the blocks only: 0.250 GFLOP (two, skips from the "
+                     "stem and down-samplers too: 0.358)", {**PLAIN, "network_options.skip_stem_and_downsamples": False},
+                     "clock"),
+    "mnist-again-2": ("no-patches, trained again on the day of the patch trials", PLAIN, "clock"),
+    "patch-2": ("2x2 patches, widths 64/96 at 14x14 and 7x7: 0.232 GFLOP (what patch-mnist became)",
+                {**PLAIN, "network_options.patch_size": 2, "network_options.widths": (64, 96)}, "clock"),
+    "patch-2-64-128": ("2x2 patches, widths 64/128: 0.309 GFLOP",
+                       {**PLAIN, "network_options.patch_size": 2, "network_options.widths": (64, 128)}, "clock"),
+    "patch-2-two-blocks": ("2x2 patches, widths 64/96, two blocks a level: 0.350 GFLOP",
+                           {**PLAIN, "network_options.patch_size": 2, "network_options.widths": (64, 96),
+                            "network_options.blocks_per_level": 2}, "clock"),
+    "lr-3e-3": ("learning rate 3e-3 (2e-3)", {"lr": 3e-3}, "steps"),
+    "conditional": ("class-conditional on the digit labels, 10% of examples without a label; sampled with the classes "
+                    "in turn, no guidance (unconditional)", {"conditional": True}, "clock"),
 }
 BASELINE = ROOT / "runs" / "quality_at_budget" / "ours"
 
@@ -63,13 +85,15 @@ def train_trial(name: str, minutes: float, out: Path) -> Path:
     if checkpoints.latest_checkpoint(run) is not None:
         print(f"{run} is trained already; delete it to train again")
         return run
-    _, changes, clock = TRIALS[name]
+    _, changes, kind = TRIALS[name]
     budget = {"steps": None, "minutes": minutes}
-    if not clock:  # as many steps as the baseline made in its minutes
+    if kind == "steps":  # as many steps as the baseline made in its minutes
         baseline = checkpoints.latest_checkpoint(baseline_run(minutes, out))
         if baseline is None:
             raise SystemExit(f"{name} trains for as many steps as the `mnist` trial made: run --trials mnist first")
         budget = {"steps": checkpoints.read_json(baseline / "state.json")["step"], "minutes": None}
+    elif kind != "clock":
+        budget = {"steps": kind, "minutes": None}
     overrides = {"epochs": None, **budget, "checkpoint_every": 300, "keep_checkpoints": 1000, "preview_every": 0,
                  "kid_every": 0, **changes}
     train(apply_overrides(preset("mnist"), overrides), run)

@@ -34,7 +34,8 @@ import torch
 VARIANTS = {
     "tutorial": ("mnist-tutorial", {}, "tutorial recipe: ddpm-mnist (UNet2DModel 32/64/64 + attention), fp32, Adam"),
     "tutorial-bf16": ("mnist-tutorial", {"precision": "bf16"}, "the tutorial's network with bf16 autocast"),
-    "ours-fp32": ("mnist", {"precision": "fp32", "fused_optimizer": False, "batch_size": 128}, "residual-mnist, fp32, AdamW"),
+    "ours-fp32": ("mnist", {"precision": "fp32", "fused_optimizer": False, "batch_size": 128},
+                  "patch-mnist (residual U-Net on 2x2 patches), fp32, AdamW"),
     "ours-bf16": ("mnist", {"fused_optimizer": False, "batch_size": 128}, "+ bf16 autocast"),
     "ours-bf16-fused": ("mnist", {"batch_size": 128}, "+ bf16, fused AdamW"),
     "ours-bf16-fused-cl": ("mnist", {"channels_last": True, "batch_size": 128}, "+ bf16, fused AdamW, channels_last"),
@@ -42,6 +43,8 @@ VARIANTS = {
     "ours-bf16-fused-1thread": ("mnist", {"threads": 1, "batch_size": 128}, "+ bf16, fused AdamW, one thread"),
     "ours-conv-upsample": ("mnist", {"network_options": {"upsample": "nearest"}, "batch_size": 128},
                            "+ bf16, fused AdamW, but nearest + 3x3 conv up-sampling"),
+    "ours-no-patches": ("mnist", {"network": "residual-mnist"},
+                        "the preset with residual-mnist (32/64/96 at 28/14/7, no patches), its own batch"),
     "ours-default": ("mnist", {}, "the `mnist` preset as shipped (bf16, fused AdamW, its own batch)"),
 }
 # The levers must not cost quality: loss after the same steps, same seed, of the `mnist` recipe.
@@ -49,6 +52,7 @@ LOSS_CHECKS = {
     "fp32": {"precision": "fp32"},
     "bf16 (shipped)": {},
     "bf16, nearest + conv up-sampling": {"network_options": {"upsample": "nearest"}},
+    "bf16, no patches (residual-mnist)": {"network": "residual-mnist"},
 }
 DOC = Path(__file__).resolve().parents[1] / "docs" / "performance_speed.md"
 
@@ -150,7 +154,8 @@ def main() -> None:
         median = statistics.median(speeds)
         config = preset(VARIANTS[name][0])
         precision = VARIANTS[name][1].get("precision", config.precision)
-        achieved = 3 * forward_gflops(config.network, VARIANTS[name][1].get("network_options", {})) * median
+        network = VARIANTS[name][1].get("network", config.network)
+        achieved = 3 * forward_gflops(network, VARIANTS[name][1].get("network_options", {})) * median
         fraction = achieved / peak["bf16" if precision == "bf16" else "fp32"]
         ratio = f"{median / reference:.2f}x" if reference else "-"
         rows.append(

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import re
 
@@ -16,7 +17,7 @@ from pixel_diffusion.networks import (
 )
 
 # A size each network takes (divisible by its total downsampling), kept small for speed.
-SIZES = {"keras-ddim": 32, "ddpm-mnist": 28, "ddpm-64": 64, "convnext-fashion": 28, "labml-cifar": 32, "basic-mnist": 28, "residual-mnist": 28}
+SIZES = {"keras-ddim": 32, "ddpm-mnist": 28, "ddpm-64": 64, "convnext-fashion": 28, "labml-cifar": 32, "basic-mnist": 28, "residual-mnist": 28, "patch-mnist": 28}
 FAST = [n for n in NETWORKS if n != "ddpm-64"]  # 113M parameters: built only where needed
 
 
@@ -94,6 +95,27 @@ def test_output_depends_on_noise_level_and_label(name):
     assert (by_label[0] - by_label[1]).abs().max() > 1e-3, "the label is ignored"
     unconditional = net(x, same_level)
     torch.testing.assert_close(unconditional, net(x, same_level, torch.tensor([10, 10])))  # 10 = no label
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_patches_are_the_plain_network_on_pixel_unshuffled_images(channels):
+    # A network with p x p patches must be exactly the same network without patches run on the
+    # (C p^2, H/p, W/p) space-to-depth image, its output put back by depth-to-space.
+    torch.manual_seed(3)
+    patched_config = dataclasses.replace(network_config("residual-mnist", in_channels=channels), patch_size=2, widths=(64, 96))
+    patched = build_network(patched_config).eval()
+    plain = build_network(dataclasses.replace(patched_config, patch_size=1, in_channels=4 * channels)).eval()
+    for p in patched.parameters():
+        p.data.add_(0.02 * torch.randn_like(p))
+    plain.load_state_dict(patched.state_dict(), strict=True)
+    x, level = torch.randn(2, channels, 28, 28), torch.tensor([30.0, 700.0])
+    expected = torch.nn.functional.pixel_shuffle(plain(torch.nn.functional.pixel_unshuffle(x, 2), level), 2)
+    assert torch.equal(patched(x, level), expected)
+    assert expected.shape == x.shape
+    with pytest.raises(ValueError, match=r"not divisible by 4 \(1 downsamplings, patches of 2\); expected multiples of 4"):
+        patched(torch.randn(1, channels, 30, 30), level[:1])
+    with pytest.raises(ValueError, match="patch_size must be a positive integer; got 0"):
+        dataclasses.replace(patched_config, patch_size=0)
 
 
 def test_basic_unet_has_no_noise_level_input():

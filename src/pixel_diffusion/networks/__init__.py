@@ -116,7 +116,7 @@ def labml_cifar(in_channels: int = 3, num_classes: int | None = None, n_channels
 
 
 def residual_mnist(in_channels: int = 1, num_classes: int | None = None) -> UNetConfig:
-    """The fast default for small grayscale images on a CPU: a plain residual U-Net, widths
+    """A fast network for small grayscale images on a CPU: a plain residual U-Net, widths
     32/64/96 with one block a level, no attention, GroupNorm with 8 groups, timestep embedding
     32 -> 128, bilinear up-sampling without a convolution (the blocks after it convolve; a 3x3
     convolution at the doubled size was a fifth of the forward FLOPs, docs/performance.md).
@@ -131,6 +131,16 @@ def residual_mnist(in_channels: int = 1, num_classes: int | None = None) -> UNet
         upsample="bilinear",
         num_classes=num_classes,
     )
+
+
+def patch_mnist(in_channels: int = 1, num_classes: int | None = None) -> UNetConfig:
+    """The `mnist` preset's network: residual-mnist on 2x2 patches (space-to-depth), so that its
+    levels run at 14x14 and 7x7 with widths 64/96, one block a level, no attention, GroupNorm
+    with 8 groups, timestep embedding 64 -> 256, bilinear up-sampling. 0.232 GFLOP a 28x28 image
+    against residual-mnist's 0.358, and the 28x28 level it drops was the least efficient per
+    FLOP on a CPU; it trains 1.8x the steps in the same minutes (docs/performance.md).
+    1,613,636 parameters with 1 channel."""
+    return dataclasses.replace(residual_mnist(in_channels, num_classes), widths=(64, 96), patch_size=2)
 
 
 def basic_mnist(in_channels: int = 1, num_classes: int | None = None) -> BasicUNetConfig:
@@ -150,6 +160,7 @@ NETWORKS = {
     "labml-cifar": labml_cifar,
     "basic-mnist": basic_mnist,
     "residual-mnist": residual_mnist,
+    "patch-mnist": patch_mnist,
 }
 
 

@@ -2,8 +2,9 @@
 
     net(x, noise_level, labels=None) -> tensor shaped like x
 
-Layout, for levels 0 .. L-1 of widths w_0 .. w_{L-1} (level 0 at full resolution):
+Layout, for levels 0 .. L-1 of widths w_0 .. w_{L-1} (level 0 at the stem's resolution):
 
+    [patch_size p > 1: pixel-unshuffle, (B, C, H, W) -> (B, C p^2, H/p, W/p)]
     stem conv                                         -> skip (if skip_stem_and_downsamples)
     level i: blocks_per_level x [block (+ attention)]  -> one skip per block
              downsample (not after the last level unless down_after_last)
@@ -12,6 +13,10 @@ Layout, for levels 0 .. L-1 of widths w_0 .. w_{L-1} (level 0 at full resolution
     level i, from L-1 to 0: upsample (where level i was downsampled), then one block per skip of
              the level, each taking the concatenation of x and that skip (+ attention)
     head:    [norm -> act] -> conv to out_channels (zero-initialised if asked)
+             [patch_size p > 1: conv to out_channels p^2, then pixel-shuffle back to H x W]
+
+Patches (space-to-depth, as in Hoogeboom et al. 2023, "simple diffusion") move every level one
+halving down for each factor of 2 in p: the full-resolution level, the slowest per FLOP, is gone.
 
 The noise level enters either as a vector (sinusoidal features -> MLP) added in every block, or
 as sinusoidal features broadcast over the image and concatenated to the stem's output (the Keras
@@ -74,6 +79,7 @@ class UNetConfig:
     head_norm: bool = True
     head_kernel: int = 3
     zero_init_output: bool = False
+    patch_size: int = 1  # p > 1: the network sees (C p^2, H/p, W/p) patches
     num_classes: int | None = None
     kind: str = field(default="unet", init=False)
 
@@ -99,6 +105,8 @@ class UNetConfig:
         bad = [i for i in self.attention_levels if not 0 <= i < len(self.widths)]
         if bad:
             raise ValueError(f"attention levels {bad} out of range; expected 0 to {len(self.widths) - 1}")
+        if self.patch_size < 1:
+            raise ValueError(f"patch_size must be a positive integer; got {self.patch_size}")
         if self.num_classes is not None and self.num_classes < 1:
             raise ValueError(f"num_classes must be positive or None; got {self.num_classes}")
         if not 0 <= self.dropout < 1:
@@ -152,7 +160,8 @@ class UNet(nn.Module):
                 return ATTENTIONS[c.attention](channels, c.head_channels, norm=c.norm, groups=c.groups)
             return None
 
-        self.stem = nn.Conv2d(c.in_channels, c.widths[0], c.stem_kernel, padding=c.stem_kernel // 2)
+        patch_area = c.patch_size**2
+        self.stem = nn.Conv2d(c.in_channels * patch_area, c.widths[0], c.stem_kernel, padding=c.stem_kernel // 2)
         channels = c.widths[0] + stem_extra
         skip_widths = [channels] if c.skip_stem_and_downsamples else []
         self.down, self.downsample = nn.ModuleList(), nn.ModuleList()
@@ -190,20 +199,23 @@ class UNet(nn.Module):
             self.up.append(layers)
 
         head = [NORMS[c.norm](channels, c.groups), ACTIVATIONS[c.activation]()] if c.head_norm else []
-        out = nn.Conv2d(channels, c.out_channels or c.in_channels, c.head_kernel, padding=c.head_kernel // 2)
+        out_channels = (c.out_channels or c.in_channels) * patch_area
+        out = nn.Conv2d(channels, out_channels, c.head_kernel, padding=c.head_kernel // 2)
         if c.zero_init_output:
             nn.init.zeros_(out.weight)
             nn.init.zeros_(out.bias)
         self.head = nn.Sequential(*head, out)
 
     def check_input(self, x: Tensor, labels: Tensor | None) -> None:
-        c, factor = self.config, 2**self.config.downsamplings
+        c = self.config
+        factor = c.patch_size * 2**c.downsamplings
         if x.ndim != 4 or x.shape[1] != c.in_channels:
             raise ValueError(f"expected images shaped (B, {c.in_channels}, H, W); got {tuple(x.shape)}")
         if x.shape[-2] % factor or x.shape[-1] % factor:
             raise ValueError(
                 f"image size {x.shape[-2]}x{x.shape[-1]} is not divisible by {factor} "
-                f"({c.downsamplings} downsamplings); expected multiples of {factor}"
+                f"({c.downsamplings} downsamplings" + (f", patches of {c.patch_size}" if c.patch_size > 1 else "")
+                + f"); expected multiples of {factor}"
             )
         if labels is not None:
             if c.num_classes is None:
@@ -224,6 +236,8 @@ class UNet(nn.Module):
                 labels = torch.full((x.shape[0],), c.num_classes, device=x.device, dtype=torch.long)
             emb = emb + self.label_embedding(labels)
 
+        if c.patch_size > 1:
+            x = nn.functional.pixel_unshuffle(x, c.patch_size)  # (B, C p^2, H/p, W/p)
         h = self.stem(x)
         if c.noise_entry == "concat":  # (B, D) features broadcast over the image
             h = torch.cat([h, emb[:, :, None, None].to(h.dtype).expand(-1, -1, *h.shape[-2:])], 1)
@@ -243,4 +257,5 @@ class UNet(nn.Module):
             h = up(h)
             for layer in layers:
                 h = layer(torch.cat([h, skips.pop()], 1), emb)
-        return self.head(h)
+        h = self.head(h)
+        return h if c.patch_size == 1 else nn.functional.pixel_shuffle(h, c.patch_size)

@@ -12,14 +12,14 @@ from ..diffusion import DiffusionLoss
 
 
 def mnist() -> TrainConfig:
-    """Fast default for the built-in mnist-5k on a CPU: a plain residual U-Net (residual-mnist),
-    cosine schedule, velocity prediction, min-SNR-5 weighting, AdamW 2e-3 with 200 warmup steps
+    """Fast default for the built-in mnist-5k on a CPU: a plain residual U-Net on 2x2 patches
+    (patch-mnist), cosine schedule, velocity prediction, min-SNR-5 weighting, AdamW 2e-3 with 200 warmup steps
     and cosine decay, EMA 0.999 with warmup, bf16 autocast, fused AdamW, batch 64, 3000 steps
     (docs/performance.md measures the speed settings and the 10-minute quality)."""
     return TrainConfig(
         preset="mnist",
         data=DataConfig("mnist-5k"),
-        network="residual-mnist",
+        network="patch-mnist",
         schedule="cosine",
         prediction="velocity",
         noise_input="timestep",
