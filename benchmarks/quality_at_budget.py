@@ -1,4 +1,5 @@
-"""Sample quality after the same wall-clock budget: our `mnist` recipe against the MNIST tutorial's.
+"""Sample quality after the same wall-clock budget: our `mnist` recipe (and its class-conditional
+form) against the MNIST tutorial's.
 
     python benchmarks/quality_at_budget.py                 # 10 minutes each, then scores and a plot
     python benchmarks/quality_at_budget.py --minutes 2 --samples 200    # a quick look
@@ -8,8 +9,9 @@ with the budget replaced by minutes; learning-rate decay follows the time budget
 checkpoint every few hundred steps. Every checkpoint is then sampled with the same seeds
 (`--sampler`, `--steps`; `--curve-samples` for the intermediate ones, `--samples` for the last)
 and scored with the digit classifier's features against all of mnist-5k: FID, KID, and the
-share of samples the classifier calls with confidence > 0.9. Writes a table and FID against
-training minutes to docs/ (performance_quality.md, performance_fid.png) and keeps the runs in --out.
+share of samples the classifier calls with confidence > 0.9 (a class-conditional run draws the
+ten classes in turn, without guidance). Writes a table, and FID and the confident share against
+training minutes, to docs/ (performance_quality.md, performance_fid.png) and keeps the runs in --out.
 """
 
 from __future__ import annotations
@@ -21,15 +23,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import ROOT, Scorer
+from common import ROOT, Scorer, nearest_training_distance
 
 from pixel_diffusion import checkpoints
 from pixel_diffusion.config import apply_overrides
+from pixel_diffusion.data import load_builtin
 from pixel_diffusion.presets import preset
 from pixel_diffusion.training import build_denoiser, sample_images, train
 
 # name: (preset, checkpoint every so many steps)
-RECIPES = {"ours": ("mnist", 300), "tutorial": ("mnist-tutorial", 40)}
+RECIPES = {"ours": ("mnist", 300), "ours-conditional": ("mnist-conditional", 300), "tutorial": ("mnist-tutorial", 40)}
 
 
 def train_recipe(name: str, minutes: float, out: Path) -> Path:
@@ -90,13 +93,18 @@ def plot(curves: dict[str, list[dict]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, (ax, share) = plt.subplots(1, 2, figsize=(11, 4))
     for name, rows in curves.items():
-        ax.plot([r["minutes"] for r in rows], [r["fid"] for r in rows], marker="o", label=f"{name} ({RECIPES[name][0]} preset)")
-    ax.set_xlabel("training minutes (2 CPU cores)")
+        minutes = [r["minutes"] for r in rows]
+        ax.plot(minutes, [r["fid"] for r in rows], marker="o", label=f"{name} ({RECIPES[name][0]} preset)")
+        share.plot(minutes, [100 * r["confidence"] for r in rows], marker="o", label=name)
     ax.set_ylabel("FID (classifier features)")
     ax.set_yscale("log")
-    ax.grid(True, which="both", alpha=0.3)
+    share.set_ylabel("samples called with confidence > 0.9 (%)")
+    share.axhline(80, color="grey", linestyle="--", linewidth=1)
+    for a in (ax, share):
+        a.set_xlabel("training minutes (2 CPU cores)")
+        a.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -123,15 +131,22 @@ def main() -> None:
     curves = {name: score_run(run, scorer, sampler=args.sampler, steps=args.steps, spacing=args.spacing,
                               samples=args.samples, curve_samples=args.curve_samples) for name, run in runs.items()}
 
-    lines = [f"| recipe | preset | steps in {args.minutes:g} min | images seen | FID | KID | confident > 0.9 | precision | recall |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [f"| recipe | preset | steps in {args.minutes:g} min | images seen | FID | KID | confident > 0.9 | precision | recall "
+             "| nearest training image |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, rows in curves.items():
         last = rows[-1]
         batch = checkpoints.read_json(runs[name] / "config.json")["train"]["batch_size"]
         lines.append(f"| {name} | `{RECIPES[name][0]}` | {last['step']} | {last['step'] * batch:,} | {last['fid']:.2f} | "
-                     f"{last['kid']:.4f} | {last['confidence']:.1%} | {last['precision']:.2f} | {last['recall']:.2f} |")
-        image_grid(last["images"][:64], columns=8, scale=2).save(args.docs / f"performance_{name}_samples.png")
-    lines += ["", "FID against training minutes (intermediate checkpoints scored on "
+                     f"{last['kid']:.4f} | {last['confidence']:.1%} | {last['precision']:.2f} | {last['recall']:.2f} | "
+                     f"{nearest_training_distance(last['images']):.2f} |")
+        grid = last["images"][:64]
+        if preset(RECIPES[name][0]).conditional:  # drawn with the classes in turn: one row per digit
+            grid = last["images"][:80][np.argsort(np.arange(80) % 10, kind="stable")]
+        image_grid(grid, columns=8, scale=2).save(args.docs / f"performance_{name}_samples.png")
+    spacing = nearest_training_distance(load_builtin("mnist-5k")[0], exclude_self=True)
+    lines += ["", "Nearest training image: the median pixel distance (L2, pixels in [0, 1]) from a sample to the "
+              f"closest mnist-5k image; between the training images themselves it is {spacing:.2f}.",
+              "", "FID against training minutes (intermediate checkpoints scored on "
               f"{args.curve_samples} samples, the last on {args.samples}):", "",
               "| recipe | minutes | step | FID | KID | confident > 0.9 |", "|---|---:|---:|---:|---:|---:|"]
     for name, rows in curves.items():

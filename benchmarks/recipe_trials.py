@@ -4,12 +4,13 @@
     python benchmarks/recipe_trials.py --trials log-normal      # one trial
 
 Each trial trains the `mnist` preset with its overrides (`TRIALS`) on mnist-5k with the same seed
-and checkpoints as benchmarks/quality_at_budget.py, whose `ours` run is the `mnist` trial itself
-(used when present rather than trained again). A change that alters the time a step takes (the
+and checkpoints as benchmarks/quality_at_budget.py, whose `ours` and `ours-conditional` runs are
+the `mnist` and `conditional` trials themselves (used when present rather than trained again). A change that alters the time a step takes (the
 network, the batch size) trains for `--minutes` of wall-clock time, like `ours`; any other change
 trains for exactly as many steps as `ours` made in its minutes, so that the machine's speed on
 the day (1805 steps in ten minutes one day, 1479 another) does not enter the comparison; trials
-of the preset before patches (residual-mnist) name that network and its 1805 steps. The last
+of the preset before patches (residual-mnist) name that network and its 1805 steps, and those of
+the preset before clusters name `clusters=0` and its 2907 steps. The last
 checkpoint's EMA weights draw `--samples` images (20-step DDPM, seeds 0..n-1) that are scored with
 the digit classifier's features: FID, KID, the share called with confidence > 0.9, precision and
 recall. Writes docs/performance_recipes.md; the runs stay in --out.
@@ -30,13 +31,17 @@ from pixel_diffusion.presets import preset
 from pixel_diffusion.training import train
 
 # The trials before the preset moved to 2x2 patches ran on residual-mnist (widths 32/64/96 at
-# 28x28, 14x14, 7x7); they name it, so that they still train what they trained.
-PLAIN = {"network": "residual-mnist"}
+# 28x28, 14x14, 7x7) without clusters; they name both, so that they still train what they trained.
+PLAIN = {"network": "residual-mnist", "clusters": 0}
+# The trials before the preset moved to clusters ran unconditional patch-mnist, against its 2907 steps.
+UNCONDITIONAL = {"clusters": 0}
 # name: (what changes, overrides of the mnist preset, budget): "clock" for a change of the time a
 # step takes (trained for --minutes), "steps" for any other (as many steps as the `mnist` trial
-# made), or a number of steps (the trials that matched the residual-mnist preset's 1805 steps).
+# made), or a number of steps (the trials that matched an earlier preset's steps).
 TRIALS = {
-    "mnist": ("the preset as shipped (patch-mnist)", {}, "clock"),
+    "mnist": ("the preset as shipped (patch-mnist, 50 clusters)", {}, "clock"),
+    "no-clusters": ("unconditional: no clusters (50 k-means clusters of the images, drawn by their share)",
+                    UNCONDITIONAL, "clock"),
     "no-patches": ("residual-mnist, no patches, widths 32/64/96 at 28/14/7 (the preset before patches)", PLAIN, "clock"),
     "mnist-again": ("no-patches, trained again on another day", PLAIN, "clock"),
     "lr-4e-3": ("no-patches, learning rate 4e-3 (2e-3)", {**PLAIN, "lr": 4e-3}, "clock"),
@@ -66,29 +71,31 @@ TRIALS = {
     "patch-2-two-blocks": ("2x2 patches, widths 64/96, two blocks a level: 0.350 GFLOP",
                            {**PLAIN, "network_options.patch_size": 2, "network_options.widths": (64, 96),
                             "network_options.blocks_per_level": 2}, "clock"),
-    "lr-3e-3": ("learning rate 3e-3 (2e-3)", {"lr": 3e-3}, "steps"),
-    "conditional": ("class-conditional on the digit labels, 10% of examples without a label; sampled with the classes "
-                    "in turn, no guidance (unconditional)", {"conditional": True}, "clock"),
+    "lr-3e-3": ("no-clusters, learning rate 3e-3 (2e-3)", {**UNCONDITIONAL, "lr": 3e-3}, 2907),
+    "conditional": ("the digit labels instead of clusters, 10% of examples without a label; sampled with the classes "
+                    "in turn, no guidance", {"conditional": True, "clusters": 0}, "clock"),
 }
-BASELINE = ROOT / "runs" / "quality_at_budget" / "ours"
+# Trials that are a recipe of benchmarks/quality_at_budget.py: its run is used for 10 minutes, if trained.
+SHARED = {"mnist": ROOT / "runs" / "quality_at_budget" / "ours",
+          "conditional": ROOT / "runs" / "quality_at_budget" / "ours-conditional"}
 
 
-def baseline_run(minutes: float, out: Path) -> Path:
-    """Where the `mnist` trial's run is: quality_at_budget's `ours` for 10 minutes, if trained."""
-    if minutes == 10 and checkpoints.latest_checkpoint(BASELINE) is not None:
-        return BASELINE
-    return out / "mnist"
+def trial_run(name: str, minutes: float, out: Path) -> Path:
+    """Where a trial's run is: quality_at_budget's for the shared recipes at 10 minutes, if trained."""
+    if name in SHARED and minutes == 10 and checkpoints.latest_checkpoint(SHARED[name]) is not None:
+        return SHARED[name]
+    return out / name
 
 
 def train_trial(name: str, minutes: float, out: Path) -> Path:
-    run = baseline_run(minutes, out) if name == "mnist" else out / name
+    run = trial_run(name, minutes, out)
     if checkpoints.latest_checkpoint(run) is not None:
         print(f"{run} is trained already; delete it to train again")
         return run
     _, changes, kind = TRIALS[name]
     budget = {"steps": None, "minutes": minutes}
     if kind == "steps":  # as many steps as the baseline made in its minutes
-        baseline = checkpoints.latest_checkpoint(baseline_run(minutes, out))
+        baseline = checkpoints.latest_checkpoint(trial_run("mnist", minutes, out))
         if baseline is None:
             raise SystemExit(f"{name} trains for as many steps as the `mnist` trial made: run --trials mnist first")
         budget = {"steps": checkpoints.read_json(baseline / "state.json")["step"], "minutes": None}

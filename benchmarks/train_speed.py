@@ -35,7 +35,7 @@ VARIANTS = {
     "tutorial": ("mnist-tutorial", {}, "tutorial recipe: ddpm-mnist (UNet2DModel 32/64/64 + attention), fp32, Adam"),
     "tutorial-bf16": ("mnist-tutorial", {"precision": "bf16"}, "the tutorial's network with bf16 autocast"),
     "ours-fp32": ("mnist", {"precision": "fp32", "fused_optimizer": False, "batch_size": 128},
-                  "patch-mnist (residual U-Net on 2x2 patches), fp32, AdamW"),
+                  "patch-mnist (residual U-Net on 2x2 patches, 50 clusters), fp32, AdamW"),
     "ours-bf16": ("mnist", {"fused_optimizer": False, "batch_size": 128}, "+ bf16 autocast"),
     "ours-bf16-fused": ("mnist", {"batch_size": 128}, "+ bf16, fused AdamW"),
     "ours-bf16-fused-cl": ("mnist", {"channels_last": True, "batch_size": 128}, "+ bf16, fused AdamW, channels_last"),
@@ -53,6 +53,7 @@ LOSS_CHECKS = {
     "bf16 (shipped)": {},
     "bf16, nearest + conv up-sampling": {"network_options": {"upsample": "nearest"}},
     "bf16, no patches (residual-mnist)": {"network": "residual-mnist"},
+    "bf16, no clusters (unconditional)": {"clusters": 0},
 }
 DOC = Path(__file__).resolve().parents[1] / "docs" / "performance_speed.md"
 

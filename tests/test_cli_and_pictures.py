@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -46,6 +47,8 @@ def test_demo_trains_and_writes_its_pictures(tmp_path, capsys):
     for name in ("demo_samples.png", "demo_forward_process.png", "demo_trajectory.png"):
         with Image.open(tmp_path / name) as picture:
             assert picture.width > 50 and picture.height > 50
+    model = json.loads((tmp_path / "config.json").read_text())["model"]
+    assert model["num_classes"] == 50 and sum(model["label_prior"]) == pytest.approx(1)  # the preset's clusters
     assert (tmp_path / "checkpoints" / "latest").exists()
     assert "demo done in" in capsys.readouterr().out
 

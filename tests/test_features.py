@@ -108,7 +108,7 @@ def test_evaluate_command_on_images_and_on_a_run(classifier, tmp_path, capsys):
 
     config = apply_overrides(preset("mnist"), ["data.source=digits", 'network_options={"widths": [8, 16], "groups": 4}',
                                                "batch_size=32", "steps=2", "preview_every=0", "progress=false",
-                                               "precision=fp32", "conditional=true"])
+                                               "precision=fp32", "conditional=true", "clusters=0"])
     train(config, tmp_path / "run")
     assert main(["evaluate", "--run", str(tmp_path / "run"), "--n", "40", "--steps", "3", "--classifier", str(classifier),
                  "--cache", str(tmp_path / "cache"), "--kid-subset-size", "40", "--guidance", "2"]) == 0

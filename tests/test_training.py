@@ -31,6 +31,7 @@ TINY = [
     "progress=false",
     "precision=fp32",
     "lr_warmup=2",
+    "clusters=0",  # unconditional; tests/test_clusters.py trains on clusters
 ]
 
 
@@ -212,8 +213,8 @@ def test_every_preset_runs_two_steps_on_stand_in_data(name, tmp_path):
     config = preset(name)
     channels = 3 if config.data.channels == "3" else 1
     size = config.data.image_size or 28
-    images = np.random.default_rng(0).integers(0, 256, (8, size, size, channels), dtype=np.uint8)
-    np.savez(tmp_path / "stand_in.npz", images=images, labels=np.arange(8) % 2)
+    images = np.random.default_rng(0).integers(0, 256, (64, size, size, channels), dtype=np.uint8)
+    np.savez(tmp_path / "stand_in.npz", images=images, labels=np.arange(64) % 2)  # 64: enough for mnist's 50 clusters
     overrides = {"data.source": str(tmp_path / "stand_in.npz"), "batch_size": 4, "accumulation": 1, "steps": 2,
                  "epochs": None, "minutes": None, "preview_every": 0, "progress": False, "lr_warmup": 0,
                  "kid_every": 0}  # KID needs feature weights; it is tested on its own below

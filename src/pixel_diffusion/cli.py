@@ -267,7 +267,8 @@ def run_sample(args) -> None:
     if not args.no_png:
         for k, image in enumerate(images):
             Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(out / f"{k:05d}.png")
-    calls = evaluations(args.sampler, args.steps) * (2 if labels is not None and args.guidance != 1 else 1)
+    guided = (labels is not None or model_config.get("label_prior")) and args.guidance != 1
+    calls = evaluations(args.sampler, args.steps) * (2 if guided else 1)
     print(f"{len(images)} images ({args.sampler}, {args.steps} steps, {calls} network evaluations each) in {out}")
 
 
@@ -311,8 +312,9 @@ def run_evaluate(args) -> None:
 
         denoiser, model_config = load_run(args.run)
         classes = model_config.get("num_classes")
-        # A class-conditional run is sampled with every class in turn, so its accuracy can be measured.
-        requested = None if classes is None else torch.arange(args.n) % classes
+        # A class-conditional run is sampled with every class in turn, so its accuracy can be measured;
+        # a run on clusters draws them by their share of the data (sample_images).
+        requested = None if classes is None or model_config.get("label_prior") else torch.arange(args.n) % classes
         images = sample_images(denoiser, model_config, args.n, sampler=args.sampler, steps=args.steps, seed=args.seed,
                                labels=requested, guidance=args.guidance, **_walk_options(args))
         run_data = DataConfig(**read_json(args.run / "config.json")["train"]["data"])
@@ -419,14 +421,11 @@ def torch_from(images):
 
 
 def run_demo(args) -> None:
-    import torch
-
     from .config import apply_overrides
     from .data import load_builtin, to_model_range
     from .presets import preset
-    from .samplers import ddim, sampling_times
     from .training import load_run, sample_images, train
-    from .viz import forward_strip, image_grid, trajectory
+    from .viz import denoising_trajectory, forward_strip, image_grid
 
     start = time.perf_counter()
     config = apply_overrides(preset("mnist"), {"steps": None, "minutes": args.minutes, "seed": args.seed,
@@ -436,6 +435,7 @@ def run_demo(args) -> None:
     written = {}
 
     # 20 DDPM steps: on a briefly trained model the stochastic walk beats the ODE solvers (docs/samplers.md).
+    # Each sample's cluster is drawn by its share of the data (the preset trains on 50 clusters).
     images = sample_images(denoiser, model_config, 64, sampler="ddpm", steps=20, seed=args.seed)
     written["samples (DDPM, 20 steps)"] = args.out / "demo_samples.png"
     image_grid(images, columns=8, scale=2).save(written["samples (DDPM, 20 steps)"])
@@ -447,12 +447,8 @@ def run_demo(args) -> None:
         written["forward process"]
     )
 
-    states = []
-    x_T = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(args.seed))
-    ddim(denoiser, x_T, sampling_times(denoiser.schedule, 10), clip=(-1, 1),
-         callback=lambda i, x_t, image: states.append((x_t, image)))
     written["denoising trajectory"] = args.out / "demo_trajectory.png"
-    trajectory(states).save(written["denoising trajectory"])
+    denoising_trajectory(denoiser, model_config, n=3, steps=10, seed=args.seed).save(written["denoising trajectory"])
 
     print(f"demo done in {(time.perf_counter() - start) / 60:.1f} minutes")
     for what, path in written.items():

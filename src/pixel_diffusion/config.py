@@ -52,6 +52,7 @@ class TrainConfig:
     loss: DiffusionLoss = field(default_factory=DiffusionLoss)
     conditional: bool = False  # train on the data's labels (class-conditional)
     label_dropout: float = 0.1  # fraction trained with "no label", for classifier-free guidance
+    clusters: int = 0  # k > 0: condition on k k-means clusters of the images instead (clusters.py; no labels needed)
     # Optimisation.
     optimizer: str = "adamw"  # adamw | adam
     lr: float = 1e-3
@@ -122,6 +123,11 @@ class TrainConfig:
             raise ValueError(f"ema_decay must lie in [0, 1); got {self.ema_decay}")
         if not 0 <= self.label_dropout < 1:
             raise ValueError(f"label_dropout must lie in [0, 1); got {self.label_dropout}")
+        if not isinstance(self.clusters, int) or isinstance(self.clusters, bool) or self.clusters < 0:
+            raise ValueError(f"clusters must be 0 (none) or a positive number of clusters; got {self.clusters!r}")
+        if self.clusters and self.conditional:
+            raise ValueError(f"conditional=true trains on the data's labels and clusters={self.clusters} on clusters "
+                             "found in the images; set one of them (clusters=0 to train on the labels)")
         if self.threads is not None and (not isinstance(self.threads, int) or isinstance(self.threads, bool) or self.threads < 1):
             raise ValueError(f"threads must be a positive integer or None; got {self.threads!r}")
         for name in BUDGET_FIELDS:

@@ -95,6 +95,29 @@ def _check_cpu_compiler() -> None:
                          "install one or set compile=false") from None
 
 
+def _clusters(config: TrainConfig, data, run_dir: Path, main: bool) -> torch.Tensor:
+    """The k-means cluster of every item (int64, indexed like the data), found once and kept in
+    the run (clusters.json), so that a resumed run trains on the same labels."""
+    from .clusters import cluster_labels, pixel_features
+
+    path = run_dir / "clusters.json"
+    items = int(max(np.max(data.train, initial=-1), np.max(data.validation, initial=-1))) + 1
+    if config.clusters > len(data.train):
+        raise ValueError(f"clusters={config.clusters} needs at least as many training images; the data has "
+                         f"{len(data.train)} (set fewer clusters, or clusters=0)")
+    if path.exists():
+        saved = checkpoints.read_json(path)
+        if saved["k"] == config.clusters and len(saved["labels"]) == items:
+            return torch.tensor(saved["labels"], dtype=torch.long)
+    # Pixel features a chunk at a time, so a set that streams from disk is never in memory whole.
+    features = torch.cat([pixel_features(data.uint8(np.arange(start, min(start + 1024, items))))
+                          for start in range(0, items, 1024)])
+    labels = cluster_labels(features, config.clusters, seed=config.seed)
+    if main:
+        checkpoints.write_json(path, {"k": config.clusters, "labels": labels.tolist()})
+    return labels
+
+
 def _generator(*key: int) -> torch.Generator:
     seed = int(key[0])
     for part in key[1:]:
@@ -139,6 +162,13 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
     if config.conditional and data.labels is None:
         raise ValueError(f"conditional training needs labels, and {config.data.source!r} has none")
     num_classes = int(data.labels.max()) + 1 if config.conditional else None
+    label_prior = None  # with clusters: each cluster's share of the training images, which sampling draws from
+    if config.clusters:
+        data = dataclasses.replace(data, labels=_clusters(config, data, run_dir, accelerator.is_main_process),
+                                   class_names=[])
+        num_classes = config.clusters
+        counts = torch.bincount(data.labels[torch.as_tensor(data.train)], minlength=num_classes)
+        label_prior = (counts / counts.sum()).tolist()
     global_batch = config.batch_size
     if global_batch % (world * config.accumulation):
         raise ValueError(f"batch_size {global_batch} must be divisible by processes x accumulation ({world} x {config.accumulation})")
@@ -158,6 +188,7 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
         "image_size": list(data.size),
         "num_classes": num_classes,
         "class_names": data.class_names,
+        "label_prior": label_prior,
     }
     torch.manual_seed(config.seed)
     net = build_network(model_config["network"])
@@ -271,7 +302,7 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
                 indices = mine[k * micro : (k + 1) * micro]
                 generator = _generator(config.seed, 2, step, rank, k)
                 x, labels = data.serve(indices, generator=generator)
-                if labels is not None and config.conditional:
+                if labels is not None and (config.conditional or config.clusters):
                     dropped = torch.rand(len(labels), generator=generator) < config.label_dropout
                     labels = torch.where(dropped, torch.full_like(labels, num_classes), labels).to(device)
                 else:
@@ -422,8 +453,14 @@ def sample_images(
     device: str | torch.device = "cpu", precision: str = "fp32", **options,
 ) -> np.ndarray:
     """n uint8 images (n, H, W, C) from a trained denoiser, clipped to the data range. With
-    precision "bf16" the network runs under bf16 autocast; the sampler's arithmetic stays float32."""
+    precision "bf16" the network runs under bf16 autocast; the sampler's arithmetic stays float32.
+    A run trained on clusters (`clusters=k`) draws each sample's cluster by its share of the data
+    unless `labels` name them."""
     get_sampler(sampler)
+    if labels is None and model_config.get("label_prior"):
+        from .clusters import draw_clusters
+
+        labels = draw_clusters(model_config["label_prior"], n, seed=seed)
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"unknown sampling precision {precision!r}; expected fp32 or bf16")
     normalisation = Normalisation(**model_config["normalisation"])

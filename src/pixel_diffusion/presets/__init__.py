@@ -1,10 +1,13 @@
-"""Named training configurations: one per reference system, and `mnist`, the fast default.
+"""Named training configurations: one per reference system, and `mnist`, the fast default (with
+`mnist-conditional`, its form on the data's labels).
 
 Each function returns a TrainConfig; its docstring names the source and what was chosen where
 the source is vague. docs/presets.md lists them. Presets whose data is not built in need --data.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 from ..config import TrainConfig
 from ..data import DataConfig
@@ -13,13 +16,15 @@ from ..diffusion import DiffusionLoss
 
 def mnist() -> TrainConfig:
     """Fast default for the built-in mnist-5k on a CPU: a plain residual U-Net on 2x2 patches
-    (patch-mnist), cosine schedule, velocity prediction, min-SNR-5 weighting, AdamW 2e-3 with 200 warmup steps
-    and cosine decay, EMA 0.999 with warmup, bf16 autocast, fused AdamW, batch 64, 3000 steps
-    (docs/performance.md measures the speed settings and the 10-minute quality)."""
+    (patch-mnist) conditioned on 50 k-means clusters of the images (no labels needed; samples draw
+    a cluster by its share), cosine schedule, velocity prediction, min-SNR-5 weighting, AdamW 2e-3
+    with 200 warmup steps and cosine decay, EMA 0.999 with warmup, bf16 autocast, fused AdamW,
+    batch 64, 3000 steps (docs/performance.md measures the speed settings and the 10-minute quality)."""
     return TrainConfig(
         preset="mnist",
         data=DataConfig("mnist-5k"),
         network="patch-mnist",
+        clusters=50,
         schedule="cosine",
         prediction="velocity",
         noise_input="timestep",
@@ -39,6 +44,12 @@ def mnist() -> TrainConfig:
         preview_sampler="ddpm",
         preview_steps=20,
     )
+
+
+def mnist_conditional() -> TrainConfig:
+    """`mnist` trained on the digit labels instead of clusters (10% of examples without one, so
+    that it also samples unconditionally and with classifier-free guidance). Needs labelled data."""
+    return dataclasses.replace(mnist(), preset="mnist-conditional", conditional=True, clusters=0)
 
 
 def keras_flowers() -> TrainConfig:
@@ -193,6 +204,7 @@ def cifar_labml() -> TrainConfig:
 
 PRESETS = {
     "mnist": mnist,
+    "mnist-conditional": mnist_conditional,
     "keras-flowers": keras_flowers,
     "ddpm-anime": ddpm_anime,
     "mnist-tutorial": mnist_tutorial,
