@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pixel_diffusion.data import DataConfig, Normalisation, load_images
+from pixel_diffusion.data import DataConfig, load_images
 
 
 def write_folder(folder: Path, count: int, size: int) -> None:

@@ -22,14 +22,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 from common import ROOT, Scorer, nearest_training_distance
 
 from pixel_diffusion import checkpoints
 from pixel_diffusion.config import apply_overrides
 from pixel_diffusion.data import load_builtin
 from pixel_diffusion.presets import preset
-from pixel_diffusion.training import build_denoiser, sample_images, train
+from pixel_diffusion.training import build_denoiser, classes_in_turn, sample_images, train
 
 # name: (preset, checkpoint every so many steps)
 RECIPES = {"ours": ("mnist", 300), "ours-conditional": ("mnist-conditional", 300), "tutorial": ("mnist-tutorial", 40)}
@@ -74,11 +73,10 @@ def score_run(run: Path, scorer: Scorer, *, sampler: str, steps: int, spacing: s
             with np.load(saved, allow_pickle=False) as f:
                 images, scores = f["images"], json.loads(str(f["scores"]))
         else:
-            # A class-conditional run draws the classes in turn (no guidance, the same evaluations).
-            classes = model_config.get("num_classes")
-            labels = None if classes is None else torch.arange(n) % classes
+            # A run on labels draws the classes in turn, one on clusters by their shares (no guidance).
             images = sample_images(denoiser, model_config, n, sampler=sampler, steps=steps, spacing=spacing, seed=0,
-                                   labels=labels, batch_size=250, precision="bf16", progress=False)
+                                   labels=classes_in_turn(model_config, n), batch_size=250, precision="bf16",
+                                   progress=False)
             scores = scorer(images)
             np.savez(saved, images=images, scores=np.array(json.dumps(scores)))
         rows.append({"step": step, "minutes": minutes, "n": n, **scores, "images": images})

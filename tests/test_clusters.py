@@ -108,3 +108,11 @@ def test_a_run_on_clusters_keeps_its_labels_and_samples_from_their_shares(tmp_pa
 def test_more_clusters_than_training_images_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"clusters=5000 needs at least as many training images; the data has \d+"):
         train(apply_overrides(preset("mnist"), [*TINY, "clusters=5000", "steps=1"]), tmp_path)
+
+
+def test_only_runs_on_labels_draw_the_classes_in_turn():
+    from pixel_diffusion.training import classes_in_turn
+
+    assert classes_in_turn({"num_classes": 3, "label_prior": None}, 7).tolist() == [0, 1, 2, 0, 1, 2, 0]
+    assert classes_in_turn({"num_classes": 3, "label_prior": [0.5, 0.3, 0.2]}, 7) is None  # clusters: by their shares
+    assert classes_in_turn({"num_classes": None}, 7) is None

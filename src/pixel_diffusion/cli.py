@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--inception-weights", type=Path, help="the FID weights file pt_inception-2015-12-05-6726825d.pth "
                           "(default: $PIXEL_DIFFUSION_INCEPTION, the cache, or a download)")
     evaluate.add_argument("--n", type=_positive_int, default=1000, help="images to sample from the run (default: 1000)")
-    evaluate.add_argument("--sampler", default="ddim", help=f"sampler (default: ddim)")
+    evaluate.add_argument("--sampler", default="ddim", help="sampler (default: ddim)")
     evaluate.add_argument("--steps", type=_positive_int, default=50, help="sampling steps (default: 50)")
     _add_walk_arguments(evaluate)
     evaluate.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
@@ -288,7 +288,6 @@ def run_evaluate(args) -> None:
     import json
 
     import numpy as np
-    import torch
 
     from .checkpoints import atomic_write_text, read_json
     from .data import DataConfig, load_images
@@ -308,13 +307,10 @@ def run_evaluate(args) -> None:
     config = getattr(extractor, "config", None)
     size, channels = (config.image_size, str(config.channels)) if config else ((None, None), "auto")
     if args.run is not None:
-        from .training import load_run, sample_images
+        from .training import classes_in_turn, load_run, sample_images
 
         denoiser, model_config = load_run(args.run)
-        classes = model_config.get("num_classes")
-        # A class-conditional run is sampled with every class in turn, so its accuracy can be measured;
-        # a run on clusters draws them by their share of the data (sample_images).
-        requested = None if classes is None or model_config.get("label_prior") else torch.arange(args.n) % classes
+        requested = classes_in_turn(model_config, args.n)  # so that a class-conditional run's accuracy is measured
         images = sample_images(denoiser, model_config, args.n, sampler=args.sampler, steps=args.steps, seed=args.seed,
                                labels=requested, guidance=args.guidance, **_walk_options(args))
         run_data = DataConfig(**read_json(args.run / "config.json")["train"]["data"])

@@ -26,7 +26,8 @@ import torch
 
 from . import checkpoints
 from .config import TrainConfig, differences
-from .data import ImageData, Normalisation, load_images
+from .clusters import drawn_clusters
+from .data import Normalisation, load_images
 from .diffusion import Denoiser, Guided
 from .networks import build_network, config_from_dict, config_to_dict, network_config, summary
 from .samplers import _combine, get_sampler, sample
@@ -101,7 +102,7 @@ def _clusters(config: TrainConfig, data, run_dir: Path, main: bool) -> torch.Ten
     from .clusters import cluster_labels, pixel_features
 
     path = run_dir / "clusters.json"
-    items = int(max(np.max(data.train, initial=-1), np.max(data.validation, initial=-1))) + 1
+    items = len(data)
     if config.clusters > len(data.train):
         raise ValueError(f"clusters={config.clusters} needs at least as many training images; the data has "
                          f"{len(data.train)} (set fewer clusters, or clusters=0)")
@@ -447,6 +448,14 @@ def load_run(run_dir: Path, weights: str = "ema", device: str | torch.device = "
     return build_denoiser(model_config, net.eval().to(device)), model_config
 
 
+def classes_in_turn(model_config: dict, n: int) -> torch.Tensor | None:
+    """Labels 0, 1, ..., K-1, 0, ... for n samples of a run trained on its data's K labels, so that
+    each class is drawn equally often (and the classifier's accuracy can be measured); None for an
+    unconditional run and for a run on clusters (sample_images draws those by their share)."""
+    classes = model_config.get("num_classes")
+    return None if classes is None or model_config.get("label_prior") else torch.arange(n) % classes
+
+
 def sample_images(
     denoiser, model_config: dict, n: int, *, sampler: str = "ddim", steps: int = 50, seed: int = 0,
     labels: torch.Tensor | None = None, guidance: float = 1.0, batch_size: int = 64, progress: bool = True,
@@ -457,10 +466,8 @@ def sample_images(
     A run trained on clusters (`clusters=k`) draws each sample's cluster by its share of the data
     unless `labels` name them."""
     get_sampler(sampler)
-    if labels is None and model_config.get("label_prior"):
-        from .clusters import draw_clusters
-
-        labels = draw_clusters(model_config["label_prior"], n, seed=seed)
+    if labels is None:
+        labels = drawn_clusters(model_config, n, seed)
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"unknown sampling precision {precision!r}; expected fp32 or bf16")
     normalisation = Normalisation(**model_config["normalisation"])

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from .clusters import drawn_clusters
 from .data import from_model_range
 from .diffusion import add_noise, forward_chain
 
@@ -175,26 +176,14 @@ def _clip(model_config, device="cpu"):
     return low.to(device), high.to(device)
 
 
-def _clusters(model_config, n: int, seed: int):
-    """For a run trained on clusters: n clusters drawn by their share of the data; else None."""
-    from .clusters import draw_clusters
-
-    prior = model_config.get("label_prior")
-    return None if not prior else draw_clusters(prior, n, seed=seed)
-
-
 def sample_grid(denoiser, model_config, n: int = 64, *, seed: int = 0, label: int | None = None,
                 guidance: float = 1.0, steps: int = 50, sampler: str = "ddim") -> Image.Image:
     """n samples; a class-conditional run without `label` draws every class in turn, labelled (a
     run on clusters draws them by their share of the data, unlabelled)."""
-    from .training import sample_images
+    from .training import classes_in_turn, sample_images
 
     classes = model_config.get("num_classes")
-    labels = None
-    if label is not None:
-        labels = torch.full((n,), label, dtype=torch.long)
-    elif classes and not model_config.get("label_prior"):
-        labels = torch.arange(n) % classes
+    labels = torch.full((n,), label, dtype=torch.long) if label is not None else classes_in_turn(model_config, n)
     images = sample_images(denoiser, model_config, n, sampler=sampler, steps=steps, seed=seed, labels=labels, guidance=guidance)
     columns = classes if labels is not None and label is None and classes <= 16 else int(np.ceil(np.sqrt(n)))
     if labels is None:
@@ -222,7 +211,7 @@ def interpolation(denoiser, model_config, *, seeds=(0, 1), frames: int = 10, ste
     shape = (1, model_config["channels"], *model_config["image_size"])
     a, b = (ImageNoise.from_seed(s, [0])(torch.empty(shape)) for s in seeds)
     path = torch.cat([slerp(a, b, w) for w in torch.linspace(0, 1, frames).tolist()])
-    labels = _clusters(model_config, 1, seeds[0])  # one cluster along the whole path
+    labels = drawn_clusters(model_config, 1, seeds[0])  # one cluster along the whole path
     labels = None if labels is None else labels.expand(frames)
     x = ddim(denoiser, path, sampling_times(denoiser.schedule, steps), labels=labels, clip=_clip(model_config))
     images = _normalisation(model_config).to_uint8(x)
@@ -238,7 +227,8 @@ def denoising_trajectory(denoiser, model_config, *, n: int = 3, steps: int = 10,
     shape = (n, model_config["channels"], *model_config["image_size"])
     states = []
     ddim(denoiser, ImageNoise.from_seed(seed, range(n))(torch.empty(shape)), sampling_times(denoiser.schedule, steps),
-         labels=_clusters(model_config, n, seed), clip=_clip(model_config), callback=lambda i, x_t, image: states.append((x_t.clamp(-1, 1), image)))
+         labels=drawn_clusters(model_config, n, seed), clip=_clip(model_config),
+         callback=lambda i, x_t, image: states.append((x_t.clamp(-1, 1), image)))
     return trajectory(states, scale=max(1, 64 // shape[-1]))
 
 
