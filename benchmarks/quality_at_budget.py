@@ -22,13 +22,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from common import ROOT, Scorer, nearest_training_distance
 
 from pixel_diffusion import checkpoints
 from pixel_diffusion.config import apply_overrides
 from pixel_diffusion.data import load_builtin
 from pixel_diffusion.presets import preset
-from pixel_diffusion.training import build_denoiser, classes_in_turn, sample_images, train
+from pixel_diffusion.runs import load_run
+from pixel_diffusion.training import train
+
+from common import ROOT, Scorer, nearest_training_distance
 
 # name: (preset, checkpoint every so many steps)
 RECIPES = {"ours": ("mnist", 300), "ours-conditional": ("mnist-conditional", 300), "tutorial": ("mnist-tutorial", 40)}
@@ -55,18 +57,13 @@ def checkpoint_minutes(run: Path, step: int) -> float:
 
 def score_run(run: Path, scorer: Scorer, *, sampler: str, steps: int, spacing: str, samples: int,
               curve_samples: int, last_only: bool = False) -> list[dict]:
-    from pixel_diffusion.networks import build_network
-
-    model_config = checkpoints.read_json(run / "config.json")["model"]
     folders = sorted(run.glob("checkpoints/step-*"), key=lambda p: int(p.name.split("-")[1]))
     folders = folders[-1:] if last_only else folders
     rows = []
     for k, folder in enumerate(folders):
         step = int(folder.name.split("-")[1])
         minutes = checkpoint_minutes(run, step)
-        net = build_network(model_config["network"])
-        net.load_state_dict(checkpoints.load_weights(folder / "ema.safetensors"))
-        denoiser = build_denoiser(model_config, net.eval())
+        trained = load_run(run, checkpoint=step)
         n = samples if k == len(folders) - 1 else curve_samples
         saved = folder / f"scores-{sampler}-{spacing}-{steps}-{n}.npz"  # a rerun reuses what was scored
         if saved.exists():
@@ -74,9 +71,8 @@ def score_run(run: Path, scorer: Scorer, *, sampler: str, steps: int, spacing: s
                 images, scores = f["images"], json.loads(str(f["scores"]))
         else:
             # A run on labels draws the classes in turn, one on clusters by their shares (no guidance).
-            images = sample_images(denoiser, model_config, n, sampler=sampler, steps=steps, spacing=spacing, seed=0,
-                                   labels=classes_in_turn(model_config, n), batch_size=250, precision="bf16",
-                                   progress=False)
+            images = trained.sample(n, sampler=sampler, steps=steps, spacing=spacing, seed=0,
+                                    labels=trained.sample_labels(n), batch_size=250, precision="bf16", progress=False)
             scores = scorer(images)
             np.savez(saved, images=images, scores=np.array(json.dumps(scores)))
         rows.append({"step": step, "minutes": minutes, "n": n, **scores, "images": images})

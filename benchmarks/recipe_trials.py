@@ -22,13 +22,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from common import ROOT, Scorer
-from quality_at_budget import score_run
-
 from pixel_diffusion import checkpoints
 from pixel_diffusion.config import apply_overrides
 from pixel_diffusion.presets import preset
 from pixel_diffusion.training import train
+
+from common import ROOT, Scorer
+from quality_at_budget import score_run
 
 # The trials before the preset moved to 2x2 patches ran on residual-mnist (widths 32/64/96 at
 # 28x28, 14x14, 7x7) without clusters; they name both, so that they still train what they trained.

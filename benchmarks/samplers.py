@@ -29,10 +29,10 @@ import sys
 import time
 from pathlib import Path
 
-from common import ROOT, Scorer
-
+from pixel_diffusion.runs import load_run
 from pixel_diffusion.samplers import SAMPLERS, evaluations
-from pixel_diffusion.training import load_run, sample_images
+
+from common import ROOT, Scorer
 
 # Time discretisation per sampler, as (spacing, sigma_max): DDPM and DDIM step uniformly in t from
 # t = 1 (Ho et al. 2020; Song et al. 2021), the EDM samplers in Karras et al.'s rho = 7 spacing from
@@ -72,15 +72,14 @@ def is_main(cell: dict) -> bool:
     return cell["clip"] and (cell["spacing"], cell["sigma_max"]) == SPACING[cell["sampler"]]
 
 
-def measure(denoiser, model_config, cell: dict, scorer: Scorer, batch_size: int) -> dict:
+def measure(run, cell: dict, scorer: Scorer, batch_size: int) -> dict:
     steps = steps_for(cell["sampler"], cell["nfe"])
     options = {} if cell["clip"] else {"clip": None}
     if cell["spacing"] in ("karras", "log-snr"):
         options["sigma_max"] = math.inf if cell["sigma_max"] is None else cell["sigma_max"]
     start = time.perf_counter()
-    images = sample_images(denoiser, model_config, cell["samples"], sampler=cell["sampler"], steps=steps,
-                           spacing=cell["spacing"], seed=0, batch_size=batch_size, precision=cell["precision"],
-                           progress=False, **options)
+    images = run.sample(cell["samples"], sampler=cell["sampler"], steps=steps, spacing=cell["spacing"], seed=0,
+                        batch_size=batch_size, precision=cell["precision"], progress=False, **options)
     seconds = time.perf_counter() - start
     scores = scorer(images)
     return {**cell, "steps": steps, "evaluations": evaluations(cell["sampler"], steps),
@@ -187,9 +186,9 @@ def main() -> None:
     args = parser.parse_args()
 
     run = trained_run(args)
-    denoiser, model_config = load_run(run)
+    model = load_run(run)
     if not args.no_compile:
-        denoiser.net.compile()
+        model.denoiser.net.compile()
     name = str(run.resolve().relative_to(ROOT)) if run.resolve().is_relative_to(ROOT) else str(run)
     base = {"run": name, "samples": args.samples, "precision": args.precision}
     if args.study:
@@ -205,10 +204,9 @@ def main() -> None:
 
     scorer = Scorer()
     if todo:  # compile (and warm) the network outside the timed cells, on a full batch
-        sample_images(denoiser, model_config, args.batch_size, steps=2, batch_size=args.batch_size,
-                      precision=args.precision, progress=False)
+        model.sample(args.batch_size, steps=2, batch_size=args.batch_size, precision=args.precision, progress=False)
     for cell in tqdm(todo, desc="sampler cells"):
-        result = measure(denoiser, model_config, cell, scorer, args.batch_size)
+        result = measure(model, cell, scorer, args.batch_size)
         tqdm.write(f"{cell['sampler']:16s} {walk_name(cell['spacing'], cell['sigma_max']):24s} clip={cell['clip']!s:5s} nfe={cell['nfe']:3d}: "
                    f"FID {result['fid']:.2f}, KID {result['kid']:.4f}, {1000 * result['seconds_per_image']:.1f} ms/image")
         with open(args.results, "a") as f:

@@ -10,7 +10,8 @@ from pixel_diffusion.clusters import cluster_labels, draw_clusters, kmeans, pixe
 from pixel_diffusion.config import apply_overrides
 from pixel_diffusion.data import DataConfig, load_images
 from pixel_diffusion.presets import preset
-from pixel_diffusion.training import load_run, sample_images, train
+from pixel_diffusion.runs import ModelSpec, load_run
+from pixel_diffusion.training import train
 
 TINY = [
     "data.source=digits",
@@ -90,17 +91,17 @@ def test_a_run_on_clusters_keeps_its_labels_and_samples_from_their_shares(tmp_pa
     train(apply_overrides(preset("mnist"), [*TINY, "steps=4", "checkpoint_every=2"]), tmp_path)
     assert json.loads((tmp_path / "clusters.json").read_text()) == saved
 
-    denoiser, model_config = load_run(tmp_path)
-    assert model_config["num_classes"] == 6
+    run = load_run(tmp_path)
+    assert run.spec.num_classes == 6
     # The prior is each cluster's share of the training split, of the labels the run trained on.
     data = load_images(DataConfig(**json.loads((tmp_path / "config.json").read_text())["train"]["data"]), progress=False)
     shares = np.bincount(np.array(saved["labels"])[data.train], minlength=6) / len(data.train)
-    assert model_config["label_prior"] == pytest.approx(shares.tolist())
+    assert run.spec.label_prior == pytest.approx(shares.tolist())
     # Without labels, each sample's cluster is drawn from the prior with the sampling seed.
-    drawn = draw_clusters(model_config["label_prior"], 6, seed=3)
-    implicit = sample_images(denoiser, model_config, 6, steps=3, seed=3, progress=False)
-    explicit = sample_images(denoiser, model_config, 6, steps=3, seed=3, labels=drawn, progress=False)
-    other = sample_images(denoiser, model_config, 6, steps=3, seed=3, labels=(drawn + 1) % 6, progress=False)
+    drawn = draw_clusters(list(run.spec.label_prior), 6, seed=3)
+    implicit = run.sample(6, steps=3, seed=3, progress=False)
+    explicit = run.sample(6, steps=3, seed=3, labels=drawn, progress=False)
+    other = run.sample(6, steps=3, seed=3, labels=(drawn + 1) % 6, progress=False)
     assert np.array_equal(implicit, explicit)
     assert not np.array_equal(implicit, other)
 
@@ -110,9 +111,10 @@ def test_more_clusters_than_training_images_is_refused(tmp_path):
         train(apply_overrides(preset("mnist"), [*TINY, "clusters=5000", "steps=1"]), tmp_path)
 
 
-def test_only_runs_on_labels_draw_the_classes_in_turn():
-    from pixel_diffusion.training import classes_in_turn
-
-    assert classes_in_turn({"num_classes": 3, "label_prior": None}, 7).tolist() == [0, 1, 2, 0, 1, 2, 0]
-    assert classes_in_turn({"num_classes": 3, "label_prior": [0.5, 0.3, 0.2]}, 7) is None  # clusters: by their shares
-    assert classes_in_turn({"num_classes": None}, 7) is None
+def test_only_runs_on_labels_draw_the_classes_in_turn(tmp_path):
+    train(apply_overrides(preset("mnist"), [*TINY, "steps=1"]), tmp_path)
+    spec = load_run(tmp_path).spec
+    assert spec.classes_in_turn(7) is None  # clusters: drawn by their shares
+    on_labels = ModelSpec.from_dict({**spec.to_dict(), "label_prior": None})
+    assert on_labels.classes_in_turn(7).tolist() == [0, 1, 2, 3, 4, 5, 0]
+    assert ModelSpec.from_dict({**spec.to_dict(), "label_prior": None, "num_classes": None}).classes_in_turn(7) is None

@@ -33,8 +33,8 @@ def test_restoring_at_a_tiny_strength_returns_nearly_the_input():
 
 
 def test_restoration_picture_shows_the_start_the_first_variation_walked_from():
-    from pixel_diffusion.samplers import ImageNoise
     from pixel_diffusion.diffusion import add_noise
+    from pixel_diffusion.samplers import ImageNoise
 
     denoiser = GaussianDenoiser.iid(schedules.cosine(), 0.0, 0.5)
     x = _images(2)
@@ -86,8 +86,9 @@ def run(tmp_path_factory):
 @pytest.mark.parametrize("kind", ["grid", "forward", "trajectory", "steps", "interpolation", "curves", "restore", "inpaint"])
 def test_every_picture_is_written(run, kind, tmp_path):
     out = tmp_path / f"{kind}.png"
-    assert main(["show", kind, "--run", str(run), "--out", str(out), "--steps", "3", "--n", "4"] +
-                (["--step-counts", "1,2"] if kind == "steps" else [])) == 0
+    options = {"curves": [], "interpolation": ["--steps", "3"], "steps": ["--n", "4", "--step-counts", "1,2"]}
+    assert main(["show", kind, "--run", str(run), "--out", str(out),
+                 *options.get(kind, ["--steps", "3", "--n", "4"] if kind != "forward" else ["--n", "4"])]) == 0
     with Image.open(out) as picture:
         assert picture.format == "PNG" and picture.mode in ("L", "RGB", "RGBA")
         assert picture.width >= 4 * 8 and picture.height >= 8

@@ -17,7 +17,8 @@ from pixel_diffusion.networks import (
 )
 
 # A size each network takes (divisible by its total downsampling), kept small for speed.
-SIZES = {"keras-ddim": 32, "ddpm-mnist": 28, "ddpm-64": 64, "convnext-fashion": 28, "labml-cifar": 32, "basic-mnist": 28, "residual-mnist": 28, "patch-mnist": 28}
+SIZES = {"keras-ddim": 32, "ddpm-mnist": 28, "ddpm-64": 64, "convnext-fashion": 28, "labml-cifar": 32, "basic-mnist": 28,
+         "residual-mnist": 28, "patch-mnist": 28}
 FAST = [n for n in NETWORKS if n != "ddpm-64"]  # 113M parameters: built only where needed
 
 

@@ -19,7 +19,8 @@ from pixel_diffusion.cli import main
 from pixel_diffusion.config import TrainConfig, apply_overrides, read_config_file
 from pixel_diffusion.diffusion import DiffusionLoss
 from pixel_diffusion.presets import PRESETS, preset
-from pixel_diffusion.training import TrainingError, load_run, train
+from pixel_diffusion.runs import load_run
+from pixel_diffusion.training import TrainingError, train
 
 # A network and budget small enough for a test: digits are 8x8, one downsampling.
 TINY = [
@@ -222,8 +223,8 @@ def test_every_preset_runs_two_steps_on_stand_in_data(name, tmp_path):
         overrides["precision"] = "fp32"  # fp16 loss scaling needs a GPU
     last = train(apply_overrides(config, overrides), tmp_path / "run")
     assert last.name == "step-0000002"
-    denoiser, model_config = load_run(tmp_path / "run")
-    assert model_config["channels"] == channels and model_config["image_size"] == [size, size]
+    spec = load_run(tmp_path / "run").spec
+    assert spec.channels == channels and spec.image_size == (size, size)
 
 
 def test_kid_during_training_keeps_the_best_checkpoint(tmp_path, monkeypatch):
@@ -370,13 +371,11 @@ def test_threads_must_be_a_positive_integer():
 
 
 def test_bf16_sampling_stays_close_to_fp32(tmp_path):
-    from pixel_diffusion.training import sample_images
-
     train(tiny(steps=30, lr=3e-3), tmp_path)
-    denoiser, model_config = load_run(tmp_path)
-    full = sample_images(denoiser, model_config, 16, steps=10, progress=False).astype(float)
-    half = sample_images(denoiser, model_config, 16, steps=10, progress=False, precision="bf16").astype(float)
+    run = load_run(tmp_path)
+    full = run.sample(16, steps=10, progress=False).astype(float)
+    half = run.sample(16, steps=10, progress=False, precision="bf16").astype(float)
     # bf16 keeps ~3 significant digits in the network; the walk's arithmetic stays float32.
     assert np.abs(full - half).mean() < 3.0 and not np.array_equal(full, half)
     with pytest.raises(ValueError, match="unknown sampling precision"):
-        sample_images(denoiser, model_config, 1, steps=2, progress=False, precision="fp8")
+        run.sample(1, steps=2, progress=False, precision="fp8")

@@ -4,7 +4,9 @@
     runs/NAME/metrics.jsonl                     one line per logging step
     runs/NAME/samples/step-NNNNNNN.png          previews from fixed noise
     runs/NAME/checkpoints/step-NNNNNNN/         model.safetensors, ema.safetensors,
-                                                optimizer.safetensors, state.json
+                                                optimizer.safetensors, optimizer.json,
+                                                state.json, model.json (the model description)
+    runs/NAME/checkpoints/best/                 the weights KID selection kept, and model.json
     runs/NAME/checkpoints/latest                the newest checkpoint's folder name
 
 Tensors are stored as safetensors and everything else as JSON, so loading never executes code
@@ -99,6 +101,7 @@ def save_checkpoint(
     optimizer: dict,
     state: dict,
     keep: int = 3,
+    description: dict | None = None,
 ) -> Path:
     """Write checkpoints/step-NNNNNNN atomically, point `latest` at it, keep the newest `keep`."""
     folder = Path(run) / CHECKPOINTS
@@ -114,6 +117,8 @@ def save_checkpoint(
         save_file(tensors, tmp / "optimizer.safetensors")
         write_json(tmp / "optimizer.json", rest)
         write_json(tmp / "state.json", {**state, "step": step})
+        if description is not None:  # the model description, so the folder loads on its own
+            write_json(tmp / "model.json", description)
         if final.exists():  # the same step written again (a resumed run's final save)
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -129,7 +134,7 @@ def save_checkpoint(
 BEST = "best"
 
 
-def save_best(run: Path, step: int, *, model: dict, ema: dict, metrics: dict) -> Path:
+def save_best(run: Path, step: int, *, model: dict, ema: dict, metrics: dict, description: dict | None = None) -> Path:
     """Write checkpoints/best (weights and the metrics that made them best), replacing it atomically."""
     folder = Path(run) / CHECKPOINTS
     folder.mkdir(parents=True, exist_ok=True)
@@ -138,6 +143,8 @@ def save_best(run: Path, step: int, *, model: dict, ema: dict, metrics: dict) ->
         save_file({k: v.detach().cpu().contiguous() for k, v in model.items()}, tmp / "model.safetensors")
         save_file({k: v.detach().cpu().contiguous() for k, v in ema.items()}, tmp / "ema.safetensors")
         write_json(tmp / "state.json", {**metrics, "step": step})
+        if description is not None:
+            write_json(tmp / "model.json", description)
         old = folder / BEST
         if old.exists():
             retired = folder / f".best.old.{os.getpid()}"

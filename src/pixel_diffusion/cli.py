@@ -9,8 +9,6 @@ from pathlib import Path
 
 from . import __version__
 
-ETA_SAMPLERS = ("ddim", "euler-ancestral", "dpmpp-2m", "dpmpp-2m-sde")  # the samplers with a noise amount `eta`
-
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line and status 2, never a traceback
@@ -37,26 +35,79 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _checkpoint(text: str) -> str:
+    if text in ("latest", "best") or text.removeprefix("step-").isdigit():
+        return text
+    raise argparse.ArgumentTypeError(f"expected latest, best or a step number, got {text!r}")
+
+
+def _numbers(kind):
+    def parse(text: str):
+        try:
+            return tuple(kind(part) for part in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 1,2,5; got {text!r}") from None
+    return parse
+
+
+# The options that several commands share, defined once: (flags, argparse keywords).
+OPTIONS = {
+    "run": (("--run",), dict(type=Path, required=True, help="run directory written by train, or a checkpoint folder")),
+    "checkpoint": (("--checkpoint",), dict(type=_checkpoint, default="latest",
+                                           help="latest, best (kept by KID during training) or a step number (default: latest)")),
+    "weights": (("--weights",), dict(choices=("ema", "model"), default="ema", help="which weights (default: ema)")),
+    "device": (("--device",), dict(default="auto", help="cpu, cuda, cuda:1, ... (default: auto, a GPU when there is one)")),
+    "seed": (("--seed",), dict(type=int, default=0, help="seed; image k depends only on (seed, k) (default: 0)")),
+    "no_progress": (("--no-progress",), dict(action="store_true", help="no progress bars (default: shown)")),
+    "sampler": (("--sampler",), dict(default="ddim", help="sampler (default: ddim); one of {samplers}")),
+    "steps": (("--steps",), dict(type=_positive_int, default=50, help="sampling steps (default: 50)")),
+    "guidance": (("--guidance",), dict(type=float, default=1.0,
+                                       help="classifier-free guidance scale for labelled runs (default: 1, none)")),
+    "label": (("--label",), dict(type=int, help="class to draw, for runs trained with labels or clusters (default: every class)")),
+}
+
+
+def _add(command, *names: str, **changes) -> None:
+    """Add the shared options `names` to a command; `changes` replaces keywords of one option
+    (`seed={"default": None}`)."""
+    from .samplers import SAMPLERS
+
+    for name in names:
+        flags, keywords = OPTIONS[name]
+        keywords = {**keywords, **changes.get(name, {})}
+        if "help" in keywords:
+            keywords["help"] = keywords["help"].replace("{samplers}", ", ".join(SAMPLERS))
+        command.add_argument(*flags, **keywords)
+
+
 def _add_walk_arguments(command) -> None:
     """The sampling walk's options, shared by sample and evaluate."""
+    from .samplers import SAMPLERS, samplers_with_option
     from .schedules import SPACINGS
 
+    with_eta = samplers_with_option("eta")
+    defaults = {}
+    for name in with_eta:
+        defaults.setdefault(SAMPLERS[name].options["eta"], []).append(name)
+    said = "; ".join(f"{value:g} for {', '.join(names)}" for value, names in defaults.items())
     command.add_argument("--spacing", default="uniform", help=f"time spacing, one of {', '.join(SPACINGS)} (default: uniform)")
     command.add_argument("--sigma-max", type=_positive_float,
                          help="karras and log-snr spacings: start at this EDM noise level sigma/alpha (default: 80; inf for the schedule's t = 1)")
-    command.add_argument("--eta", type=float,
-                         help=f"noise per step in [0, 1] for {', '.join(ETA_SAMPLERS)} (default: 0 for ddim and dpmpp-2m, 1 for the others)")
+    command.add_argument("--eta", type=float, help=f"noise per step in [0, 1] for {', '.join(with_eta)} (default: {said})")
     command.add_argument("--no-clip", action="store_true",
                          help="leave the image estimate unclipped at each step (default: clipped to the data range; docs/samplers.md measures both)")
 
 
 def _walk_options(args) -> dict:
+    from .samplers import get_sampler, samplers_with_option
+
+    get_sampler(args.sampler)  # an unknown name is refused before sampling starts
     options = {"spacing": args.spacing}
     if args.sigma_max is not None:
         options["sigma_max"] = args.sigma_max
     if args.eta is not None:
-        if args.sampler not in ETA_SAMPLERS:
-            raise ValueError(f"--eta is an option of the {', '.join(ETA_SAMPLERS)} samplers, not of {args.sampler}")
+        if "eta" not in get_sampler(args.sampler).options:
+            raise ValueError(f"--eta is an option of the {', '.join(samplers_with_option('eta'))} samplers, not of {args.sampler}")
         if not 0 <= args.eta <= 1:  # checked here, before the run is loaded and a progress bar drawn
             raise ValueError(f"--eta must lie in [0, 1] (0: deterministic, 1: the full posterior noise); got {args.eta:g}")
         options["eta"] = args.eta
@@ -65,13 +116,30 @@ def _walk_options(args) -> dict:
     return options
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .presets import PRESETS
-    from .samplers import SAMPLERS
+def _device(name: str) -> str:
+    import torch
 
+    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+
+
+def _load(args):
+    """The run that --run, --checkpoint, --weights and --device name."""
+    from .runs import load_run
+
+    return load_run(args.run, checkpoint=args.checkpoint, weights=args.weights, device=_device(args.device))
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="pixel-diffusion", description="Denoising diffusion models of images, in pixel space.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for add in (_train_command, _sample_command, _classifier_command, _evaluate_command, _show_command, _demo_command):
+        add(commands)
+    return parser
+
+
+def _train_command(commands) -> None:
+    from .presets import PRESETS
 
     train = commands.add_parser(
         "train",
@@ -91,28 +159,28 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", type=Path, help="JSON or TOML file of config fields, applied after the preset (default: none)")
     train.add_argument("--resume", action="store_true", help="require an existing checkpoint in --out to continue from (default: continue if there is one)")
     train.add_argument("--checkpoint-every", type=_positive_int, help="steps between checkpoints (default: the preset's)")
-    train.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: auto)")
-    train.add_argument("--no-progress", action="store_true", help="no progress bar (default: shown)")
+    _add(train, "seed", "device", "no_progress", seed={"default": None, "help": "random seed (default: the preset's, 0)"},
+         device={"default": None})
     train.set_defaults(handler=run_train)
 
-    sample = commands.add_parser("sample", help="draw images from a trained run", description="Draw images from a trained run's newest checkpoint (EMA weights).")
-    sample.add_argument("--run", type=Path, required=True, help="run directory written by train")
-    sample.add_argument("--sampler", default="ddim", help=f"one of {', '.join(SAMPLERS)} (default: ddim)")
-    sample.add_argument("--steps", type=_positive_int, default=50, help="sampling steps (default: 50)")
+
+def _sample_command(commands) -> None:
+    sample = commands.add_parser("sample", help="draw images from a trained run",
+                                 description="Draw images from a trained run (its newest checkpoint and EMA weights by default).")
+    _add(sample, "run", "checkpoint", "weights", "sampler", "steps")
     _add_walk_arguments(sample)
     sample.add_argument("--n", type=_positive_int, default=64, help="number of images (default: 64)")
-    sample.add_argument("--seed", type=int, default=0, help="seed; image k depends only on (seed, k) (default: 0)")
-    sample.add_argument("--label", type=int, help="class to draw, for runs trained with labels (default: none)")
-    sample.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale with --label (default: 1, no guidance)")
+    _add(sample, "seed", "label", "guidance", label={"help": "class to draw, for runs trained with labels (default: none)"})
     sample.add_argument("--batch-size", type=_positive_int, default=64, help="images per batch (default: 64)")
     sample.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                         help="network arithmetic: bf16 autocast is about twice as fast on CPUs with AMX (default: fp32)")
-    sample.add_argument("--weights", choices=("ema", "model"), default="ema", help="which weights (default: ema)")
-    sample.add_argument("--device", default="cpu", help="cpu, cuda, ... (default: cpu)")
+    _add(sample, "device", "no_progress")
     sample.add_argument("--out", type=Path, help="output folder (default: RUN/samples-SAMPLER-STEPS)")
     sample.add_argument("--no-png", action="store_true", help="write only samples.npz and the grid, not one PNG per image")
     sample.set_defaults(handler=run_sample)
 
+
+def _classifier_command(commands) -> None:
     classifier = commands.add_parser(
         "train-classifier",
         help="train the small CNN whose features the metrics use on MNIST-like data",
@@ -126,15 +194,18 @@ def build_parser() -> argparse.ArgumentParser:
     classifier.add_argument("--class-folders", action="store_true", help="image folders: sub-folders are the classes")
     classifier.add_argument("--no-reject-class", action="store_true",
                             help="no 'not a data image' class trained on corrupted images (default: trained)")
+    _add(classifier, "no_progress")
     classifier.set_defaults(handler=run_train_classifier)
 
+
+def _evaluate_command(commands) -> None:
     evaluate = commands.add_parser(
         "evaluate",
         help="measure sample quality: FID, KID, precision/recall, classifier scores",
         description="Sample from a run (or take --images) and compare with the run's data (or --reference) "
         "in the features of a classifier trained with train-classifier.",
     )
-    evaluate.add_argument("--run", type=Path, help="run directory to sample from (default: none; then --images)")
+    _add(evaluate, "run", "checkpoint", "weights", run={"required": False, "help": "run directory to sample from (default: none; then --images)"})
     evaluate.add_argument("--images", help="evaluate these instead: a folder of images or a .npz such as sample writes")
     evaluate.add_argument("--reference", help="reference data source (default: the run's training data)")
     evaluate.add_argument("--extractor", default="classifier", choices=("classifier", "inception"),
@@ -143,48 +214,50 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--inception-weights", type=Path, help="the FID weights file pt_inception-2015-12-05-6726825d.pth "
                           "(default: $PIXEL_DIFFUSION_INCEPTION, the cache, or a download)")
     evaluate.add_argument("--n", type=_positive_int, default=1000, help="images to sample from the run (default: 1000)")
-    evaluate.add_argument("--sampler", default="ddim", help="sampler (default: ddim)")
-    evaluate.add_argument("--steps", type=_positive_int, default=50, help="sampling steps (default: 50)")
+    _add(evaluate, "sampler", "steps")
     _add_walk_arguments(evaluate)
-    evaluate.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
-    evaluate.add_argument("--guidance", type=float, default=1.0, help="guidance scale for class-conditional runs (default: 1)")
+    _add(evaluate, "seed", "guidance", "device", "no_progress")
     evaluate.add_argument("--kid-subset-size", type=_positive_int, default=1000, help="KID subset size (default: 1000)")
     evaluate.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "pixel-diffusion" / "reference",
                           help="where reference features are cached (default: ~/.cache/pixel-diffusion/reference)")
     evaluate.add_argument("--out", type=Path, help="JSON file for the results (default: RUN/metrics-SAMPLER-STEPS.json, or none)")
     # Options that only mean something when sampling from --run; given with --images they are refused.
-    sampling = ("n", "sampler", "steps", "spacing", "sigma_max", "eta", "no_clip", "seed", "guidance")
+    sampling = ("n", "sampler", "steps", "spacing", "sigma_max", "eta", "no_clip", "seed", "guidance", "checkpoint", "weights")
     evaluate.set_defaults(handler=run_evaluate, sampling_defaults={dest: evaluate.get_default(dest) for dest in sampling})
+
+
+def _show_command(commands) -> None:
+    from .viz import PICTURES
 
     show = commands.add_parser(
         "show",
         help="pictures of what a trained model does, and editing",
-        description="One picture of a trained run: grid (samples, labelled by class for conditional runs), "
-        "forward (the forward process of data images), trajectory (x_t and the image estimate per step), "
-        "steps (one noise sampled with 1..20 steps), interpolation (spherical path between two seeds' noises), "
-        "evolution (GIF of the training previews), curves (loss, lr, KID), restore (SDEdit from --strength), "
-        "inpaint (RePaint inside --mask).",
+        description="One picture of a trained run: " + "; ".join(f"{name} ({p.description})" for name, p in PICTURES.items())
+        + ". Options a picture does not take are refused; the others default to the picture's own.",
     )
-    show.add_argument("kind", choices=SHOWS, help="which picture")
-    show.add_argument("--run", type=Path, required=True, help="run directory written by train")
+    show.add_argument("kind", choices=list(PICTURES), help="which picture")
+    _add(show, "run", "checkpoint", "weights", "device")
     show.add_argument("--out", type=Path, help="output file (default: RUN/show-KIND.png, or .gif for evolution)")
-    show.add_argument("--n", type=_positive_int, default=None, help="images (default: 64 for grid, 8 for steps, 4 inputs for restore/inpaint)")
-    show.add_argument("--sampler", default="ddim", help="sampler for grid, steps, restore (default: ddim)")
-    show.add_argument("--steps", type=_positive_int, default=None, help="sampling steps (default: 50; 10 for trajectory; 20 for interpolation)")
-    show.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
-    show.add_argument("--seed2", type=int, default=1, help="second seed, for interpolation (default: 1)")
-    show.add_argument("--frames", type=_positive_int, default=10, help="interpolation frames (default: 10)")
-    show.add_argument("--step-counts", default="1,2,3,5,10,20", help="step counts to compare (default: 1,2,3,5,10,20)")
-    show.add_argument("--times", default="0,0.05,0.1,0.2,0.35,0.5,0.75,1", help="times for the forward process (default: 0,0.05,...,1)")
-    show.add_argument("--label", type=int, help="class for grid, for runs trained with labels (default: every class)")
-    show.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (default: 1)")
-    show.add_argument("--input", help="images to noise or edit: any data source (default: the run's data)")
-    show.add_argument("--strength", type=float, default=0.5, help="restore: how far to noise, in (0, 1] (default: 0.5)")
-    show.add_argument("--variations", type=_positive_int, default=4, help="restore/inpaint: results per input (default: 4)")
-    show.add_argument("--mask", default="right-half", help=f"inpaint: {', '.join(MASKS)}, or an image file, white = generate (default: right-half)")
-    show.add_argument("--resample", type=_positive_int, default=5, help="inpaint: RePaint resampling per step (default: 5)")
+    # None: the picture's own default (viz.PICTURES' functions say which).
+    show.add_argument("--n", type=_positive_int, help="images (grid 64, steps 8, trajectory 3; restore/inpaint/forward: inputs, 4)")
+    _add(show, "sampler", "steps", "seed", "label", "guidance",
+         sampler={"default": None, "help": "sampler for grid, steps, restore (default: ddim)"},
+         steps={"default": None, "help": "sampling steps (default: 50; 10 for trajectory; 20 for interpolation)"},
+         seed={"default": None, "help": "seed (default: 0)"}, guidance={"default": None})
+    show.add_argument("--seed2", type=int, help="interpolation: second seed (default: 1)")
+    show.add_argument("--frames", type=_positive_int, help="interpolation: frames (default: 10)")
+    show.add_argument("--step-counts", type=_numbers(int), help="steps: step counts to compare (default: 1,2,3,5,10,20)")
+    show.add_argument("--times", type=_numbers(float), help="forward: times (default: 0,0.05,0.1,0.2,0.35,0.5,0.75,1)")
+    show.add_argument("--input", help="forward, restore, inpaint: images to noise or edit, any data source (default: the run's data)")
+    show.add_argument("--strength", type=float, help="restore: how far to noise, in (0, 1] (default: 0.5)")
+    show.add_argument("--variations", type=_positive_int, help="restore/inpaint: results per input (default: 4)")
+    show.add_argument("--mask", help="inpaint: left-half, right-half, top-half, bottom-half, centre, or an image file, "
+                      "white = generate (default: right-half)")
+    show.add_argument("--resample", type=_positive_int, help="inpaint: RePaint resampling per step (default: 5)")
     show.set_defaults(handler=run_show)
 
+
+def _demo_command(commands) -> None:
     demo = commands.add_parser(
         "demo",
         help="train the default model on the built-in MNIST subset and draw what it does",
@@ -193,9 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="run directory (default: runs/demo)")
     demo.add_argument("--minutes", type=_positive_float, default=5.0, help="training time in minutes (default: 5)")
-    demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    _add(demo, "seed", "no_progress", seed={"help": "random seed (default: 0)"})
     demo.set_defaults(handler=run_demo)
-    return parser
 
 
 def _train_config(args):
@@ -211,10 +283,9 @@ def _train_config(args):
     for name in ("steps", "epochs", "minutes"):
         if getattr(args, name) is not None:
             chosen.update({"steps": None, "epochs": None, "minutes": None, name: getattr(args, name)})
-    if args.checkpoint_every:
-        chosen["checkpoint_every"] = args.checkpoint_every
-    if args.device:
-        chosen["device"] = args.device
+    for name, value in (("checkpoint_every", args.checkpoint_every), ("device", args.device), ("seed", args.seed)):
+        if value is not None:
+            chosen[name] = value
     if args.no_progress:
         chosen["progress"] = False
     config = apply_overrides(config, chosen)
@@ -238,26 +309,19 @@ def run_train(args) -> None:
 
 def run_sample(args) -> None:
     import numpy as np
-    import torch
     from PIL import Image
 
     from .samplers import evaluations
-    from .training import load_run, sample_images
     from .viz import image_grid
 
-    denoiser, model_config = load_run(args.run, args.weights, args.device)
-    labels = None
-    if args.label is not None:
-        classes = model_config.get("num_classes")
-        if classes is None:
-            raise ValueError(f"{args.run} was trained without labels; drop --label")
-        if not 0 <= args.label < classes:
-            raise ValueError(f"--label must lie in 0..{classes - 1}; got {args.label}")
-        labels = torch.full((args.n,), args.label, dtype=torch.long)
-    images = sample_images(denoiser, model_config, args.n, sampler=args.sampler, steps=args.steps, seed=args.seed,
-                           labels=labels, guidance=args.guidance, batch_size=args.batch_size, device=args.device,
-                           precision=args.precision, **_walk_options(args))
-    out = args.out or args.run / f"samples-{args.sampler}-{args.steps}"
+    run = _load(args)
+    options = _walk_options(args)  # checked before any progress bar is drawn
+    labels = None if args.label is None else run.sample_labels(args.n, args.label)
+    images = run.sample(args.n, sampler=args.sampler, steps=args.steps, seed=args.seed, labels=labels,
+                        guidance=args.guidance, batch_size=args.batch_size, precision=args.precision,
+                        progress=not args.no_progress, **options)
+    base = args.run if run.directory is None else run.directory
+    out = args.out or base / f"samples-{args.sampler}-{args.steps}"
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / ".samples.npz.tmp.npz"
     np.savez(tmp, images=images)
@@ -267,7 +331,7 @@ def run_sample(args) -> None:
     if not args.no_png:
         for k, image in enumerate(images):
             Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(out / f"{k:05d}.png")
-    guided = (labels is not None or model_config.get("label_prior")) and args.guidance != 1
+    guided = (labels is not None or run.spec.on_clusters) and args.guidance != 1
     calls = evaluations(args.sampler, args.steps) * (2 if guided else 1)
     print(f"{len(images)} images ({args.sampler}, {args.steps} steps, {calls} network evaluations each) in {out}")
 
@@ -277,7 +341,8 @@ def run_train_classifier(args) -> None:
     from .features import train_classifier
 
     config = DataConfig(args.data, image_size=args.image_size, class_folders=args.class_folders)
-    info = train_classifier(config, args.out, epochs=args.epochs, reject_class=not args.no_reject_class)
+    info = train_classifier(config, args.out, epochs=args.epochs, reject_class=not args.no_reject_class,
+                            progress=not args.no_progress)
     rejected = info["validation_corrupted_rejected"]
     print(f"classifier in {args.out}: validation accuracy {info['validation_accuracy']:.4f}"
           + ("" if rejected is None else f"; corrupted validation images rejected {rejected:.4f}"))
@@ -289,7 +354,7 @@ def run_evaluate(args) -> None:
 
     import numpy as np
 
-    from .checkpoints import atomic_write_text, read_json
+    from .checkpoints import atomic_write_text
     from .data import DataConfig, load_images
     from .features import load_extractor
     from .metrics import evaluate_images, reference_features
@@ -306,145 +371,98 @@ def run_evaluate(args) -> None:
     # The classifier takes its own image size and channels; the Inception any size, resized to 299.
     config = getattr(extractor, "config", None)
     size, channels = (config.image_size, str(config.channels)) if config else ((None, None), "auto")
+    run_data = requested = run = None
     if args.run is not None:
-        from .training import classes_in_turn, load_run, sample_images
-
-        denoiser, model_config = load_run(args.run)
-        requested = classes_in_turn(model_config, args.n)  # so that a class-conditional run's accuracy is measured
-        images = sample_images(denoiser, model_config, args.n, sampler=args.sampler, steps=args.steps, seed=args.seed,
-                               labels=requested, guidance=args.guidance, **_walk_options(args))
-        run_data = DataConfig(**read_json(args.run / "config.json")["train"]["data"])
+        run = _load(args)
+        options = _walk_options(args)
+        requested = run.sample_labels(args.n)  # each class in turn, so a class-conditional run's accuracy is measured
+        images = run.sample(args.n, sampler=args.sampler, steps=args.steps, seed=args.seed, labels=requested,
+                            guidance=args.guidance, progress=not args.no_progress, **options)
+        run_data = run.data
     else:
-        loaded = load_images(DataConfig(args.images, image_size=size[0], channels=channels))
-        images, run_data, requested = loaded.uint8(np.arange(len(loaded))).permute(0, 2, 3, 1).numpy(), None, None
+        loaded = load_images(DataConfig(args.images, image_size=size[0], channels=channels), progress=not args.no_progress)
+        images = loaded.uint8(np.arange(len(loaded))).permute(0, 2, 3, 1).numpy()
     if args.reference:
         reference_config = DataConfig(args.reference, image_size=size[0], channels=channels)
     elif run_data is not None:
         reference_config = dataclasses.replace(run_data, flip=False, validation_fraction=0.0)
     else:
-        raise ValueError("--images needs --reference (the data to compare with)")
-    reference = reference_features(extractor, reference_config, args.cache)
+        raise ValueError("--images needs --reference (the data to compare with)" if run is None else
+                         f"{args.run} stands alone (no run's config.json beside it); name the data with --reference")
+    reference = reference_features(extractor, reference_config, args.cache, progress=not args.no_progress)
     scores = evaluate_images(images, reference, extractor, requested=requested, kid_subset_size=args.kid_subset_size)
     for name, value in scores.items():
         print(f"  {name:14s} {value:.5g}" if isinstance(value, float) else f"  {name:14s} {value}")
-    out = args.out or (args.run / f"metrics-{args.sampler}-{args.steps}.json" if args.run else None)
+    base = None if run is None else (run.directory or args.run)
+    out = args.out or (base / f"metrics-{args.sampler}-{args.steps}.json" if base else None)
     if out is not None:
         atomic_write_text(out, json.dumps({**scores, "extractor": extractor.key, "reference": reference_config.source,
-                                           "sampler": args.sampler if args.run else None,
-                                           "steps": args.steps if args.run else None}, indent=2) + "\n")
+                                           "sampler": args.sampler if run else None, "steps": args.steps if run else None,
+                                           "checkpoint": str(run.checkpoint) if run else None}, indent=2) + "\n")
         print(f"written to {out}")
 
 
-SHOWS = ("grid", "forward", "trajectory", "steps", "interpolation", "evolution", "curves", "restore", "inpaint")
-MASKS = ("left-half", "right-half", "top-half", "bottom-half", "centre")
-
-
-def _mask(spec: str, size: tuple[int, int]):
-    import numpy as np
-    from PIL import Image
-
-    h, w = size
-    mask = np.zeros((h, w), np.float32)
-    boxes = {"left-half": (slice(None), slice(0, w // 2)), "right-half": (slice(None), slice(w // 2, None)),
-             "top-half": (slice(0, h // 2), slice(None)), "bottom-half": (slice(h // 2, None), slice(None)),
-             "centre": (slice(h // 4, h - h // 4), slice(w // 4, w - w // 4))}
-    if spec in boxes:
-        mask[boxes[spec]] = 1
-        return mask
-    if not Path(spec).is_file():
-        raise ValueError(f"--mask must be one of {', '.join(MASKS)} or an image file; got {spec!r}")
-    with Image.open(spec) as picture:
-        return (np.asarray(picture.convert("L").resize((w, h), Image.NEAREST)) > 127).astype(np.float32)
+# show's options and the picture parameters they set (a picture takes those its function names).
+SHOW_OPTIONS = ("n", "sampler", "steps", "seed", "seed2", "frames", "step_counts", "times", "label", "guidance",
+                "input", "strength", "variations", "mask", "resample")
 
 
 def run_show(args) -> None:
-    import dataclasses
+    import inspect
 
-    import numpy as np
+    from .viz import PICTURES, save_picture
 
-    from . import viz
-    from .checkpoints import read_json
-    from .data import DataConfig, load_images
-    from .training import load_run
+    picture = PICTURES[args.kind]
+    takes = inspect.signature(picture.draw).parameters
+    given = {name: getattr(args, name) for name in SHOW_OPTIONS if getattr(args, name) is not None}
+    foreign = ["--" + name.replace("_", "-") for name in given if name not in takes]
+    if foreign:
+        raise ValueError(f"{', '.join(foreign)} {'is not an option' if len(foreign) == 1 else 'are not options'} "
+                         f"of show {args.kind}; it takes {', '.join('--' + n.replace('_', '-') for n in takes if n in SHOW_OPTIONS) or 'none'}")
+    if "sampler" in given:
+        from .samplers import get_sampler
 
-    out = args.out or args.run / f"show-{args.kind}.{'gif' if args.kind == 'evolution' else 'png'}"
-    if args.kind == "evolution":
-        print(viz.training_gif(args.run, out))
-        return
-    if args.kind == "curves":
-        print(viz.curves(args.run, out))
-        return
-    denoiser, model_config = load_run(args.run)
-
-    def inputs(n):
-        data = DataConfig(**read_json(args.run / "config.json")["train"]["data"])
-        size = model_config["image_size"][0]
-        config = dataclasses.replace(data, flip=False, validation_fraction=0.0) if args.input is None else \
-            DataConfig(args.input, image_size=size, channels=str(model_config["channels"]))
-        loaded = load_images(config, progress=False)
-        picks = np.linspace(0, len(loaded) - 1, n).round().astype(int)  # spread over the set
-        return loaded.uint8(picks).permute(0, 2, 3, 1).numpy()
-
-    if args.kind == "grid":
-        picture = viz.sample_grid(denoiser, model_config, args.n or 64, seed=args.seed, label=args.label,
-                                  guidance=args.guidance, steps=args.steps or 50, sampler=args.sampler)
-    elif args.kind == "forward":
-        times = [float(t) for t in args.times.split(",")]
-        x = viz._normalisation(model_config).to_model(torch_from(inputs(args.n or 4)))
-        picture = viz.forward_strip(denoiser.schedule, x, times, seed=args.seed)
-    elif args.kind == "trajectory":
-        picture = viz.denoising_trajectory(denoiser, model_config, n=args.n or 3, steps=args.steps or 10, seed=args.seed)
-    elif args.kind == "steps":
-        counts = tuple(int(k) for k in args.step_counts.split(","))
-        picture = viz.step_comparison(denoiser, model_config, counts, n=args.n or 8, seed=args.seed, sampler=args.sampler)
-    elif args.kind == "interpolation":
-        picture = viz.interpolation(denoiser, model_config, seeds=(args.seed, args.seed2), frames=args.frames, steps=args.steps or 20)
-    elif args.kind == "restore":
-        picture = viz.restoration(denoiser, model_config, inputs(args.n or 4), strength=args.strength,
-                                  variations=args.variations, steps=args.steps or 50, sampler=args.sampler, seed=args.seed)
+        get_sampler(given["sampler"])
+    if picture.of_model:
+        run = _load(args)
+        drawn = picture.draw(run, **given)
+        base = run.directory or args.run
     else:
-        picture = viz.inpainting(denoiser, model_config, inputs(args.n or 4), _mask(args.mask, model_config["image_size"]),
-                                 steps=args.steps or 50, resample=args.resample, variations=args.variations, seed=args.seed)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    picture.save(out)
-    print(out)
-
-
-def torch_from(images):
-    import torch
-
-    return torch.from_numpy(images).permute(0, 3, 1, 2)
+        drawn, base = picture.draw(args.run, **given), args.run
+    print(save_picture(drawn, args.out or base / f"show-{args.kind}.{picture.suffix}"))
 
 
 def run_demo(args) -> None:
     from .config import apply_overrides
     from .data import load_builtin, to_model_range
     from .presets import preset
-    from .training import load_run, sample_images, train
+    from .runs import load_run
+    from .training import train
     from .viz import denoising_trajectory, forward_strip, image_grid
 
     start = time.perf_counter()
     config = apply_overrides(preset("mnist"), {"steps": None, "minutes": args.minutes, "seed": args.seed,
-                                              "checkpoint_every": 250, "preview_every": 250})
+                                              "checkpoint_every": 250, "preview_every": 250,
+                                              "progress": not args.no_progress})
     train(config, args.out)
-    denoiser, model_config = load_run(args.out)
+    run = load_run(args.out)
     written = {}
 
     # 20 DDPM steps: on a briefly trained model the stochastic walk beats the ODE solvers (docs/samplers.md).
     # Each sample's cluster is drawn by its share of the data (the preset trains on 50 clusters).
-    images = sample_images(denoiser, model_config, 64, sampler="ddpm", steps=20, seed=args.seed)
+    images = run.sample(64, sampler="ddpm", steps=20, seed=args.seed, progress=not args.no_progress)
     written["samples (DDPM, 20 steps)"] = args.out / "demo_samples.png"
     image_grid(images, columns=8, scale=2).save(written["samples (DDPM, 20 steps)"])
 
     x = to_model_range(load_builtin("mnist-5k")[0])
     spread = x[:: len(x) // 4][:4]  # the subset is sorted by label: four different digits
     written["forward process"] = args.out / "demo_forward_process.png"
-    forward_strip(denoiser.schedule, spread, [0, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0], seed=args.seed).save(
+    forward_strip(run.denoiser.schedule, spread, [0, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0], seed=args.seed).save(
         written["forward process"]
     )
 
     written["denoising trajectory"] = args.out / "demo_trajectory.png"
-    denoising_trajectory(denoiser, model_config, n=3, steps=10, seed=args.seed).save(written["denoising trajectory"])
+    denoising_trajectory(run, n=3, steps=10, seed=args.seed).save(written["denoising trajectory"])
 
     print(f"demo done in {(time.perf_counter() - start) / 60:.1f} minutes")
     for what, path in written.items():

@@ -65,10 +65,3 @@ def draw_clusters(prior: list[float], n: int, *, seed: int) -> Tensor:
     u = torch.rand(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     cumulative = torch.tensor(prior, dtype=torch.float64).cumsum(0)
     return torch.searchsorted(cumulative / cumulative[-1], u, right=True).clamp(max=len(prior) - 1)
-
-
-def drawn_clusters(model_config: dict, n: int, seed: int) -> Tensor | None:
-    """For a run trained on clusters (its config holds their shares, `label_prior`): n clusters
-    drawn by their share of the training images; None for any other run."""
-    prior = model_config.get("label_prior")
-    return None if not prior else draw_clusters(prior, n, seed=seed)

@@ -9,8 +9,9 @@ and how it is told the noise level, so callers always receive both parts.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, NamedTuple, Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +29,7 @@ class Split(NamedTuple):
     noise: Tensor
 
 
-def _per_example(rate: Tensor, like: Tensor) -> Tensor:
+def per_example(rate: Tensor, like: Tensor) -> Tensor:
     """(B,) rates -> (B, 1, 1, ...) in like's dtype, to broadcast over an image batch."""
     return rate.to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
 
@@ -47,7 +48,7 @@ def add_noise(schedule: Schedule, images: Tensor, t: Tensor, noise: Tensor) -> T
     """Sample q(x_t | x_0) in closed form: x_t = alpha(t) x_0 + sigma(t) eps; t is (B,) or scalar."""
     t = torch.as_tensor(t, device=images.device).expand(images.shape[0])
     alpha, sigma = schedule.rates(t)
-    return _per_example(alpha, images) * images + _per_example(sigma, images) * noise
+    return per_example(alpha, images) * images + per_example(sigma, images) * noise
 
 
 def forward_chain(
@@ -148,7 +149,7 @@ class Denoiser(nn.Module):
         level = NOISE_INPUTS[self.noise_input](self.schedule, t, alpha, sigma).float()
         out = self.net(x, level, labels)
         x32 = x.float()
-        a, s = _per_example(alpha, x32), _per_example(sigma, x32)
+        a, s = per_example(alpha, x32), per_example(sigma, x32)
         return PREDICTIONS[self.prediction](out.float(), x32, a, s)
 
 
@@ -176,7 +177,7 @@ class Guided(nn.Module):
 # Where training draws its noise levels: (schedule, n, generator, device, loss) -> (B,) float64 times.
 
 
-def _uniform_times(schedule: Schedule, n: int, generator, device, loss: "DiffusionLoss") -> Tensor:
+def _uniform_times(schedule: Schedule, n: int, generator, device, loss: DiffusionLoss) -> Tensor:
     # Discrete: a grid step uniformly; continuous: t ~ U(t_min, 1].
     if schedule.num_steps is not None:
         index = torch.randint(schedule.num_steps, (n,), generator=generator, device=device)
@@ -185,7 +186,7 @@ def _uniform_times(schedule: Schedule, n: int, generator, device, loss: "Diffusi
     return 1 - u * (1 - schedule.t_min)
 
 
-def _log_normal_times(schedule: Schedule, n: int, generator, device, loss: "DiffusionLoss") -> Tensor:
+def _log_normal_times(schedule: Schedule, n: int, generator, device, loss: DiffusionLoss) -> Tensor:
     # Karras et al. 2022, table 1: ln(sigma / alpha) ~ N(P_mean, P_std^2), i.e. the log-SNR
     # lambda = -2 ln(sigma / alpha) ~ N(-2 P_mean, (2 P_std)^2); mapped to the time where the
     # schedule reaches it, and held inside its [t_min, 1] (a discrete schedule's times between
@@ -213,15 +214,15 @@ _IMAGE_ERROR_SCALE = {
 }
 
 
-def _distance_mse(a: Tensor, b: Tensor, loss: "DiffusionLoss") -> Tensor:
+def _distance_mse(a: Tensor, b: Tensor, loss: DiffusionLoss) -> Tensor:
     return (a - b).square()
 
 
-def _distance_mae(a: Tensor, b: Tensor, loss: "DiffusionLoss") -> Tensor:
+def _distance_mae(a: Tensor, b: Tensor, loss: DiffusionLoss) -> Tensor:
     return (a - b).abs()
 
 
-def _distance_huber(a: Tensor, b: Tensor, loss: "DiffusionLoss") -> Tensor:
+def _distance_huber(a: Tensor, b: Tensor, loss: DiffusionLoss) -> Tensor:
     # Smooth L1 at delta 1 (MindSpore's SmoothL1Loss): 0.5 d^2 / delta inside, |d| - delta / 2 outside.
     return F.smooth_l1_loss(a, b, reduction="none", beta=loss.huber_delta)
 
@@ -233,12 +234,12 @@ DISTANCES = {"mse": _distance_mse, "mae": _distance_mae, "huber": _distance_hube
 # _IMAGE_ERROR_SCALE[target] so one setting means the same thing for every target.
 
 
-def _min_snr(snr: Tensor, loss: "DiffusionLoss") -> Tensor:
+def _min_snr(snr: Tensor, loss: DiffusionLoss) -> Tensor:
     # Hang et al. 2023, eq. 10: w = min(snr, gamma) on the image error.
     return snr.clamp(max=loss.min_snr_gamma)
 
 
-def _p2(snr: Tensor, loss: "DiffusionLoss") -> Tensor:
+def _p2(snr: Tensor, loss: DiffusionLoss) -> Tensor:
     # Choi et al. 2022, eq. 8: w = 1 / (k + snr)^gamma on the noise error.
     return snr / (loss.p2_k + snr) ** loss.p2_gamma
 
@@ -293,7 +294,7 @@ class DiffusionLoss:
         noise = draw_noise(kind, images.shape, generator=generator, device=where).to(images.device)
         images = images.float()
         alpha, sigma = schedule.rates(t)
-        a, s = _per_example(alpha, images), _per_example(sigma, images)
+        a, s = per_example(alpha, images), per_example(sigma, images)
         predicted = denoiser(a * images + s * noise, t, labels)
 
         target = TARGETS[self.target]

@@ -7,11 +7,14 @@ streams (`ImageNoise`), so a seed gives the same result in any batch.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
 from .diffusion import add_noise
-from .samplers import DDPM_VARIANCES, ImageNoise, _predict, _walk_rates, check_times, get_sampler, posterior_mean
+from .samplers import DDPM_VARIANCES, ImageNoise, check_times, get_sampler, posterior_mean, predict, walk_rates
 
 Tensor = torch.Tensor
 
@@ -59,14 +62,14 @@ def inpaint(
         raise ValueError(f"resample must be a positive integer; got {resample!r}")
     mask = torch.as_tensor(mask, dtype=torch.float32, device=images.device).expand_as(images)
     times = check_times(edit_times(1.0, steps))
-    alphas, sigmas = _walk_rates(denoiser.schedule, times)
+    alphas, sigmas = walk_rates(denoiser.schedule, times)
     x0 = images.float()
     draw = ImageNoise.from_seed(seed, range(len(x0)), getattr(denoiser.schedule, "noise", "gaussian"))
     x = draw(x0)
     for i in range(steps):
         a_t, s_t, a_s, s_s = alphas[i], sigmas[i], alphas[i + 1], sigmas[i + 1]
         for r in range(resample):
-            image, _ = _predict(denoiser, x, float(times[i]), a_t, s_t, labels, None)
+            image, _ = predict(denoiser, x, float(times[i]), a_t, s_t, labels, None)
             if callback is not None and r == 0:
                 callback(i, x, image)
             # Unknown part: the DDPM step t -> s with the posterior variance.
@@ -94,3 +97,26 @@ def slerp(a: Tensor, b: Tensor, weight: float) -> Tensor:
     wa = torch.where(close, 1 - weight, torch.sin((1 - weight) * angle) / torch.where(close, 1, sine))
     wb = torch.where(close, weight, torch.sin(weight * angle) / torch.where(close, 1, sine))
     return (wa * flat_a + wb * flat_b).reshape(a.shape)
+
+
+MASKS = ("left-half", "right-half", "top-half", "bottom-half", "centre")
+
+
+def mask_from_spec(spec: str, size: tuple[int, int]):
+    """An inpainting mask (H, W) float32, 1 = generate: one of MASKS, or an image file (white =
+    generate) resized to `size`."""
+    h, w = size
+    mask = np.zeros((h, w), np.float32)
+    boxes = {"left-half": (slice(None), slice(0, w // 2)), "right-half": (slice(None), slice(w // 2, None)),
+             "top-half": (slice(0, h // 2), slice(None)), "bottom-half": (slice(h // 2, None), slice(None)),
+             "centre": (slice(h // 4, h - h // 4), slice(w // 4, w - w // 4))}
+    if spec in boxes:
+        mask[boxes[spec]] = 1
+        return mask
+    if not Path(spec).is_file():
+        raise ValueError(f"--mask must be one of {', '.join(MASKS)} or an image file; got {spec!r}")
+    try:
+        with Image.open(spec) as picture:
+            return (np.asarray(picture.convert("L").resize((w, h), Image.NEAREST)) > 127).astype(np.float32)
+    except (OSError, Image.UnidentifiedImageError):
+        raise ValueError(f"--mask {spec} is not an image file") from None

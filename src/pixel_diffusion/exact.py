@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from .diffusion import Split, _per_example
+from .diffusion import Split, per_example
 from .schedules import Schedule
 
 Tensor = torch.Tensor
@@ -31,7 +31,7 @@ class _ExactDenoiser(abc.ABC):
         t = torch.as_tensor(t, device=x.device).expand(x.shape[0])
         alpha, sigma = self.schedule.rates(t)
         x64 = x.double()
-        a, s = _per_example(alpha, x64), _per_example(sigma, x64)
+        a, s = per_example(alpha, x64), per_example(sigma, x64)
         return self.posterior_mean(x64, a, s), a, s
 
     def __call__(self, x: Tensor, t, labels: Tensor | None = None) -> Split:
@@ -58,12 +58,12 @@ class GaussianDenoiser(_ExactDenoiser):
         self.basis = None if basis is None else torch.as_tensor(basis, dtype=torch.float64)
 
     @classmethod
-    def iid(cls, schedule: Schedule, mean: float, std: float) -> "GaussianDenoiser":
+    def iid(cls, schedule: Schedule, mean: float, std: float) -> GaussianDenoiser:
         """Every pixel independently N(mean, std^2)."""
         return cls(schedule, torch.tensor(mean), torch.tensor(std**2))
 
     @classmethod
-    def fit(cls, schedule: Schedule, images: Tensor) -> "GaussianDenoiser":
+    def fit(cls, schedule: Schedule, images: Tensor) -> GaussianDenoiser:
         """The Gaussian with the mean and full pixel covariance of `images` (N, C, H, W)."""
         flat = images.flatten(1).double()
         mean = flat.mean(0)

@@ -32,7 +32,7 @@ class FeatureStats:
     count: int
 
     @classmethod
-    def of(cls, features) -> "FeatureStats":
+    def of(cls, features) -> FeatureStats:
         x = np.asarray(torch.as_tensor(features).double().cpu())
         if x.ndim != 2 or len(x) < 2:
             raise ValueError(f"feature statistics need at least 2 feature vectors (N, D); got shape {x.shape}")
@@ -46,7 +46,7 @@ class FeatureStats:
         tmp.replace(path)
 
     @classmethod
-    def load(cls, path: Path) -> "FeatureStats":
+    def load(cls, path: Path) -> FeatureStats:
         with np.load(path, allow_pickle=False) as saved:
             return cls(saved["mean"], saved["covariance"], int(saved["count"]))
 

@@ -11,12 +11,21 @@ it returns too). Coefficients are computed in float64 from the schedule; x stays
 Randomness comes in explicitly through `noise`: an `ImageNoise` (one stream per image, so a seed
 gives the same image in any batch), a torch.Generator, an int seed, or None for torch's global
 generator.
+
+The kernel every sampler is written with (public, so a new sampler needs nothing private):
+`check_times` validates a walk, `walk_rates` gives its (alpha, sigma) per time, `predict` makes
+one network evaluation (optionally clipped), `posterior_mean` is q(x_s | x_t, x_0), and
+`as_noise` turns the `noise` argument into a draw function. To add a sampler, write the function
+and add one `SamplerEntry` to `SAMPLERS` (its evaluations per step; its options are read from its
+keyword arguments); tests/test_samplers.py runs every entry against the closed-form Gaussian.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -38,9 +47,9 @@ class ImageNoise:
         self.kind = kind
 
     @classmethod
-    def from_seed(cls, seed: int, indices: Sequence[int], kind: str = "gaussian") -> "ImageNoise":
+    def from_seed(cls, seed: int, indices: Sequence[int], kind: str = "gaussian") -> ImageNoise:
         """Streams for images `indices` of a run seeded with `seed`."""
-        return cls([_combine(seed, i) for i in indices], kind)
+        return cls([combine_seeds(seed, i) for i in indices], kind)
 
     def __call__(self, like: Tensor) -> Tensor:
         if like.shape[0] != len(self.generators):
@@ -49,7 +58,8 @@ class ImageNoise:
         return torch.stack(draws).to(device=like.device, dtype=like.dtype)
 
 
-def _combine(seed: int, index: int) -> int:
+def combine_seeds(seed: int, index: int) -> int:
+    """A 63-bit seed derived from (seed, index): independent streams for images, steps, processes."""
     return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1, np.uint64)[0] >> 1)
 
 
@@ -84,15 +94,17 @@ def check_times(times) -> Tensor:
     return times
 
 
-def _walk_rates(schedule: Schedule, times: Tensor) -> tuple[list[float], list[float]]:
+def walk_rates(schedule: Schedule, times: Tensor) -> tuple[list[float], list[float]]:
+    """The rates (alpha, sigma) at each time of a walk, as floats; the last is (1, 0), clean data."""
     alpha, sigma = schedule.rates(times)
     alpha, sigma = alpha.tolist(), sigma.tolist()
     alpha[-1], sigma[-1] = 1.0, 0.0  # the walk ends at clean data
     return alpha, sigma
 
 
-def _predict(denoiser, x: Tensor, t: float, alpha: float, sigma: float, labels, clip) -> tuple[Tensor, Tensor]:
-    """The denoiser's (image, noise) at time t; with `clip`, the image is clamped to the data range
+def predict(denoiser, x: Tensor, t: float, alpha: float, sigma: float, labels, clip) -> tuple[Tensor, Tensor]:
+    """One network evaluation of a walk: the denoiser's (image, noise) for x at time t (rates
+    alpha, sigma), the time broadcast over the batch; with `clip`, the image is clamped to the data range
     and the noise re-derived from it so the two stay consistent with x (as in Nichol & Dhariwal's
     code; diffusers' DDIM keeps the unclipped noise unless use_clipped_model_output=True)."""
     image, noise = denoiser(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.float64), labels)
@@ -126,11 +138,11 @@ def ddpm(
         raise ValueError(f"unknown DDPM variance {variance!r}; expected one of {', '.join(DDPM_VARIANCES)}")
     times = check_times(times)
     draw = as_noise(noise)
-    alphas, sigmas = _walk_rates(denoiser.schedule, times)
+    alphas, sigmas = walk_rates(denoiser.schedule, times)
     x = x.float()
     for i in range(len(times) - 1):
         a_t, s_t, a_s, s_s = alphas[i], sigmas[i], alphas[i + 1], sigmas[i + 1]
-        image, _ = _predict(denoiser, x, float(times[i]), a_t, s_t, labels, clip)
+        image, _ = predict(denoiser, x, float(times[i]), a_t, s_t, labels, clip)
         if callback is not None:
             callback(i, x, image)
         mean, beta = posterior_mean(image, x, a_t, s_t, a_s, s_s)
@@ -173,11 +185,11 @@ def ddim(
         raise ValueError(f"eta must lie in [0, 1]; got {eta!r}")
     times = check_times(times)
     draw = as_noise(noise)
-    alphas, sigmas = _walk_rates(denoiser.schedule, times)
+    alphas, sigmas = walk_rates(denoiser.schedule, times)
     x = x.float()
     for i in range(len(times) - 1):
         a_t, s_t, a_s, s_s = alphas[i], sigmas[i], alphas[i + 1], sigmas[i + 1]
-        image, eps = _predict(denoiser, x, float(times[i]), a_t, s_t, labels, clip)
+        image, eps = predict(denoiser, x, float(times[i]), a_t, s_t, labels, clip)
         if callback is not None:
             callback(i, x, image)
         c = 0.0 if eta == 0 else eta * math.sqrt(s_s**2 / s_t**2 * -math.expm1(2 * (math.log(a_t) - math.log(a_s))))
@@ -201,11 +213,11 @@ def euler(denoiser, x: Tensor, times, *, labels=None, noise=None, callback: Call
     """Euler's method on the probability-flow ODE (Karras et al. 2022, eq. 3 with Algorithm 1's
     first stage only). In these variables it is the same walk as DDIM with eta = 0."""
     times = check_times(times)
-    alphas, sigmas = _walk_rates(denoiser.schedule, times)
+    alphas, sigmas = walk_rates(denoiser.schedule, times)
     edm = _scaled(alphas, sigmas)
     y = x.float() / alphas[0]  # x~
     for i in range(len(times) - 1):
-        image, _ = _predict(denoiser, y * alphas[i], float(times[i]), alphas[i], sigmas[i], labels, clip)
+        image, _ = predict(denoiser, y * alphas[i], float(times[i]), alphas[i], sigmas[i], labels, clip)
         if callback is not None:
             callback(i, y * alphas[i], image)
         y = y + (edm[i + 1] - edm[i]) * (y - image) / edm[i]
@@ -222,11 +234,11 @@ def euler_ancestral(denoiser, x: Tensor, times, *, labels=None, noise=None, call
         raise ValueError(f"eta must lie in [0, 1]; got {eta!r}")
     times = check_times(times)
     draw = as_noise(noise)
-    alphas, sigmas = _walk_rates(denoiser.schedule, times)
+    alphas, sigmas = walk_rates(denoiser.schedule, times)
     edm = _scaled(alphas, sigmas)
     y = x.float() / alphas[0]
     for i in range(len(times) - 1):
-        image, _ = _predict(denoiser, y * alphas[i], float(times[i]), alphas[i], sigmas[i], labels, clip)
+        image, _ = predict(denoiser, y * alphas[i], float(times[i]), alphas[i], sigmas[i], labels, clip)
         if callback is not None:
             callback(i, y * alphas[i], image)
         up = min(edm[i + 1], eta * math.sqrt(edm[i + 1] ** 2 * (edm[i] ** 2 - edm[i + 1] ** 2) / edm[i] ** 2))
@@ -248,7 +260,7 @@ def heun(denoiser, x: Tensor, times, *, labels=None, noise=None, callback: Callb
     times = check_times(times)
     draw = as_noise(noise)
     schedule = denoiser.schedule
-    alphas, sigmas = _walk_rates(schedule, times)
+    alphas, sigmas = walk_rates(schedule, times)
     edm = _scaled(alphas, sigmas)
     n = len(times) - 1
     y = x.float() / alphas[0]
@@ -256,7 +268,7 @@ def heun(denoiser, x: Tensor, times, *, labels=None, noise=None, callback: Callb
     def estimate(y_, t_):
         # The image estimate D at time t_, from x~ scaled back to x.
         a_, s_ = schedule.rates(torch.tensor(float(t_), dtype=torch.float64))
-        return _predict(denoiser, y_ * float(a_), float(t_), float(a_), float(s_), labels, clip)[0]
+        return predict(denoiser, y_ * float(a_), float(t_), float(a_), float(s_), labels, clip)[0]
 
     for i in range(n):
         s_cur, t_cur = edm[i], float(times[i])
@@ -301,12 +313,12 @@ def dpmpp_2m(denoiser, x: Tensor, times, *, labels=None, noise=None, callback: C
         raise ValueError(f"eta must lie in [0, 1]; got {eta!r}")
     times = check_times(times)
     draw = as_noise(noise)
-    alphas, sigmas = _walk_rates(denoiser.schedule, times)
+    alphas, sigmas = walk_rates(denoiser.schedule, times)
     x = x.float()
     previous, h_previous = None, None
     for i in range(len(times) - 1):
         a_t, s_t, a_s, s_s = alphas[i], sigmas[i], alphas[i + 1], sigmas[i + 1]
-        image, _ = _predict(denoiser, x, float(times[i]), a_t, s_t, labels, clip)
+        image, _ = predict(denoiser, x, float(times[i]), a_t, s_t, labels, clip)
         if callback is not None:
             callback(i, x, image)
         if s_s == 0:
@@ -331,27 +343,54 @@ def dpmpp_2m_sde(denoiser, x: Tensor, times, *, labels=None, noise=None, callbac
     return dpmpp_2m(denoiser, x, times, labels=labels, noise=noise, callback=callback, eta=eta, clip=clip)
 
 
-SAMPLERS = {
-    "ddpm": ddpm,
-    "ddim": ddim,
-    "euler": euler,
-    "euler-ancestral": euler_ancestral,
-    "heun": heun,
-    "dpmpp-2m": dpmpp_2m,
-    "dpmpp-2m-sde": dpmpp_2m_sde,
+@dataclass(frozen=True)
+class SamplerEntry:
+    """A sampler in the registry: its walk, the network evaluations `steps` steps cost, and a
+    one-line description. Calling the entry calls the walk."""
+
+    walk: Callable[..., Tensor]
+    evaluations: Callable[[int], int] = lambda steps: steps
+    description: str = ""
+
+    @property
+    def options(self) -> dict[str, object]:
+        """The walk's own keyword options (beyond labels, noise, callback) and their defaults."""
+        return {name: p.default for name, p in inspect.signature(self.walk).parameters.items()
+                if p.kind is p.KEYWORD_ONLY and name not in CONTRACT}
+
+    def __call__(self, denoiser, x: Tensor, times, **kwargs) -> Tensor:
+        return self.walk(denoiser, x, times, **kwargs)
+
+
+CONTRACT = ("labels", "noise", "callback")  # keyword arguments every sampler takes
+
+# The sampler registry: the CLI's choices, `evaluations` and the tests all read it. A new
+# sampler is one function of the contract above plus one entry here.
+SAMPLERS: dict[str, SamplerEntry] = {
+    "ddpm": SamplerEntry(ddpm, description="ancestral sampling (Ho et al. 2020)"),
+    "ddim": SamplerEntry(ddim, description="DDIM, deterministic at eta 0 (Song et al. 2021)"),
+    "euler": SamplerEntry(euler, description="Euler on the probability-flow ODE"),
+    "euler-ancestral": SamplerEntry(euler_ancestral, description="Euler with fresh noise per step (k-diffusion)"),
+    "heun": SamplerEntry(heun, lambda steps: 2 * steps - 1, "Heun's second-order method (Karras et al. 2022)"),
+    "dpmpp-2m": SamplerEntry(dpmpp_2m, description="DPM-Solver++(2M) (Lu et al. 2022)"),
+    "dpmpp-2m-sde": SamplerEntry(dpmpp_2m_sde, description="SDE-DPM-Solver++(2M)"),
 }
 
 
-def evaluations(sampler: str, steps: int) -> int:
-    """Network evaluations a sampler makes in `steps` steps (Heun: two per step but the last)."""
-    get_sampler(sampler)
-    return 2 * steps - 1 if sampler == "heun" else steps
-
-
-def get_sampler(name: str):
+def get_sampler(name: str) -> SamplerEntry:
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; expected one of {', '.join(SAMPLERS)}")
     return SAMPLERS[name]
+
+
+def evaluations(sampler: str, steps: int) -> int:
+    """Network evaluations a sampler makes in `steps` steps (its registry entry says)."""
+    return get_sampler(sampler).evaluations(steps)
+
+
+def samplers_with_option(option: str) -> list[str]:
+    """The samplers that take a keyword option, such as eta."""
+    return [name for name, entry in SAMPLERS.items() if option in entry.options]
 
 
 def sample(

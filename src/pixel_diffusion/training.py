@@ -1,4 +1,6 @@
-"""Training: `train(config, run_dir)` reads top to bottom.
+"""Training: `train(config, run_dir)` reads top to bottom as its phases.
+
+    engine -> data -> model -> resume -> budget -> loop (one `train_step` per batch) -> save
 
 Every random draw of a step comes from a generator seeded by (seed, step, ...): the data order
 of an epoch, the flips and label dropout of a batch, the times and noise of the loss, and
@@ -14,11 +16,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import json
 import math
 import os
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,12 +28,11 @@ import torch
 
 from . import checkpoints
 from .config import TrainConfig, differences
-from .clusters import drawn_clusters
-from .data import Normalisation, load_images
-from .diffusion import Denoiser, Guided
+from .data import ImageData, load_images
+from .logbook import RunLog
 from .networks import build_network, config_from_dict, config_to_dict, network_config, summary
-from .samplers import _combine, get_sampler, sample
-from .schedules import make_schedule
+from .runs import ModelSpec, sample_images
+from .samplers import combine_seeds
 from .viz import image_grid
 
 
@@ -39,21 +40,14 @@ class TrainingError(RuntimeError):
     """Training stopped; the message says why and what was kept."""
 
 
-# ---- model ------------------------------------------------------------------------------------
+# ---- pieces -----------------------------------------------------------------------------------
 
 
-def resolve_network(config: TrainConfig, channels: int, num_classes: int | None) -> dict:
-    """The named network adapted to the data, with the config's field overrides, as a dict."""
+def resolve_network(config: TrainConfig, channels: int, num_classes: int | None):
+    """The named network adapted to the data, with the config's field overrides (validated)."""
     base = config_to_dict(network_config(config.network, in_channels=channels, num_classes=num_classes))
     base.update(config.network_options)
-    return config_to_dict(config_from_dict(base))  # validates the overrides
-
-
-def build_denoiser(model_config: dict, net: torch.nn.Module | None = None) -> Denoiser:
-    """A Denoiser from the `model` section of a run's config.json."""
-    net = net if net is not None else build_network(model_config["network"])
-    schedule = make_schedule(model_config["schedule"], **model_config["schedule_options"])
-    return Denoiser(net, schedule, model_config["prediction"], model_config["noise_input"])
+    return config_from_dict(base)
 
 
 class EMA:
@@ -85,24 +79,63 @@ def learning_rate(config: TrainConfig, step: int, total: int | None, fraction: f
     return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
 
 
-def _check_cpu_compiler() -> None:
-    """torch.compile builds C++ for a CPU: say so before training rather than fail at its first step."""
-    from torch._inductor import cpp_builder
-
-    try:
-        cpp_builder.get_cpp_compiler()
-    except Exception:
-        raise ValueError("compile=true on a CPU needs a C++ compiler (g++ or clang++ on the PATH, or $CXX); "
-                         "install one or set compile=false") from None
+def step_generator(*key: int) -> torch.Generator:
+    """A CPU generator seeded by a key such as (seed, purpose, step, rank)."""
+    seed = int(key[0])
+    for part in key[1:]:
+        seed = combine_seeds(seed, int(part))
+    return torch.Generator().manual_seed(seed)
 
 
-def _clusters(config: TrainConfig, data, run_dir: Path, main: bool) -> torch.Tensor:
+def epoch_order(seed: int, epoch: int, count: int) -> torch.Tensor:
+    """The permutation of the training split used in `epoch`."""
+    return torch.randperm(count, generator=step_generator(seed, 1, epoch))
+
+
+# ---- phases -----------------------------------------------------------------------------------
+
+
+def make_engine(config: TrainConfig):
+    """Phase 1: the accelerate engine (device, processes, mixed precision)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    if config.precision == "fp16" and not torch.cuda.is_available():
+        raise ValueError("precision fp16 needs a GPU (it uses loss scaling); use bf16 or fp32 on the CPU")
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        # One process: a previous run in this interpreter may have fixed accelerate's global state.
+        AcceleratorState._reset_state(reset_partial_state=True)
+    accelerator = Accelerator(mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[config.precision],
+                              cpu=config.device == "cpu")
+    if config.compile and accelerator.device.type == "cpu":
+        from torch._inductor import cpp_builder  # torch.compile builds C++ for a CPU: check up front
+
+        try:
+            cpp_builder.get_cpp_compiler()
+        except Exception:
+            raise ValueError("compile=true on a CPU needs a C++ compiler (g++ or clang++ on the PATH, or $CXX); "
+                             "install one or set compile=false") from None
+    return accelerator
+
+
+@dataclass
+class TrainingData:
+    """Phase 2's result: the prepared images and what the labels are."""
+
+    data: ImageData
+    num_classes: int | None  # conditioning classes (data labels or clusters); None: unconditional
+    label_prior: list[float] | None  # with clusters: each cluster's share of the training images
+    steps_per_epoch: int
+
+
+def cluster_labels_of(config: TrainConfig, data: ImageData, run_dir: Path, main: bool) -> torch.Tensor:
     """The k-means cluster of every item (int64, indexed like the data), found once and kept in
     the run (clusters.json), so that a resumed run trains on the same labels."""
     from .clusters import cluster_labels, pixel_features
 
-    path = run_dir / "clusters.json"
-    items = len(data)
+    path, items = run_dir / "clusters.json", len(data)
     if config.clusters > len(data.train):
         raise ValueError(f"clusters={config.clusters} needs at least as many training images; the data has "
                          f"{len(data.train)} (set fewer clusters, or clusters=0)")
@@ -119,307 +152,136 @@ def _clusters(config: TrainConfig, data, run_dir: Path, main: bool) -> torch.Ten
     return labels
 
 
-def _generator(*key: int) -> torch.Generator:
-    seed = int(key[0])
-    for part in key[1:]:
-        seed = _combine(seed, int(part))
-    return torch.Generator().manual_seed(seed)
-
-
-def epoch_order(seed: int, epoch: int, count: int) -> torch.Tensor:
-    """The permutation of the training split used in `epoch`."""
-    return torch.randperm(count, generator=_generator(seed, 1, epoch))
-
-
-# ---- the run ----------------------------------------------------------------------------------
-
-
-def train(config: TrainConfig, run_dir: Path) -> Path:
-    """Train (or continue training) the run in `run_dir`; returns the last checkpoint folder."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-    from tqdm.auto import tqdm
-
-    run_dir = Path(run_dir)
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
-    # 1. The engine: device, processes and mixed precision.
-    if config.precision == "fp16" and not torch.cuda.is_available():
-        raise ValueError("precision fp16 needs a GPU (it uses loss scaling); use bf16 or fp32 on the CPU")
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        # One process: a previous run in this interpreter may have fixed accelerate's global state.
-        AcceleratorState._reset_state(reset_partial_state=True)
-    accelerator = Accelerator(
-        mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[config.precision],
-        cpu=config.device == "cpu",
-    )
-    rank, world = accelerator.process_index, accelerator.num_processes
-    device = accelerator.device
-    if config.compile and device.type == "cpu":
-        _check_cpu_compiler()
-
-    # 2. Data.
-    data = load_images(config.data, progress=config.progress and accelerator.is_main_process)
+def prepare_data(config: TrainConfig, run_dir: Path, world: int, main: bool) -> TrainingData:
+    """Phase 2: decode the data, attach labels or clusters, check the batch fits."""
+    data = load_images(config.data, progress=config.progress and main)
     if config.conditional and data.labels is None:
         raise ValueError(f"conditional training needs labels, and {config.data.source!r} has none")
     num_classes = int(data.labels.max()) + 1 if config.conditional else None
-    label_prior = None  # with clusters: each cluster's share of the training images, which sampling draws from
+    label_prior = None
     if config.clusters:
-        data = dataclasses.replace(data, labels=_clusters(config, data, run_dir, accelerator.is_main_process),
-                                   class_names=[])
+        data = dataclasses.replace(data, labels=cluster_labels_of(config, data, run_dir, main), class_names=[])
         num_classes = config.clusters
         counts = torch.bincount(data.labels[torch.as_tensor(data.train)], minlength=num_classes)
         label_prior = (counts / counts.sum()).tolist()
-    global_batch = config.batch_size
-    if global_batch % (world * config.accumulation):
-        raise ValueError(f"batch_size {global_batch} must be divisible by processes x accumulation ({world} x {config.accumulation})")
-    steps_per_epoch = len(data.train) // global_batch
+    if config.batch_size % (world * config.accumulation):
+        raise ValueError(f"batch_size {config.batch_size} must be divisible by processes x accumulation "
+                         f"({world} x {config.accumulation})")
+    steps_per_epoch = len(data.train) // config.batch_size
     if steps_per_epoch == 0:
-        raise ValueError(f"batch_size {global_batch} is larger than the {len(data.train)} training images")
+        raise ValueError(f"batch_size {config.batch_size} is larger than the {len(data.train)} training images")
+    return TrainingData(data, num_classes, label_prior, steps_per_epoch)
 
-    # 3. Model, EMA, optimiser; the full description goes into config.json.
-    model_config = {
-        "network": resolve_network(config, data.channels, num_classes),
-        "schedule": config.schedule,
-        "schedule_options": config.schedule_options,
-        "prediction": config.prediction,
-        "noise_input": config.noise_input,
-        "normalisation": dataclasses.asdict(data.normalisation),
-        "channels": data.channels,
-        "image_size": list(data.size),
-        "num_classes": num_classes,
-        "class_names": data.class_names,
-        "label_prior": label_prior,
-    }
+
+@dataclass
+class Model:
+    """Phase 3's result: the description, the network, its EMA and the optimiser."""
+
+    spec: ModelSpec
+    net: torch.nn.Module
+    ema: EMA
+    optimizer: torch.optim.Optimizer
+
+
+def build_model(config: TrainConfig, prepared: TrainingData) -> Model:
+    """Phase 3: the model description (saved with every checkpoint), network, EMA, optimiser."""
+    data = prepared.data
+    spec = ModelSpec(
+        network=resolve_network(config, data.channels, prepared.num_classes), schedule=config.schedule,
+        schedule_options=config.schedule_options, prediction=config.prediction, noise_input=config.noise_input,
+        normalisation=data.normalisation, channels=data.channels, image_size=tuple(data.size),
+        num_classes=prepared.num_classes, class_names=tuple(data.class_names),
+        label_prior=None if prepared.label_prior is None else tuple(prepared.label_prior),
+    )
     torch.manual_seed(config.seed)
-    net = build_network(model_config["network"])
+    net = build_network(spec.network)
     ema = EMA(net, config.ema_decay, config.ema_warmup)
     if config.channels_last:
         net = net.to(memory_format=torch.channels_last)
     optimizer_class = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
     optimizer = optimizer_class(net.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay,
                                 **({"fused": True} if config.fused_optimizer else {}))
+    return Model(spec, net, ema, optimizer)
 
-    # 4. Resume from the newest checkpoint, if the run directory has one.
-    step, trained_s = 0, 0.0  # trained_s: training seconds before this process, for a minutes budget
-    saved_config = run_dir / "config.json"
+
+def resume(config: TrainConfig, run_dir: Path, model: Model) -> tuple[int, float]:
+    """Phase 4: load the newest checkpoint into the model, if there is one. Returns (step,
+    training seconds before this process)."""
     latest = checkpoints.latest_checkpoint(run_dir)
-    if latest is not None:
-        saved = checkpoints.read_json(saved_config)
-        changed = differences(saved.get("train", {}), config.to_dict())
-        if changed:
-            raise ValueError(
-                f"{run_dir} was trained with other settings ({', '.join(changed)} differ); "
-                "resume with the same settings or choose another --out"
-            )
-        state = checkpoints.load_checkpoint(latest)
-        net.load_state_dict(state["model"])
-        ema.net.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        step = int(state["state"]["step"])
-        trained_s = float(state["state"].get("elapsed_s", 0.0))
-    if accelerator.is_main_process:
-        checkpoints.write_json(saved_config, {"train": config.to_dict(), "model": model_config})
-        _truncate_metrics(run_dir / "metrics.jsonl", step)
-        if config.progress:
-            print(f"{run_dir}: {summary(net)}; {len(data.train)} training images of "
-                  f"{data.size[0]}x{data.size[1]}x{data.channels}" + (f"; resuming at step {step}" if step else ""))
+    if latest is None:
+        return 0, 0.0
+    saved = checkpoints.read_json(run_dir / "config.json")
+    changed = differences(saved.get("train", {}), config.to_dict())
+    if changed:
+        raise ValueError(f"{run_dir} was trained with other settings ({', '.join(changed)} differ); "
+                         "resume with the same settings or choose another --out")
+    state = checkpoints.load_checkpoint(latest)
+    model.net.load_state_dict(state["model"])
+    model.ema.net.load_state_dict(state["ema"])
+    model.optimizer.load_state_dict(state["optimizer"])
+    return int(state["state"]["step"]), float(state["state"].get("elapsed_s", 0.0))
 
-    net, optimizer = accelerator.prepare(net, optimizer)  # DDP wraps the network under accelerate
-    if config.compile:  # in place, so state_dict keys stay those of the plain network
-        accelerator.unwrap_model(net).compile()
-    denoiser = build_denoiser(model_config, net)
-    ema.net.to(device)
 
-    # KID during training: the extractor and the reference features (cached) are ready up front.
-    kid_setup = None
-    if config.kid_every and accelerator.is_main_process:
+@dataclass
+class Budget:
+    """Phase 5: how long to train, in steps or in minutes of training (earlier processes count)."""
+
+    total: int | None  # steps, or None for a minutes budget
+    seconds: float | None
+
+    @classmethod
+    def of(cls, config: TrainConfig, steps_per_epoch: int) -> Budget:
+        total = config.steps or (config.epochs * steps_per_epoch if config.epochs else None)
+        if total is None and config.minutes is None:
+            raise ValueError("no budget: set steps, epochs or minutes")
+        return cls(total, 60 * config.minutes if total is None else None)
+
+    def fraction(self, step: int, elapsed_s) -> float:
+        """The share of the budget used; `elapsed_s()` (training seconds) is asked only for minutes."""
+        return step / self.total if self.total is not None else elapsed_s() / self.seconds
+
+
+class KIDSelection:
+    """KID during training (the Keras example's checkpoint rule): every kid_every steps, KID of
+    kid_images EMA samples (kid_steps DDIM steps) against the training data, logged; the weights
+    with the lowest KID so far are kept as checkpoints/best."""
+
+    def __init__(self, config: TrainConfig, device):
         from .features import load_extractor
         from .metrics import reference_features
 
         try:
-            extractor = load_extractor(config.kid_extractor, classifier=config.kid_classifier,
-                                       inception_weights=config.kid_inception_weights, device=device)
+            self.extractor = load_extractor(config.kid_extractor, classifier=config.kid_classifier,
+                                            inception_weights=config.kid_inception_weights, device=device)
         except ValueError as error:
             raise ValueError(f"KID during training: {error}; or turn it off with kid_every=0") from None
         reference_data = dataclasses.replace(config.data, flip=False, validation_fraction=0.0)
         cache = Path.home() / ".cache" / "pixel-diffusion" / "reference"
-        kid_setup = (extractor, reference_features(extractor, reference_data, cache, progress=config.progress))
+        self.reference = reference_features(self.extractor, reference_data, cache, progress=config.progress)
+        self.config = config
 
-    # 5. Budget.
-    total = config.steps or (config.epochs * steps_per_epoch if config.epochs else None)
-    if total is None and config.minutes is None:
-        raise ValueError("no budget: set steps, epochs or minutes")
-    budget_s = 60 * config.minutes if total is None else None  # counts the time of earlier processes too
+    @torch.no_grad()
+    def __call__(self, spec: ModelSpec, ema_net, step: int, run_dir: Path, log: RunLog, *, model: dict) -> float:
+        from .metrics import kid
 
-    # 6. Stop cleanly on Ctrl-C or SIGTERM: finish the step, checkpoint, leave.
-    stop = {"signal": None}
-    previous = {s: signal.signal(s, lambda number, frame: stop.update(signal=number)) for s in (signal.SIGINT, signal.SIGTERM)}
-
-    def save(at: int) -> Path | None:
-        accelerator.wait_for_everyone()
-        if not accelerator.is_main_process:
-            return None
-        return checkpoints.save_checkpoint(
-            run_dir, at,
-            model=accelerator.unwrap_model(net).state_dict(),
-            ema=ema.net.state_dict(),
-            optimizer=optimizer.optimizer.state_dict() if hasattr(optimizer, "optimizer") else optimizer.state_dict(),
-            state={"epoch": at // steps_per_epoch, "images_seen": at * global_batch, "elapsed_s": elapsed()},
-            keep=config.keep_checkpoints,
-        )
-
-    # 7. The loop: one optimiser step per global batch.
-    micro = global_batch // world // config.accumulation
-    loss_fn = config.loss
-    window_loss, window_grad, window_start, window_steps = 0.0, None, time.perf_counter(), 0
-    started = window_start
-
-    def elapsed() -> float:  # training seconds of the run, this process's and the earlier ones'
-        return trained_s + time.perf_counter() - started
-
-    def agreed(value: float) -> float:  # one number on every process (the mean), so all stop together
-        if world == 1:
-            return value
-        return accelerator.reduce(torch.tensor([value], dtype=torch.float64, device=device), "mean").item()
-
-    bar = tqdm(total=total, initial=step, desc="training", unit="step", disable=not (config.progress and accelerator.is_main_process))
-    last = None
-    try:
-        while True:
-            fraction = None if total is not None else agreed(elapsed()) / budget_s  # of a minutes budget
-            if (step >= total) if total is not None else (fraction >= 1):
-                break
-            epoch, index = divmod(step, steps_per_epoch)
-            order = epoch_order(config.seed, epoch, len(data.train))
-            batch = torch.as_tensor(data.train)[order[index * global_batch : (index + 1) * global_batch]]
-            mine = batch[rank * (global_batch // world) : (rank + 1) * (global_batch // world)]
-            lr = learning_rate(config, step, total, fraction)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            torch.manual_seed(_combine(config.seed, _combine(step, rank)))  # dropout
-            step_loss = 0.0
-            for k in range(config.accumulation):
-                indices = mine[k * micro : (k + 1) * micro]
-                generator = _generator(config.seed, 2, step, rank, k)
-                x, labels = data.serve(indices, generator=generator)
-                if labels is not None and (config.conditional or config.clusters):
-                    dropped = torch.rand(len(labels), generator=generator) < config.label_dropout
-                    labels = torch.where(dropped, torch.full_like(labels, num_classes), labels).to(device)
-                else:
-                    labels = None
-                x = x.to(device, memory_format=torch.channels_last if config.channels_last else torch.contiguous_format)
-                with accelerator.autocast():
-                    loss = loss_fn(denoiser, x, labels, generator=generator).mean() / config.accumulation
-                if not torch.isfinite(loss):
-                    kept = checkpoints.latest_checkpoint(run_dir)
-                    raise TrainingError(
-                        f"the loss became {loss.item()} at step {step + 1}; training stopped. "
-                        + (f"The last good checkpoint, {kept.name}, is kept. " if kept else "No checkpoint was written yet. ")
-                        + "Try a lower lr, grad_clip, or fp32."
-                    )
-                with accelerator.no_sync(net) if k < config.accumulation - 1 else contextlib.nullcontext():
-                    accelerator.backward(loss)
-                step_loss += loss.item()
-            if config.grad_clip:  # the norm before clipping is logged (its window mean)
-                norm = accelerator.clip_grad_norm_(net.parameters(), config.grad_clip)
-                if norm is not None:  # None where the engine clips by itself (DeepSpeed)
-                    window_grad = norm if window_grad is None else window_grad + norm
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            ema.update(accelerator.unwrap_model(net), step)
-
-            # Bookkeeping: metrics, previews, checkpoints.
-            window_loss += step_loss
-            window_steps += 1
-            bar.update(1)
-            if step % config.log_every == 0 or step == total:
-                seconds = time.perf_counter() - window_start
-                mean_loss = accelerator.reduce(torch.tensor(window_loss / window_steps, device=device), "mean").item()
-                record = {"step": step, "loss": mean_loss, "lr": lr,
-                          "images_per_s": window_steps * global_batch / seconds, "epoch": step / steps_per_epoch,
-                          "elapsed_s": elapsed()}
-                if window_grad is not None:
-                    record["grad_norm"] = float(window_grad / window_steps)
-                bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.0f}")
-                if accelerator.is_main_process:
-                    with open(run_dir / "metrics.jsonl", "a") as f:
-                        f.write(json.dumps(record) + "\n")
-                    _tensorboard(run_dir, record)
-                window_loss, window_grad, window_start, window_steps = 0.0, None, time.perf_counter(), 0
-            if kid_setup is not None and step % config.kid_every == 0:
-                measure_kid(config, model_config, ema.net, run_dir, step, *kid_setup,
-                            model=accelerator.unwrap_model(net).state_dict())
-            if config.preview_every and step % config.preview_every == 0 and accelerator.is_main_process:
-                preview(config, model_config, ema.net, run_dir, step)
-            if step % config.checkpoint_every == 0:
-                last = save(step)
-            if agreed(float(stop["signal"] is not None)) > 0:  # a signal to any process stops them all
-                break
-        if last is None or int(last.name.split("-")[1]) != step:
-            last = save(step)
-        if accelerator.is_main_process and config.preview_every and step % config.preview_every:
-            preview(config, model_config, ema.net, run_dir, step)  # the final state, unless just drawn
-    finally:
-        bar.close()
-        for number, handler in previous.items():
-            signal.signal(number, handler)
-    if stop["signal"] is not None:
-        raise KeyboardInterrupt(f"stopped by signal {stop['signal']} at step {step}; checkpoint {last.name if last else ''} saved")
-    return last
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines past the step a run resumes from (they will be logged again)."""
-    if not path.exists():
-        return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    checkpoints.atomic_write_text(path, "".join(line + "\n" for line in kept))
+        config = self.config
+        images = sample_images(spec.build_denoiser(ema_net), spec, config.kid_images, sampler="ddim",
+                               steps=config.kid_steps, seed=config.seed + 1, progress=False,
+                               device=next(ema_net.parameters()).device)
+        features, _ = self.extractor(images)
+        value, spread = kid(self.reference, features, subsets=20, subset_size=min(1000, len(images)))
+        log.write({"step": step, "kid": value, "kid_std": spread})
+        best = checkpoints.best_metrics(run_dir)
+        if best is None or value < best["kid"]:
+            checkpoints.save_best(run_dir, step, model=model, ema=ema_net.state_dict(),
+                                  metrics={"kid": value, "kid_std": spread}, description=spec.to_dict())
+        return value
 
 
 @torch.no_grad()
-def measure_kid(config, model_config, net, run_dir: Path, step: int, extractor, reference, *, model: dict) -> float:
-    """KID of kid_images EMA samples (kid_steps DDIM steps) against the training data; logged to
-    metrics.jsonl, and the weights kept as checkpoints/best when it is the lowest so far."""
-    from .metrics import kid
-
-    denoiser = build_denoiser(model_config, net)
-    images = sample_images(denoiser, model_config, config.kid_images, sampler="ddim", steps=config.kid_steps,
-                           seed=config.seed + 1, progress=False, device=next(net.parameters()).device)
-    features, _ = extractor(images)
-    value, spread = kid(reference, features, subsets=20, subset_size=min(1000, len(images)))
-    record = {"step": step, "kid": value, "kid_std": spread}
-    with open(run_dir / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
-    _tensorboard(run_dir, record)
-    best = checkpoints.best_metrics(run_dir)
-    if best is None or value < best["kid"]:
-        checkpoints.save_best(run_dir, step, model=model, ema=net.state_dict(), metrics={"kid": value, "kid_std": spread})
-    return value
-
-
-_writers: dict = {}
-
-
-def _tensorboard(run_dir: Path, record: dict) -> None:
-    """Scalars to TensorBoard when the tensorboard package is installed."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return
-    writer = _writers.get(run_dir) or _writers.setdefault(run_dir, SummaryWriter(str(run_dir / "tensorboard")))
-    for key in ("loss", "lr", "images_per_s", "kid"):
-        if key in record:
-            writer.add_scalar(f"train/{key}", record[key], record["step"])
-    writer.flush()
-
-
-@torch.no_grad()
-def preview(config: TrainConfig, model_config: dict, net: torch.nn.Module, run_dir: Path, step: int) -> Path:
+def preview(config: TrainConfig, spec: ModelSpec, net: torch.nn.Module, run_dir: Path, step: int) -> Path:
     """A grid from the same fixed noise at every preview, so progress is comparable."""
-    denoiser = build_denoiser(model_config, net)
-    images = sample_images(denoiser, model_config, config.preview_images, sampler=config.preview_sampler,
+    images = sample_images(spec.build_denoiser(net), spec, config.preview_images, sampler=config.preview_sampler,
                            steps=config.preview_steps, seed=config.seed, progress=False,
                            device=next(net.parameters()).device)
     path = run_dir / "samples" / f"{checkpoints.step_name(step)}.png"
@@ -429,55 +291,225 @@ def preview(config: TrainConfig, model_config: dict, net: torch.nn.Module, run_d
     return path
 
 
-# ---- using a trained run ----------------------------------------------------------------------
+# ---- one optimiser step -----------------------------------------------------------------------
 
 
-def load_run(run_dir: Path, weights: str = "ema", device: str | torch.device = "cpu") -> tuple[Denoiser, dict]:
-    """The denoiser of a run's newest checkpoint (EMA weights by default) and its model config."""
+@dataclass
+class Loop:
+    """What every step uses: the engine, the prepared model and data, the loss's denoiser."""
+
+    config: TrainConfig
+    accelerator: object
+    model: Model
+    prepared: TrainingData
+    denoiser: torch.nn.Module
+    run_dir: Path
+
+    def batch_of(self, step: int) -> torch.Tensor:
+        """This process's item indices for `step` (its share of the global batch)."""
+        config, world = self.config, self.accelerator.num_processes
+        epoch, index = divmod(step, self.prepared.steps_per_epoch)
+        order = epoch_order(config.seed, epoch, len(self.prepared.data.train))
+        batch = torch.as_tensor(self.prepared.data.train)[order[index * config.batch_size : (index + 1) * config.batch_size]]
+        share = config.batch_size // world
+        rank = self.accelerator.process_index
+        return batch[rank * share : (rank + 1) * share]
+
+    def micro_batch(self, indices, step: int, k: int):
+        """(images on the device, labels with dropout or None, generator) of micro-batch k."""
+        config, rank = self.config, self.accelerator.process_index
+        generator = step_generator(config.seed, 2, step, rank, k)
+        x, labels = self.prepared.data.serve(indices, generator=generator)
+        if labels is not None and (config.conditional or config.clusters):
+            dropped = torch.rand(len(labels), generator=generator) < config.label_dropout
+            labels = torch.where(dropped, torch.full_like(labels, self.prepared.num_classes), labels)
+            labels = labels.to(self.accelerator.device)
+        else:
+            labels = None
+        layout = torch.channels_last if config.channels_last else torch.contiguous_format
+        return x.to(self.accelerator.device, memory_format=layout), labels, generator
+
+
+def train_step(loop: Loop, step: int, lr: float) -> tuple[float, torch.Tensor | None]:
+    """Optimiser step `step` + 1 over its global batch. Returns (loss, gradient norm before
+    clipping, or None where nothing clips or the engine clips by itself)."""
+    config, accelerator, model = loop.config, loop.accelerator, loop.model
+    for group in model.optimizer.param_groups:
+        group["lr"] = lr
+    torch.manual_seed(combine_seeds(config.seed, combine_seeds(step, accelerator.process_index)))  # dropout
+    mine, micro = loop.batch_of(step), config.batch_size // accelerator.num_processes // config.accumulation
+    step_loss, norm = 0.0, None
+    for k in range(config.accumulation):
+        x, labels, generator = loop.micro_batch(mine[k * micro : (k + 1) * micro], step, k)
+        with accelerator.autocast():
+            loss = config.loss(loop.denoiser, x, labels, generator=generator).mean() / config.accumulation
+        if not torch.isfinite(loss):
+            kept = checkpoints.latest_checkpoint(loop.run_dir)
+            raise TrainingError(
+                f"the loss became {loss.item()} at step {step + 1}; training stopped. "
+                + (f"The last good checkpoint, {kept.name}, is kept. " if kept else "No checkpoint was written yet. ")
+                + "Try a lower lr, grad_clip, or fp32.")
+        with accelerator.no_sync(model.net) if k < config.accumulation - 1 else contextlib.nullcontext():
+            accelerator.backward(loss)
+        step_loss += loss.item()
+    if config.grad_clip:
+        norm = accelerator.clip_grad_norm_(model.net.parameters(), config.grad_clip)
+    model.optimizer.step()
+    model.optimizer.zero_grad(set_to_none=True)
+    model.ema.update(accelerator.unwrap_model(model.net), step + 1)
+    return step_loss, norm
+
+
+class Window:
+    """The metrics of the steps since the last log line: mean loss, mean gradient norm, speed."""
+
+    def __init__(self):
+        self.loss, self.grad, self.steps, self.start = 0.0, None, 0, time.perf_counter()
+
+    def add(self, loss: float, norm) -> None:
+        self.loss += loss
+        self.steps += 1
+        if norm is not None:  # accumulated as a tensor: a GPU synchronises only when a line is logged
+            self.grad = norm if self.grad is None else self.grad + norm
+
+    def record(self, loop: Loop, step: int, lr: float, elapsed_s: float) -> dict:
+        seconds = time.perf_counter() - self.start
+        loss = loop.accelerator.reduce(torch.tensor(self.loss / self.steps, device=loop.accelerator.device), "mean")
+        record = {"step": step, "loss": loss.item(), "lr": lr,
+                  "images_per_s": self.steps * loop.config.batch_size / seconds,
+                  "epoch": step / loop.prepared.steps_per_epoch, "elapsed_s": elapsed_s}
+        if self.grad is not None:
+            record["grad_norm"] = float(self.grad / self.steps)
+        return record
+
+
+# ---- the run ----------------------------------------------------------------------------------
+
+
+def train(config: TrainConfig, run_dir: Path) -> Path:
+    """Train (or continue training) the run in `run_dir`; returns the last checkpoint folder."""
     run_dir = Path(run_dir)
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device} asked for, but this machine has no CUDA GPU; use --device cpu")
-    if not (run_dir / "config.json").exists():
-        raise ValueError(f"{run_dir} is not a run directory (no config.json); train one with pixel-diffusion train")
-    latest = checkpoints.latest_checkpoint(run_dir)
-    if latest is None:
-        raise ValueError(f"{run_dir} has no checkpoint yet; train it first or wait for its first checkpoint")
-    model_config = checkpoints.read_json(run_dir / "config.json")["model"]
-    net = build_network(model_config["network"])
-    net.load_state_dict(checkpoints.load_weights(latest / f"{'ema' if weights == 'ema' else 'model'}.safetensors"))
-    return build_denoiser(model_config, net.eval().to(device)), model_config
+    accelerator = make_engine(config)
+    main, world, device = accelerator.is_main_process, accelerator.num_processes, accelerator.device
+    prepared = prepare_data(config, run_dir, world, main)
+    model = build_model(config, prepared)
+    step, trained_s = resume(config, run_dir, model)
+    log = RunLog(run_dir, enabled=main)
+    if main:
+        checkpoints.write_json(run_dir / "config.json", {"train": config.to_dict(), "model": model.spec.to_dict()})
+        log.truncate(step)
+        if config.progress:
+            data = prepared.data
+            print(f"{run_dir}: {summary(model.net)}; {len(data.train)} training images of "
+                  f"{data.size[0]}x{data.size[1]}x{data.channels}" + (f"; resuming at step {step}" if step else ""))
+    model.net, model.optimizer = accelerator.prepare(model.net, model.optimizer)  # DDP under accelerate
+    if config.compile:  # in place, so state_dict keys stay those of the plain network
+        accelerator.unwrap_model(model.net).compile()
+    model.ema.net.to(device)
+    loop = Loop(config, accelerator, model, prepared, model.spec.build_denoiser(model.net), run_dir)
+    kid = KIDSelection(config, device) if config.kid_every and main else None
+    budget = Budget.of(config, prepared.steps_per_epoch)
+    started = time.perf_counter()
+
+    def elapsed() -> float:  # training seconds of the run, this process's and the earlier ones'
+        return trained_s + time.perf_counter() - started
+
+    def agreed(value: float) -> float:  # one number on every process (the mean), so all stop together
+        if world == 1:
+            return value
+        return accelerator.reduce(torch.tensor([value], dtype=torch.float64, device=device), "mean").item()
+
+    def save(at: int) -> Path | None:
+        accelerator.wait_for_everyone()
+        if not main:
+            return None
+        optimizer = model.optimizer
+        return checkpoints.save_checkpoint(
+            run_dir, at, model=accelerator.unwrap_model(model.net).state_dict(), ema=model.ema.net.state_dict(),
+            optimizer=(optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer).state_dict(),
+            state={"epoch": at // prepared.steps_per_epoch, "images_seen": at * config.batch_size,
+                   "elapsed_s": elapsed()},
+            keep=config.keep_checkpoints, description=model.spec.to_dict())
+
+    with _stop_on_signals() as stop, _progress(config, budget, step, main) as bar, contextlib.closing(log):
+        last, window = None, Window()
+        while (fraction := budget.fraction(step, lambda: agreed(elapsed()))) < 1:
+            lr = learning_rate(config, step, budget.total, None if budget.total is not None else fraction)
+            loss, norm = train_step(loop, step, lr)
+            step += 1
+            window.add(loss, norm)
+            bar.advance(step, elapsed())
+            if step % config.log_every == 0 or step == budget.total:
+                record = window.record(loop, step, lr, elapsed())
+                bar.show(record)
+                log.write(record)
+                window = Window()
+            if kid is not None and step % config.kid_every == 0:
+                kid(model.spec, model.ema.net, step, run_dir, log, model=accelerator.unwrap_model(model.net).state_dict())
+            if config.preview_every and step % config.preview_every == 0 and main:
+                preview(config, model.spec, model.ema.net, run_dir, step)
+            if step % config.checkpoint_every == 0:
+                last = save(step)
+            if agreed(float(stop["signal"] is not None)) > 0:  # a signal to any process stops them all
+                break
+        if last is None or int(last.name.split("-")[1]) != step:
+            last = save(step)
+        if main and config.preview_every and step % config.preview_every:
+            preview(config, model.spec, model.ema.net, run_dir, step)  # the final state, unless just drawn
+    if stop["signal"] is not None:
+        raise KeyboardInterrupt(f"stopped by signal {stop['signal']} at step {step}; checkpoint {last.name if last else ''} saved")
+    return last
 
 
-def classes_in_turn(model_config: dict, n: int) -> torch.Tensor | None:
-    """Labels 0, 1, ..., K-1, 0, ... for n samples of a run trained on its data's K labels, so that
-    each class is drawn equally often (and the classifier's accuracy can be measured); None for an
-    unconditional run and for a run on clusters (sample_images draws those by their share)."""
-    classes = model_config.get("num_classes")
-    return None if classes is None or model_config.get("label_prior") else torch.arange(n) % classes
+@contextlib.contextmanager
+def _stop_on_signals():
+    """Ctrl-C or SIGTERM sets stop["signal"]: the loop finishes its step, checkpoints and leaves."""
+    stop = {"signal": None}
+    previous = {s: signal.signal(s, lambda number, frame: stop.update(signal=number)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
-def sample_images(
-    denoiser, model_config: dict, n: int, *, sampler: str = "ddim", steps: int = 50, seed: int = 0,
-    labels: torch.Tensor | None = None, guidance: float = 1.0, batch_size: int = 64, progress: bool = True,
-    device: str | torch.device = "cpu", precision: str = "fp32", **options,
-) -> np.ndarray:
-    """n uint8 images (n, H, W, C) from a trained denoiser, clipped to the data range. With
-    precision "bf16" the network runs under bf16 autocast; the sampler's arithmetic stays float32.
-    A run trained on clusters (`clusters=k`) draws each sample's cluster by its share of the data
-    unless `labels` name them."""
-    get_sampler(sampler)
-    if labels is None:
-        labels = drawn_clusters(model_config, n, seed)
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"unknown sampling precision {precision!r}; expected fp32 or bf16")
-    normalisation = Normalisation(**model_config["normalisation"])
-    channels, (h, w) = model_config["channels"], model_config["image_size"]
-    if labels is not None:
-        if model_config.get("num_classes") is None:
-            raise ValueError("this run was trained without labels; drop --label")
-        denoiser = Guided(denoiser, guidance, model_config["num_classes"])
-    options.setdefault("clip", tuple(r.to(device) for r in normalisation.data_range(channels)))
-    with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-        x = sample(denoiser, (channels, h, w), n, sampler=sampler, steps=steps, seed=seed, labels=labels,
-                   batch_size=batch_size, progress=progress, device=device, **options)
-    return normalisation.to_uint8(x)
+class _progress:
+    """The training bar: steps of a steps budget, or minutes used and left of a minutes budget."""
+
+    def __init__(self, config: TrainConfig, budget: Budget, step: int, main: bool):
+        from tqdm.auto import tqdm
+
+        self.minutes = budget.total is None
+        disable = not (config.progress and main)
+        if self.minutes:
+            self.bar = tqdm(total=round(budget.seconds), desc="training", disable=disable,
+                            bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
+            self.total_s, self.used = budget.seconds, ""
+        else:
+            self.bar = tqdm(total=budget.total, initial=step, desc="training", unit="step", disable=disable)
+        self.step = step
+
+    def advance(self, step: int, elapsed_s: float) -> None:
+        if self.minutes:  # the run's training time, earlier processes' included
+            used = min(elapsed_s, self.total_s)
+            self.bar.n = round(used)
+            self.used = f"{_clock(used)} used, {_clock(self.total_s - used)} left, step {step}"
+            self.bar.set_postfix_str(self.used)
+        else:
+            self.bar.update(step - self.step)
+        self.step = step
+
+    def show(self, record: dict) -> None:
+        postfix = f"loss={record['loss']:.4f}, img_s={record['images_per_s']:.0f}"
+        self.bar.set_postfix_str(f"{self.used}, {postfix}" if self.minutes else postfix)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.bar.close()
+
+
+def _clock(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    return f"{minutes}:{seconds:02d}"

@@ -1,16 +1,28 @@
-"""Pictures: image grids, forward-process strips and denoising trajectories, as PIL images."""
+"""Pictures: image grids, forward-process strips, denoising trajectories and the pictures of a
+trained run, as PIL images.
+
+`PICTURES` is the registry `pixel-diffusion show` reads: each entry draws one picture from a
+loaded run (`runs.Run`) or from a run directory, with keyword options whose defaults are the
+picture's own. To add a picture, write the function here and add its entry.
+"""
 
 from __future__ import annotations
 
-from typing import Sequence
+import io
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .clusters import drawn_clusters
 from .data import from_model_range
 from .diffusion import add_noise, forward_chain
+from .editing import inpaint, mask_from_spec, restore, slerp
+from .logbook import LOGGED, read_records
+from .samplers import ImageNoise, ddim
+from .schedules import sampling_times
 
 BACKGROUND = 255
 
@@ -111,161 +123,179 @@ def rows_with_titles(rows: Sequence[np.ndarray], titles: Sequence[str], scale: i
     return out
 
 
-def training_gif(run_dir, out=None, *, duration_ms: int = 400):
-    """The run's preview grids (samples/step-*.png, the same fixed noise each time) as a GIF,
-    one frame per preview. Returns the GIF's path."""
-    from pathlib import Path
+def _scale(images) -> int:
+    """How much to enlarge cells of this size so a picture is about 64 pixels a cell."""
+    return max(1, 64 // images.shape[1])
 
+
+# ---- pictures of a run directory ---------------------------------------------------------------
+
+
+def training_gif(run_dir, *, duration_ms: int = 400) -> list[Image.Image]:
+    """The run's preview grids (samples/step-*.png, the same fixed noise each time), one frame
+    per preview, for a GIF (`save_picture`)."""
     run_dir = Path(run_dir)
     frames = sorted((run_dir / "samples").glob("step-*.png"))
     if not frames:
         raise ValueError(f"{run_dir} has no preview grids in samples/; train with preview_every > 0")
     pictures = [Image.open(f).convert("RGB") for f in frames]
-    out = Path(out) if out else run_dir / "training.gif"
-    tmp = out.with_name(f".{out.name}.tmp.gif")
-    pictures[0].save(tmp, save_all=True, append_images=pictures[1:], duration=duration_ms, loop=0)
-    tmp.replace(out)
-    return out
+    pictures[0].info["duration"] = duration_ms
+    return pictures
 
 
-def curves(run_dir, out=None):
-    """Loss, learning rate, gradient norm and KID over training from metrics.jsonl, as a PNG (matplotlib)."""
-    import json
-    from pathlib import Path
-
+def curves(run_dir) -> Image.Image:
+    """Every logged metric over training (metrics.jsonl; the panels `logbook.LOGGED` names)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    run_dir = Path(run_dir)
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
+    records = read_records(run_dir)
+    if not records:
         raise ValueError(f"{run_dir} has no metrics.jsonl; train it first")
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    panels = [("loss", "training loss", "log"), ("lr", "learning rate", "linear"),
-              ("grad_norm", "gradient norm (before clipping)", "log"), ("kid", "KID", "linear")]
-    panels = [p for p in panels if any(p[0] in r for r in records)]
+    panels = [(key, shown) for key, shown in LOGGED.items() if shown.curve and any(key in r for r in records)]
     figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3), squeeze=False)
-    for axis, (key, title, scale) in zip(axes[0], panels):
+    for axis, (key, shown) in zip(axes[0], panels):
         points = [(r["step"], r[key]) for r in records if key in r]
-        axis.plot(*zip(*points), marker="o" if key == "kid" else None, markersize=3)
-        axis.set_title(title)
+        axis.plot(*zip(*points), marker="o" if shown.points else None, markersize=3)
+        axis.set_title(shown.title)
         axis.set_xlabel("step")
-        axis.set_yscale(scale)
+        axis.set_yscale(shown.scale)
         axis.grid(alpha=0.3)
     figure.tight_layout()
-    out = Path(out) if out else run_dir / "curves.png"
-    figure.savefig(out, dpi=100)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, dpi=100, format="png")
     plt.close(figure)
+    return Image.open(io.BytesIO(buffer.getvalue()))
+
+
+def save_picture(picture, out: Path) -> Path:
+    """Write a picture (or a list of frames, as a GIF) atomically."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp{out.suffix}")
+    if isinstance(picture, list):
+        duration = picture[0].info.get("duration", 400)
+        picture[0].save(tmp, save_all=True, append_images=picture[1:], duration=duration, loop=0)
+    else:
+        picture.save(tmp)
+    tmp.replace(out)
     return out
 
 
-# ---- pictures of a trained model --------------------------------------------------------------
-# Each takes the run's denoiser and model config (training.load_run) and returns a PIL image.
+# ---- pictures of a trained model ----------------------------------------------------------------
+# Each takes a loaded run (runs.load_run) and keyword options, and returns a PIL image.
 
 
-def _normalisation(model_config):
-    from .data import Normalisation
-
-    return Normalisation(**model_config["normalisation"])
-
-
-def _clip(model_config, device="cpu"):
-    low, high = _normalisation(model_config).data_range(model_config["channels"])
-    return low.to(device), high.to(device)
-
-
-def sample_grid(denoiser, model_config, n: int = 64, *, seed: int = 0, label: int | None = None,
-                guidance: float = 1.0, steps: int = 50, sampler: str = "ddim") -> Image.Image:
+def sample_grid(run, *, n: int = 64, seed: int = 0, label: int | None = None, guidance: float = 1.0,
+                steps: int = 50, sampler: str = "ddim") -> Image.Image:
     """n samples; a class-conditional run without `label` draws every class in turn, labelled (a
     run on clusters draws them by their share of the data, unlabelled)."""
-    from .training import classes_in_turn, sample_images
-
-    classes = model_config.get("num_classes")
-    labels = torch.full((n,), label, dtype=torch.long) if label is not None else classes_in_turn(model_config, n)
-    images = sample_images(denoiser, model_config, n, sampler=sampler, steps=steps, seed=seed, labels=labels, guidance=guidance)
-    columns = classes if labels is not None and label is None and classes <= 16 else int(np.ceil(np.sqrt(n)))
+    spec = run.spec
+    labels = run.sample_labels(n, label)
+    images = run.sample(n, sampler=sampler, steps=steps, seed=seed, labels=labels, guidance=guidance)
+    in_turn = labels is not None and label is None
+    columns = spec.num_classes if in_turn and spec.num_classes <= 16 else int(np.ceil(np.sqrt(n)))
     if labels is None:
-        return image_grid(images, columns=columns, scale=max(1, 64 // images.shape[1]))
-    names = model_config.get("class_names") or [str(k) for k in range(classes)]
-    return labelled_grid(images, [names[int(k)] for k in labels], columns=columns, scale=max(1, 64 // images.shape[1]))
+        return image_grid(images, columns=columns, scale=_scale(images))
+    return labelled_grid(images, [spec.class_label(int(k)) for k in labels], columns=columns, scale=_scale(images))
 
 
-def step_comparison(denoiser, model_config, step_counts=(1, 2, 3, 5, 10, 20), *, n: int = 8, seed: int = 0,
+def forward_process(run, *, n: int = 4, times: Sequence[float] = (0, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1),
+                    seed: int = 0, input: str | None = None) -> Image.Image:
+    """n data images (the run's, or `input`) noised to each time, in closed form and by the chain."""
+    x = run.spec.normalisation.to_model(torch.from_numpy(run.data_images(n, input)).permute(0, 3, 1, 2))
+    return forward_strip(run.denoiser.schedule, x, times, seed=seed)
+
+
+def step_comparison(run, *, step_counts: Sequence[int] = (1, 2, 3, 5, 10, 20), n: int = 8, seed: int = 0,
                     sampler: str = "ddim") -> Image.Image:
     """The same initial noise sampled with each number of steps, one row per count."""
-    from .training import sample_images
-
-    rows = [sample_images(denoiser, model_config, n, sampler=sampler, steps=k, seed=seed, progress=False) for k in step_counts]
-    return rows_with_titles(rows, [f"{k} step{'s' if k > 1 else ''}" for k in step_counts], scale=max(1, 64 // rows[0].shape[1]))
+    rows = [run.sample(n, sampler=sampler, steps=k, seed=seed, progress=False) for k in step_counts]
+    return rows_with_titles(rows, [f"{k} step{'s' if k > 1 else ''}" for k in step_counts], scale=_scale(rows[0]))
 
 
 @torch.no_grad()
-def interpolation(denoiser, model_config, *, seeds=(0, 1), frames: int = 10, steps: int = 20) -> Image.Image:
+def interpolation(run, *, seed: int = 0, seed2: int = 1, frames: int = 10, steps: int = 20) -> Image.Image:
     """Deterministic DDIM samples along the spherical path between two seeds' initial noises."""
-    from .editing import slerp
-    from .samplers import ImageNoise, ddim
-    from .schedules import sampling_times
-
-    shape = (1, model_config["channels"], *model_config["image_size"])
-    a, b = (ImageNoise.from_seed(s, [0])(torch.empty(shape)) for s in seeds)
-    path = torch.cat([slerp(a, b, w) for w in torch.linspace(0, 1, frames).tolist()])
-    labels = drawn_clusters(model_config, 1, seeds[0])  # one cluster along the whole path
-    labels = None if labels is None else labels.expand(frames)
-    x = ddim(denoiser, path, sampling_times(denoiser.schedule, steps), labels=labels, clip=_clip(model_config))
-    images = _normalisation(model_config).to_uint8(x)
-    return image_grid(images, columns=frames, scale=max(1, 64 // images.shape[1]))
+    spec, denoiser = run.spec, run.denoiser
+    a, b = (ImageNoise.from_seed(s, [0])(torch.empty(1, *spec.shape)) for s in (seed, seed2))
+    path = torch.cat([slerp(a, b, w) for w in torch.linspace(0, 1, frames).tolist()]).to(run.device)
+    labels = spec.drawn_clusters(1, seed)  # one cluster along the whole path
+    labels = None if labels is None else labels.expand(frames).to(run.device)
+    x = ddim(denoiser, path, sampling_times(denoiser.schedule, steps), labels=labels, clip=spec.data_range(run.device))
+    images = spec.normalisation.to_uint8(x)
+    return image_grid(images, columns=frames, scale=_scale(images))
 
 
 @torch.no_grad()
-def denoising_trajectory(denoiser, model_config, *, n: int = 3, steps: int = 10, seed: int = 0) -> Image.Image:
+def denoising_trajectory(run, *, n: int = 3, steps: int = 10, seed: int = 0) -> Image.Image:
     """For each DDIM step, x_t above the image estimate (the Keras and MNIST tutorials' figure)."""
-    from .samplers import ImageNoise, ddim
-    from .schedules import sampling_times
-
-    shape = (n, model_config["channels"], *model_config["image_size"])
+    spec, denoiser = run.spec, run.denoiser
     states = []
-    ddim(denoiser, ImageNoise.from_seed(seed, range(n))(torch.empty(shape)), sampling_times(denoiser.schedule, steps),
-         labels=drawn_clusters(model_config, n, seed), clip=_clip(model_config),
-         callback=lambda i, x_t, image: states.append((x_t.clamp(-1, 1), image)))
-    return trajectory(states, scale=max(1, 64 // shape[-1]))
+    labels = spec.drawn_clusters(n, seed)
+    x = ImageNoise.from_seed(seed, range(n))(torch.empty(n, *spec.shape, device=run.device))
+    ddim(denoiser, x, sampling_times(denoiser.schedule, steps), labels=None if labels is None else labels.to(run.device),
+         clip=spec.data_range(run.device), callback=lambda i, x_t, image: states.append((x_t.clamp(-1, 1).cpu(), image.cpu())))
+    return trajectory(states, scale=max(1, 64 // spec.image_size[1]))
 
 
-def restoration(denoiser, model_config, images: np.ndarray, *, strength: float = 0.5, variations: int = 4,
+def restoration(run, *, n: int = 4, input: str | None = None, strength: float = 0.5, variations: int = 4,
                 steps: int = 50, sampler: str = "ddim", seed: int = 0) -> Image.Image:
     """Per input row: the input, it noised to `strength` (where the first variation starts), and
     `variations` restorations (SDEdit)."""
-    from .editing import restore
-
-    normalisation = _normalisation(model_config)
-    x = normalisation.to_model(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2))
-    options = {"clip": _clip(model_config)}
-    restored = normalisation.to_uint8(restore(denoiser, x, strength=strength, steps=steps, sampler=sampler,
-                                              variations=variations, seed=seed, **options))
+    spec, denoiser = run.spec, run.denoiser
+    images = run.data_images(n, input)
+    x = spec.normalisation.to_model(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2))
+    restored = spec.normalisation.to_uint8(restore(denoiser, x.to(run.device), strength=strength, steps=steps,
+                                                   sampler=sampler, variations=variations, seed=seed,
+                                                   clip=spec.data_range(run.device)))
     # The starting point of each input's first variation: the first draw of its noise stream.
-    from .samplers import ImageNoise
-
     kind = getattr(denoiser.schedule, "noise", "gaussian")
     first = ImageNoise.from_seed(seed, [k * variations for k in range(len(x))], kind)(x)
-    noised = normalisation.to_uint8(add_noise(denoiser.schedule, x, torch.tensor(strength, dtype=torch.float64), first))
+    noised = spec.normalisation.to_uint8(add_noise(denoiser.schedule, x, torch.tensor(strength, dtype=torch.float64), first))
     rows = [np.concatenate([images[k : k + 1], noised[k : k + 1], restored[k * variations : (k + 1) * variations]])
             for k in range(len(images))]
-    return rows_with_titles(rows, [f"input, t={strength:g}, restored"] * len(rows), scale=max(1, 64 // images.shape[1]))
+    return rows_with_titles(rows, [f"input, t={strength:g}, restored"] * len(rows), scale=_scale(images))
 
 
-def inpainting(denoiser, model_config, images: np.ndarray, mask: np.ndarray, *, steps: int = 50, resample: int = 5,
-               variations: int = 4, seed: int = 0) -> Image.Image:
-    """Per input row: the input, the masked input (grey = to generate), and inpainted variations."""
-    from .editing import inpaint
-
-    normalisation = _normalisation(model_config)
-    x = normalisation.to_model(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2))
-    m = torch.from_numpy(np.asarray(mask, np.float32))[None, None]
-    filled = normalisation.to_uint8(inpaint(denoiser, x.repeat_interleave(variations, 0), m, steps=steps,
-                                            resample=resample, seed=seed))
+def inpainting(run, *, n: int = 4, input: str | None = None, mask: str = "right-half", steps: int = 50,
+               resample: int = 5, variations: int = 4, seed: int = 0) -> Image.Image:
+    """Per input row: the input, the masked input (grey = to generate), and inpainted variations
+    (RePaint); `mask` is one of editing.MASKS or an image file, white = generate."""
+    spec = run.spec
+    images = run.data_images(n, input)
+    area = mask_from_spec(mask, spec.image_size)
+    x = spec.normalisation.to_model(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2))
+    m = torch.from_numpy(area)[None, None]
+    filled = spec.normalisation.to_uint8(inpaint(run.denoiser, x.repeat_interleave(variations, 0).to(run.device), m,
+                                                 steps=steps, resample=resample, seed=seed))
     shown = images.copy()
-    shown[:, np.asarray(mask) > 0.5] = 128
+    shown[:, area > 0.5] = 128
     rows = [np.concatenate([images[k : k + 1], shown[k : k + 1], filled[k * variations : (k + 1) * variations]])
             for k in range(len(images))]
-    return rows_with_titles(rows, ["input, mask, inpainted"] * len(rows), scale=max(1, 64 // images.shape[1]))
+    return rows_with_titles(rows, ["input, mask, inpainted"] * len(rows), scale=_scale(images))
+
+
+@dataclass(frozen=True)
+class Picture:
+    """A `show` picture: how it is drawn, what it shows, and whether it needs the trained model
+    (a loaded run) or only the run directory."""
+
+    draw: Callable
+    description: str
+    of_model: bool = True
+    suffix: str = "png"
+
+
+PICTURES: dict[str, Picture] = {
+    "grid": Picture(sample_grid, "samples, labelled by class for conditional runs"),
+    "forward": Picture(forward_process, "the forward process of data images"),
+    "trajectory": Picture(denoising_trajectory, "x_t and the image estimate per step"),
+    "steps": Picture(step_comparison, "one noise sampled with 1..20 steps"),
+    "interpolation": Picture(interpolation, "spherical path between two seeds' noises"),
+    "evolution": Picture(training_gif, "GIF of the training previews", of_model=False, suffix="gif"),
+    "curves": Picture(curves, "loss, learning rate, gradient norm, KID", of_model=False),
+    "restore": Picture(restoration, "SDEdit from --strength"),
+    "inpaint": Picture(inpainting, "RePaint inside --mask"),
+}

@@ -1,0 +1,307 @@
+"""Trained models on disk: what a model is, loading one from a run, and sampling from it.
+
+    run = load_run("runs/mnist", checkpoint="best", weights="ema", device="cpu")
+    images = run.sample(64, sampler="ddim", steps=50, seed=0)       # uint8 (64, H, W, C)
+
+`ModelSpec` is the typed description of a trained model: its network, schedule,
+parameterisation, noise input, normalisation, image shape, classes and label prior. Training
+writes it into config.json and, as model.json, into every checkpoint folder, so a checkpoint
+folder copied anywhere loads on its own. Runs from before model.json load from config.json.
+Everything that uses a trained model (pictures, editing, metrics commands, benchmarks) goes
+through `load_run` and `Run`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import checkpoints
+from .checkpoints import CheckpointError
+from .clusters import draw_clusters
+from .data import Normalisation
+from .diffusion import Denoiser, Guided
+from .networks import build_network, config_from_dict, config_to_dict
+from .samplers import get_sampler, sample
+from .schedules import make_schedule
+
+MODEL_FILE = "model.json"  # the model description inside a checkpoint folder
+WEIGHTS = ("ema", "model")
+
+
+def _field_error(where: str, name: str, expected: str, value) -> CheckpointError:
+    return CheckpointError(f"{where}: field {name!r} must be {expected}; got {value!r}")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A trained model's description: everything needed to rebuild and sample it."""
+
+    network: object  # a network config dataclass (networks.UNetConfig, BasicUNetConfig)
+    schedule: str
+    schedule_options: dict
+    prediction: str
+    noise_input: str
+    normalisation: Normalisation
+    channels: int
+    image_size: tuple[int, int]
+    num_classes: int | None = None  # labels 0..K-1 (K is the "no label" index)
+    class_names: tuple[str, ...] = ()
+    label_prior: tuple[float, ...] | None = None  # a run on clusters: each cluster's share of the data
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one image."""
+        return (self.channels, *self.image_size)
+
+    @property
+    def on_clusters(self) -> bool:
+        return bool(self.label_prior)
+
+    def to_dict(self) -> dict:
+        """The JSON form, as config.json's `model` section holds it."""
+        return {
+            "network": config_to_dict(self.network), "schedule": self.schedule,
+            "schedule_options": dict(self.schedule_options), "prediction": self.prediction,
+            "noise_input": self.noise_input, "normalisation": dataclasses.asdict(self.normalisation),
+            "channels": self.channels, "image_size": list(self.image_size), "num_classes": self.num_classes,
+            "class_names": list(self.class_names),
+            "label_prior": None if self.label_prior is None else list(self.label_prior),
+        }
+
+    @classmethod
+    def from_dict(cls, data, where: str = "model description") -> ModelSpec:
+        """Read the JSON form; a missing or wrong-typed field is a one-line CheckpointError."""
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{where} must be a JSON object; got {type(data).__name__}")
+
+        def get(name, kinds, expected, optional=False):
+            if name not in data:
+                if optional:
+                    return None
+                raise CheckpointError(f"{where}: field {name!r} is missing")
+            value = data[name]
+            if (value is None and optional) or (isinstance(value, kinds) and not isinstance(value, bool)):
+                return value
+            raise _field_error(where, name, expected, value)
+
+        size = get("image_size", list, "a list [height, width]")
+        if len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size):
+            raise _field_error(where, "image_size", "a list [height, width]", size)
+        channels = get("channels", int, "1 or 3")
+        if channels not in (1, 3):
+            raise _field_error(where, "channels", "1 or 3", channels)
+        normalisation = get("normalisation", dict, "an object")
+        prior = get("label_prior", list, "a list of shares", optional=True)
+        try:
+            return cls(
+                network=config_from_dict(get("network", dict, "an object")),
+                schedule=get("schedule", str, "a schedule name"),
+                schedule_options=get("schedule_options", dict, "an object", optional=True) or {},
+                prediction=get("prediction", str, "noise, image or velocity"),
+                noise_input=get("noise_input", str, "a noise input name"),
+                normalisation=Normalisation(**{**normalisation, "mean": tuple(normalisation.get("mean", ())),
+                                               "std": tuple(normalisation.get("std", ()))}),
+                channels=channels, image_size=tuple(size),
+                num_classes=get("num_classes", int, "an integer or null", optional=True),
+                class_names=tuple(get("class_names", list, "a list of names", optional=True) or ()),
+                label_prior=None if prior is None else tuple(float(p) for p in prior),
+            )
+        except (TypeError, ValueError) as error:
+            raise CheckpointError(f"{where}: {str(error).splitlines()[0]}") from None
+
+    def build_denoiser(self, net: torch.nn.Module | None = None) -> Denoiser:
+        """The Denoiser of this model around `net` (a fresh network when None)."""
+        net = net if net is not None else build_network(self.network)
+        schedule = make_schedule(self.schedule, **self.schedule_options)
+        return Denoiser(net, schedule, self.prediction, self.noise_input)
+
+    def data_range(self, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel (low, high) of model inputs, (C, 1, 1) each: what samples are clipped to."""
+        low, high = self.normalisation.data_range(self.channels)
+        return low.to(device), high.to(device)
+
+    def class_label(self, k: int) -> str:
+        """The name of class k (its folder's name, or the number)."""
+        return self.class_names[k] if k < len(self.class_names) else str(k)
+
+    def check_label(self, label: int) -> None:
+        if self.num_classes is None:
+            raise ValueError("this run was trained without labels; drop --label")
+        if not 0 <= label < self.num_classes:
+            raise ValueError(f"--label must lie in 0..{self.num_classes - 1}; got {label}")
+
+    def classes_in_turn(self, n: int) -> torch.Tensor | None:
+        """Labels 0, 1, ..., K-1, 0, ... for n samples of a model trained on its data's K labels,
+        so each class is drawn equally often (and a classifier's accuracy can be measured); None
+        for an unconditional model and for one on clusters (drawn by their share instead)."""
+        return None if self.num_classes is None or self.on_clusters else torch.arange(n) % self.num_classes
+
+    def drawn_clusters(self, n: int, seed: int) -> torch.Tensor | None:
+        """For a model trained on clusters: n clusters drawn by their share of the training
+        images (sample i keeps its cluster for a seed whatever n is); None for any other."""
+        return draw_clusters(list(self.label_prior), n, seed=seed) if self.on_clusters else None
+
+
+@torch.no_grad()
+def sample_images(
+    denoiser, spec: ModelSpec, n: int, *, sampler: str = "ddim", steps: int = 50, seed: int = 0,
+    labels: torch.Tensor | None = None, guidance: float = 1.0, batch_size: int = 64, progress: bool = True,
+    device: str | torch.device = "cpu", precision: str = "fp32", **options,
+) -> np.ndarray:
+    """n uint8 images (n, H, W, C) from a model's denoiser, clipped to the data range. With
+    precision "bf16" the network runs under bf16 autocast; the sampler's arithmetic stays float32.
+    A model trained on clusters draws each sample's cluster by its share unless `labels` name them."""
+    get_sampler(sampler)
+    if labels is None:
+        labels = spec.drawn_clusters(n, seed)
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"unknown sampling precision {precision!r}; expected fp32 or bf16")
+    if labels is not None:
+        if spec.num_classes is None:
+            raise ValueError("this run was trained without labels; drop --label")
+        denoiser = Guided(denoiser, guidance, spec.num_classes)
+    options.setdefault("clip", spec.data_range(device))
+    with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        x = sample(denoiser, spec.shape, n, sampler=sampler, steps=steps, seed=seed, labels=labels,
+                   batch_size=batch_size, progress=progress, device=device, **options)
+    return spec.normalisation.to_uint8(x)
+
+
+@dataclass
+class Run:
+    """A trained model loaded from one checkpoint: its denoiser (in eval mode, on `device`), its
+    description, and where it came from."""
+
+    denoiser: Denoiser
+    spec: ModelSpec
+    checkpoint: Path  # the checkpoint folder the weights were read from
+    weights: str  # "ema" or "model"
+    device: torch.device
+    step: int | None = None  # the optimiser step the weights are from
+    directory: Path | None = None  # the run directory, when the checkpoint sits in one
+    training: dict = field(default_factory=dict)  # the run's saved TrainConfig (config.json `train`)
+
+    def sample(self, n: int, *, labels: torch.Tensor | None = None, **options) -> np.ndarray:
+        """n uint8 images (n, H, W, C); options as `sample_images` takes them."""
+        return sample_images(self.denoiser, self.spec, n, labels=labels, device=self.device, **options)
+
+    def sample_labels(self, n: int, label: int | None = None) -> torch.Tensor | None:
+        """The labels `evaluate` and `show grid` sample with: `label` for all n, else each class in
+        turn for a model on labels, else None (clusters are drawn by their share)."""
+        if label is not None:
+            self.spec.check_label(label)
+            return torch.full((n,), label, dtype=torch.long)
+        return self.spec.classes_in_turn(n)
+
+    @property
+    def data(self):
+        """The run's training data source as a DataConfig, or None when the checkpoint stands alone."""
+        from .data import DataConfig
+
+        return DataConfig(**self.training["data"]) if "data" in self.training else None
+
+    def data_images(self, n: int, source: str | None = None) -> np.ndarray:
+        """n uint8 images (n, H, W, C) spread over a data source fitted to the model (default: the
+        run's training data), for pictures and editing."""
+        from .data import DataConfig, load_images
+
+        if source is None and self.data is None:
+            raise ValueError(f"{self.checkpoint} stands alone (no run's config.json beside it); name images with --input")
+        config = (dataclasses.replace(self.data, flip=False, validation_fraction=0.0) if source is None else
+                  DataConfig(source, image_size=self.spec.image_size[0], channels=str(self.spec.channels)))
+        loaded = load_images(config, progress=False)
+        picks = np.linspace(0, len(loaded) - 1, n).round().astype(int)
+        return loaded.uint8(picks).permute(0, 2, 3, 1).numpy()
+
+    def describe(self) -> dict:
+        """A JSON-ready summary: where the weights are from and how the model was trained."""
+        from .networks import summary
+
+        return {
+            "checkpoint": str(self.checkpoint), "step": self.step, "weights": self.weights,
+            "preset": self.training.get("preset"), "data": (self.training.get("data") or {}).get("source"),
+            "network": summary(self.denoiser.net), "image_shape": list(self.spec.shape),
+            "classes": self.spec.num_classes, "on_clusters": self.spec.on_clusters,
+            "class_names": list(self.spec.class_names),
+        }
+
+
+def is_checkpoint_folder(path: Path) -> bool:
+    path = Path(path)
+    return (path / "state.json").is_file() and any((path / f"{w}.safetensors").is_file() for w in WEIGHTS)
+
+
+def find_checkpoint(run_dir: Path, checkpoint: str | int = "latest") -> Path:
+    """The checkpoint folder of a run that `checkpoint` names: "latest", "best", a step (1200 or
+    "step-0001200"); a checkpoint folder given as `run_dir` is itself."""
+    run_dir = Path(run_dir)
+    if is_checkpoint_folder(run_dir):
+        return run_dir
+    if not (run_dir / "config.json").exists():
+        raise ValueError(f"{run_dir} is not a run directory (no config.json) nor a checkpoint folder; "
+                         "train one with pixel-diffusion train")
+    name = str(checkpoint)
+    if name == "latest":
+        found = checkpoints.latest_checkpoint(run_dir)
+        if found is None:
+            raise ValueError(f"{run_dir} has no checkpoint yet; train it first or wait for its first checkpoint")
+        return found
+    if name == checkpoints.BEST:
+        found = run_dir / checkpoints.CHECKPOINTS / checkpoints.BEST
+        if not is_checkpoint_folder(found):
+            raise ValueError(f"{run_dir} has no best checkpoint; it is kept by KID during training (kid_every=N)")
+        return found
+    digits = name.removeprefix("step-")
+    if not digits.isdigit():
+        raise ValueError(f"checkpoint must be latest, best or a step number; got {name!r}")
+    found = run_dir / checkpoints.CHECKPOINTS / checkpoints.step_name(int(digits))
+    if not is_checkpoint_folder(found):
+        kept = [int(p.name.split("-")[1]) for p in checkpoints.list_checkpoints(run_dir)]
+        raise ValueError(f"{run_dir} has no checkpoint at step {int(digits)}; it keeps steps "
+                         f"{', '.join(map(str, kept)) or 'none'}")
+    return found
+
+
+def read_spec(folder: Path, run_dir: Path | None) -> ModelSpec:
+    """The model description of a checkpoint folder: its model.json, or (runs from before it)
+    the run's config.json."""
+    own = folder / MODEL_FILE
+    if own.exists():
+        return ModelSpec.from_dict(checkpoints.read_json(own), str(own))
+    if run_dir is None:
+        raise ValueError(f"{folder} holds no {MODEL_FILE}; copy the whole run directory, or load it from there")
+    config = checkpoints.read_json(run_dir / "config.json")
+    where = f"{run_dir / 'config.json'} `model`"
+    return ModelSpec.from_dict(config.get("model") if isinstance(config, dict) else config, where)
+
+
+def load_run(run_dir: Path, checkpoint: str | int = "latest", weights: str = "ema",
+             device: str | torch.device = "cpu") -> Run:
+    """A trained model from a run directory (or a checkpoint folder on its own): `checkpoint` is
+    "latest", "best" or a step; `weights` "ema" (default) or "model". Never runs code from a file."""
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be ema or model; got {weights!r}")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device} asked for, but this machine has no CUDA GPU; use --device cpu")
+    folder = find_checkpoint(run_dir, checkpoint)
+    run_root = folder.parent.parent if folder.parent.name == checkpoints.CHECKPOINTS else None
+    if run_root is not None and not (run_root / "config.json").exists():
+        run_root = None
+    spec = read_spec(folder, run_root)
+    net = build_network(spec.network)
+    try:
+        net.load_state_dict(checkpoints.load_weights(folder / f"{weights}.safetensors"))
+    except RuntimeError as error:  # the weights are of another network than the description's
+        raise CheckpointError(f"{folder / (weights + '.safetensors')} does not fit the network its model "
+                              f"description names ({str(error).splitlines()[0][:100]})") from None
+    state = checkpoints.read_json(folder / "state.json")
+    training = checkpoints.read_json(run_root / "config.json").get("train", {}) if run_root else {}
+    device = torch.device(device)
+    return Run(spec.build_denoiser(net.eval().to(device)), spec, folder, weights, device,
+               step=state.get("step") if isinstance(state, dict) else None, directory=run_root,
+               training=training if isinstance(training, dict) else {})
