@@ -27,11 +27,14 @@ def _imports(name: str) -> list[tuple[str, list[str]]]:
             base = package.split(".")
             base = base[: len(base) - node.level + 1] if node.level else []
             target = ".".join(base + ([node.module] if node.module else []))
-            for alias in node.names:  # `from . import checkpoints` imports a module
+            names = []
+            for alias in node.names:  # `from . import checkpoints` imports a module, not the package's names
                 if f"{target}.{alias.name}" in MODULES:
                     found.append((f"{target}.{alias.name}", []))
-            if target in MODULES:
-                found.append((target, [a.name for a in node.names]))
+                else:
+                    names.append(alias.name)
+            if target in MODULES and names:
+                found.append((target, names))
         elif isinstance(node, ast.Import):
             found += [(a.name, []) for a in node.names if a.name in MODULES]
     return found

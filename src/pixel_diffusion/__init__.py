@@ -1,6 +1,7 @@
 """pixel-diffusion: train, sample, measure and look at denoising diffusion models of images."""
 
 from .diffusion import Denoiser, DiffusionLoss, Split, add_noise, forward_chain
+from .runs import ModelSpec, Run, load_run
 from .samplers import SAMPLERS, ImageNoise, ddim, ddpm, sample
 from .schedules import SCHEDULES, SPACINGS, make_schedule, sampling_times
 
@@ -10,6 +11,8 @@ __all__ = [
     "Denoiser",
     "DiffusionLoss",
     "ImageNoise",
+    "ModelSpec",
+    "Run",
     "SAMPLERS",
     "SCHEDULES",
     "SPACINGS",
@@ -18,6 +21,7 @@ __all__ = [
     "ddim",
     "ddpm",
     "forward_chain",
+    "load_run",
     "make_schedule",
     "sample",
     "sampling_times",

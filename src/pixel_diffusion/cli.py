@@ -199,6 +199,8 @@ def _classifier_command(commands) -> None:
 
 
 def _evaluate_command(commands) -> None:
+    from .features import EXTRACTORS
+
     evaluate = commands.add_parser(
         "evaluate",
         help="measure sample quality: FID, KID, precision/recall, classifier scores",
@@ -208,7 +210,7 @@ def _evaluate_command(commands) -> None:
     _add(evaluate, "run", "checkpoint", "weights", run={"required": False, "help": "run directory to sample from (default: none; then --images)"})
     evaluate.add_argument("--images", help="evaluate these instead: a folder of images or a .npz such as sample writes")
     evaluate.add_argument("--reference", help="reference data source (default: the run's training data)")
-    evaluate.add_argument("--extractor", default="classifier", choices=("classifier", "inception"),
+    evaluate.add_argument("--extractor", default="classifier", choices=list(EXTRACTORS),
                           help="features: a classifier trained by train-classifier, or the FID InceptionV3 (default: classifier)")
     evaluate.add_argument("--classifier", type=Path, help="folder written by train-classifier (for --extractor classifier)")
     evaluate.add_argument("--inception-weights", type=Path, help="the FID weights file pt_inception-2015-12-05-6726825d.pth "

@@ -23,9 +23,9 @@ import torch
 from . import checkpoints
 from .checkpoints import CheckpointError
 from .clusters import draw_clusters
-from .data import Normalisation
-from .diffusion import Denoiser, Guided
-from .networks import build_network, config_from_dict, config_to_dict
+from .data import DataConfig, Normalisation, load_images
+from .diffusion import NOISE_INPUTS, PREDICTIONS, Denoiser, Guided
+from .networks import build_network, config_from_dict, config_to_dict, summary
 from .samplers import get_sampler, sample
 from .schedules import make_schedule
 
@@ -97,13 +97,22 @@ class ModelSpec:
             raise _field_error(where, "channels", "1 or 3", channels)
         normalisation = get("normalisation", dict, "an object")
         prior = get("label_prior", list, "a list of shares", optional=True)
+        for name, registry in (("prediction", PREDICTIONS), ("noise_input", NOISE_INPUTS)):
+            if get(name, str, "one of " + ", ".join(registry)) not in registry:
+                raise _field_error(where, name, "one of " + ", ".join(registry), data[name])
+        schedule, options = get("schedule", str, "a schedule name"), get("schedule_options", dict, "an object", optional=True) or {}
+        try:
+            make_schedule(schedule, **options)
+        except TypeError as error:
+            raise CheckpointError(f"{where}: field 'schedule_options' does not fit schedule {schedule!r} ({error})") from None
+        except ValueError as error:
+            raise CheckpointError(f"{where}: {str(error).splitlines()[0]}") from None
         try:
             return cls(
                 network=config_from_dict(get("network", dict, "an object")),
-                schedule=get("schedule", str, "a schedule name"),
-                schedule_options=get("schedule_options", dict, "an object", optional=True) or {},
-                prediction=get("prediction", str, "noise, image or velocity"),
-                noise_input=get("noise_input", str, "a noise input name"),
+                schedule=schedule, schedule_options=options,
+                prediction=data["prediction"],
+                noise_input=data["noise_input"],
                 normalisation=Normalisation(**{**normalisation, "mean": tuple(normalisation.get("mean", ())),
                                                "std": tuple(normalisation.get("std", ()))}),
                 channels=channels, image_size=tuple(size),
@@ -201,15 +210,11 @@ class Run:
     @property
     def data(self):
         """The run's training data source as a DataConfig, or None when the checkpoint stands alone."""
-        from .data import DataConfig
-
         return DataConfig(**self.training["data"]) if "data" in self.training else None
 
     def data_images(self, n: int, source: str | None = None) -> np.ndarray:
         """n uint8 images (n, H, W, C) spread over a data source fitted to the model (default: the
         run's training data), for pictures and editing."""
-        from .data import DataConfig, load_images
-
         if source is None and self.data is None:
             raise ValueError(f"{self.checkpoint} stands alone (no run's config.json beside it); name images with --input")
         config = (dataclasses.replace(self.data, flip=False, validation_fraction=0.0) if source is None else
@@ -220,8 +225,6 @@ class Run:
 
     def describe(self) -> dict:
         """A JSON-ready summary: where the weights are from and how the model was trained."""
-        from .networks import summary
-
         return {
             "checkpoint": str(self.checkpoint), "step": self.step, "weights": self.weights,
             "preset": self.training.get("preset"), "data": (self.training.get("data") or {}).get("source"),
