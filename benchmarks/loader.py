@@ -1,9 +1,10 @@
 """Image loading speed: decoding a folder on the first pass, and serving training batches.
 
     python benchmarks/loader.py [--images 2000] [--size 64] [--repeats 5]
+    python benchmarks/loader.py --folder ../shared/data/cifar10-train --size 32 --repeats 3
 
-Writes a generated folder of PNG files to a temporary directory, then measures, several times
-each, alternating:
+Writes a generated folder of PNG files to a temporary directory (or reads `--folder`, searched
+recursively, such as the 50,000 CIFAR-10 JPEGs), then measures, several times each, alternating:
   - first pass: `load_images` (decode, fit, cache) against a plain loop of PIL open + numpy
     conversion + resize over the same files (the reference);
   - serving: one epoch of normalised, flipped batches from the uint8 cache, from the streaming
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pixel_diffusion.data import DataConfig, load_images
+from pixel_diffusion.data import IMAGE_SUFFIXES, DataConfig, load_images
 
 
 def write_folder(folder: Path, count: int, size: int) -> None:
@@ -39,7 +40,7 @@ def write_folder(folder: Path, count: int, size: int) -> None:
 
 def reference_decode(folder: Path, size: int) -> int:
     n = 0
-    for path in sorted(folder.glob("*.png")):
+    for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
         with Image.open(path) as image:
             np.asarray(image.convert("RGB").resize((size, size), Image.BICUBIC))
         n += 1
@@ -80,6 +81,7 @@ def summary(rates: list[float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--folder", type=Path, help="measure this folder of images instead of a generated one")
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
@@ -89,8 +91,11 @@ def main() -> None:
     torch.manual_seed(0)
 
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        write_folder(folder, args.images, args.size)
+        folder = args.folder or Path(tmp)
+        if args.folder is None:
+            write_folder(folder, args.images, args.size)
+        else:
+            args.images = sum(1 for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         config = DataConfig(str(folder), image_size=args.size, flip=True)
         rates = {name: [] for name in ("first pass", "reference decode", "cached", "streaming", "DataLoader")}
         data = streamed = None
@@ -116,13 +121,16 @@ def main() -> None:
     ratio_decode = statistics.median(rates["first pass"]) / statistics.median(rates["reference decode"])
     ratio_serve = statistics.median(rates["cached"]) / statistics.median(rates["DataLoader"])
     machine = f"{cpu_name()} ({torch.get_num_threads()} threads), torch {torch.__version__}"
+    title = "## Image loading (`benchmarks/loader.py`)" if args.folder is None else f"## Image loading: {args.folder.name}"
+    what = (f"`python benchmarks/loader.py --images {args.images} --size {args.size} --repeats {args.repeats}` on {machine}: "
+            f"{args.images} PNG files of {args.size + 16}x{args.size + 16} RGB, fitted to {args.size}x{args.size}"
+            if args.folder is None else
+            f"`python benchmarks/loader.py --folder {args.folder} --size {args.size} --repeats {args.repeats}` on {machine}: "
+            f"the folder's {args.images} image files (read from the page cache after the first repetition)")
     lines = [
-        "## Image loading (`benchmarks/loader.py`)",
+        title,
         "",
-        f"`python benchmarks/loader.py --images {args.images} --size {args.size} --repeats {args.repeats}` "
-        f"on {machine}: {args.images} PNG files of {args.size + 16}x{args.size + 16} RGB, fitted to "
-        f"{args.size}x{args.size}; batches of {args.batch} with random flips. Images per second, median "
-        "(min..max) over the repetitions.",
+        f"{what}; batches of {args.batch} with random flips. Images per second, median (min..max) over the repetitions.",
         "",
         "| what | images / s |",
         "|---|---:|",
@@ -143,7 +151,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     docs = args.docs.read_text() if args.docs.exists() else "# Benchmarks\n\n"
-    start = docs.find("## Image loading")
+    start = docs.find(title)
     if start >= 0:
         end = docs.find("\n## ", start + 1)
         docs = docs[:start] + text + (docs[end + 1 :] if end >= 0 else "")

@@ -75,24 +75,42 @@ TRIALS = {
     "conditional": ("the digit labels instead of clusters, 10% of examples without a label; sampled with the classes "
                     "in turn, no guidance", {"conditional": True, "clusters": 0}, "clock"),
 }
+# The colour trials: the `cifar10` preset with one change each on the CIFAR-10 folder, all trained
+# for the same minutes (`--dataset cifar10`).
+CIFAR = {"data.source": str(ROOT.parent / "shared" / "data" / "cifar10-train")}
+THREE_LEVELS = {**CIFAR, "network_options.widths": (64, 128, 192)}  # the preset before the trials
+COLOUR_TRIALS = {
+    "cifar10": ("three levels, widths 64/128/192 at 16/8/4, attention at 4x4 (the preset before the trials)",
+                THREE_LEVELS, "clock"),
+    "widths-64-128": ("the preset as shipped: patch-cifar, two levels, widths 64/128 at 16/8, attention at 8x8, "
+                      "50 clusters", {**CIFAR, "network_options.widths": (64, 128)}, "clock"),
+    "batch-128": ("three levels, batch 128 (64)", {**THREE_LEVELS, "batch_size": 128}, "clock"),
+    "conditional": ("three levels, the class folders' labels instead of clusters, 10% without a label; sampled with the "
+                    "classes in turn, no guidance",
+                    {**THREE_LEVELS, "conditional": True, "clusters": 0, "data.class_folders": True}, "clock"),
+}
+# dataset: (trials, the preset they change, table)
+DATASETS = {"mnist": (TRIALS, "mnist", "performance_recipes.md"),
+            "cifar10": (COLOUR_TRIALS, "cifar10", "performance_colour_recipes.md")}
 # Trials that are a recipe of benchmarks/quality_at_budget.py: its run is used for 10 minutes, if trained.
 SHARED = {"mnist": ROOT / "runs" / "quality_at_budget" / "ours",
           "conditional": ROOT / "runs" / "quality_at_budget" / "ours-conditional"}
 
 
-def trial_run(name: str, minutes: float, out: Path) -> Path:
+def trial_run(name: str, minutes: float, out: Path, dataset: str = "mnist") -> Path:
     """Where a trial's run is: quality_at_budget's for the shared recipes at 10 minutes, if trained."""
-    if name in SHARED and minutes == 10 and checkpoints.latest_checkpoint(SHARED[name]) is not None:
+    if dataset == "mnist" and name in SHARED and minutes == 10 and checkpoints.latest_checkpoint(SHARED[name]) is not None:
         return SHARED[name]
     return out / name
 
 
-def train_trial(name: str, minutes: float, out: Path) -> Path:
-    run = trial_run(name, minutes, out)
+def train_trial(name: str, minutes: float, out: Path, dataset: str = "mnist") -> Path:
+    run = trial_run(name, minutes, out, dataset)
     if checkpoints.latest_checkpoint(run) is not None:
         print(f"{run} is trained already; delete it to train again")
         return run
-    _, changes, kind = TRIALS[name]
+    trials, base, _ = DATASETS[dataset]
+    _, changes, kind = trials[name]
     budget = {"steps": None, "minutes": minutes}
     if kind == "steps":  # as many steps as the baseline made in its minutes
         baseline = checkpoints.latest_checkpoint(trial_run("mnist", minutes, out))
@@ -103,36 +121,42 @@ def train_trial(name: str, minutes: float, out: Path) -> Path:
         budget = {"steps": kind, "minutes": None}
     overrides = {"epochs": None, **budget, "checkpoint_every": 300, "keep_checkpoints": 1000, "preview_every": 0,
                  "kid_every": 0, **changes}
-    train(apply_overrides(preset("mnist"), overrides), run)
+    train(apply_overrides(preset(base), overrides), run)
     return run
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", nargs="+", default=list(TRIALS), choices=list(TRIALS))
+    parser.add_argument("--dataset", default="mnist", choices=list(DATASETS))
+    parser.add_argument("--trials", nargs="+", help="some of the data set's trials (default: all)")
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--samples", type=int, default=1000)
-    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "recipe")
+    parser.add_argument("--out", type=Path, help="runs (default: runs/recipe, runs/recipe-cifar10)")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs")
     args = parser.parse_args()
+    trials, _, table = DATASETS[args.dataset]
+    args.trials = args.trials or list(trials)
+    if any(t not in trials for t in args.trials):
+        parser.error(f"the {args.dataset} trials are {', '.join(trials)}")
+    out = args.out or ROOT / "runs" / ("recipe" if args.dataset == "mnist" else f"recipe-{args.dataset}")
 
-    scorer = Scorer()
+    scorer = Scorer(args.dataset)
     lines = ["| trial | change (shipped value) | budget | steps | images seen | FID | KID | confident > 0.9 | precision | "
              "recall |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name in args.trials:  # each scored as soon as it is trained
-        run = train_trial(name, args.minutes, args.out)
+        run = train_trial(name, args.minutes, out, args.dataset)
         last = score_run(run, scorer, sampler="ddpm", steps=20, spacing="uniform", samples=args.samples,
                          curve_samples=args.samples, last_only=True)[-1]
         config = checkpoints.read_json(run / "config.json")["train"]
         budget = f"{config['minutes']:g} min" if config["steps"] is None else f"{config['steps']} steps"
-        lines.append(f"| `{name}` | {TRIALS[name][0]} | {budget} | {last['step']} | {last['step'] * config['batch_size']:,} | "
+        lines.append(f"| `{name}` | {trials[name][0]} | {budget} | {last['step']} | {last['step'] * config['batch_size']:,} | "
                      f"{last['fid']:.2f} | {last['kid']:.4f} | {last['confidence']:.1%} | {last['precision']:.2f} | "
                      f"{last['recall']:.2f} |")
     text = "\n".join(lines)
     print(text)
-    if set(args.trials) == set(TRIALS):  # the page holds the whole table only
+    if set(args.trials) == set(trials):  # the page holds the whole table only
         command = "python benchmarks/recipe_trials.py " + " ".join(sys.argv[1:])
-        (args.docs / "performance_recipes.md").write_text(f"<!-- written by: {command.strip()} -->\n{text}\n")
+        (args.docs / table).write_text(f"<!-- written by: {command.strip()} -->\n{text}\n")
 
 
 if __name__ == "__main__":

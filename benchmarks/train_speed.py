@@ -1,15 +1,18 @@
-"""Training speed of the default MNIST recipe against the MNIST tutorial's diffusers network.
+"""Training speed of the default recipes against the reference systems' on the same data.
 
-    python benchmarks/train_speed.py                       # table to stdout and docs/performance_speed.md
+    python benchmarks/train_speed.py                       # mnist suite: table to stdout and docs/performance_speed.md
     python benchmarks/train_speed.py --repeats 5 --steps 30
+    python benchmarks/train_speed.py --suite colour        # CIFAR-10 32x32: cifar10 against cifar-labml
+    python benchmarks/train_speed.py --suite colour-64     # CIFAR-10 at 64x64: colour-64 against keras-flowers, ddpm-anime
 
-Every variant is a real `train()` run of a preset with overrides (data from the built-in mnist-5k,
-served from the uint8 cache), in its own process so each has a fresh allocator and an honest peak
-memory (the process's max resident set). Variants run alternately, `--repeats` rounds with the
-order rotated each round, so drift of the machine hits all of them alike. Speed is the median of
-the logged images/s windows after the first `--warmup` steps (which hold torch.compile's work);
-each row reports the median over rounds and the spread (min-max). The same run measures the
-machine's peak: a 2048x2048 matrix product in float32 and in bf16.
+Every variant is a real `train()` run of a preset with overrides (the mnist suite on the built-in
+mnist-5k, the colour suites on ../shared/data/cifar10-train, served from the uint8 cache), in its
+own process so each has a fresh allocator and an honest peak memory (the process's max resident
+set). Variants run alternately, `--repeats` rounds with the order rotated each round, so drift
+of the machine hits all of them alike. Speed is the median of the logged images/s windows after
+the first `--warmup` steps (which hold torch.compile's work); each row reports the median over
+rounds and the spread (min-max), and the ratio to the suite's reference system. The same run
+measures the machine's peak: a 2048x2048 matrix product in float32 and in bf16.
 
 `--loss-steps N` adds the check that a lever does not cost quality: fp32 and bf16 runs of the
 default recipe for N steps from the same seed, mean training loss over the last 20% of steps.
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import platform
 import resource
 import statistics
 import subprocess
@@ -55,16 +59,36 @@ LOSS_CHECKS = {
     "bf16, no patches (residual-mnist)": {"network": "residual-mnist"},
     "bf16, no clusters (unconditional)": {"clusters": 0},
 }
-DOC = Path(__file__).resolve().parents[1] / "docs" / "performance_speed.md"
+ROOT = Path(__file__).resolve().parents[1]
+CIFAR = str(ROOT.parent / "shared" / "data" / "cifar10-train")
+AT_64 = {"data.source": CIFAR, "data.image_size": 64, "data.allow_upscale": True}
+COLOUR = {
+    "cifar-labml": ("cifar-labml", {"data.source": CIFAR}, "the labml.ai DDPM: labml-cifar U-Net (4.2M), fp32, batch 128"),
+    "cifar10-fp32": ("cifar10", {"data.source": CIFAR, "precision": "fp32", "fused_optimizer": False},
+                     "patch-cifar (2x2 patches, 128/256, attention at 8x8), fp32, AdamW"),
+    "cifar10": ("cifar10", {"data.source": CIFAR}, "the `cifar10` preset as shipped (bf16, fused AdamW)"),
+}
+COLOUR_64 = {
+    "keras-flowers": ("keras-flowers", {**AT_64, "kid_every": 0}, "the Keras DDIM example: keras-ddim U-Net (2.0M), fp32"),
+    "ddpm-anime": ("ddpm-anime", {**AT_64, "precision": "bf16"},
+                   "the diffusers DDPM walkthrough: ddpm-64 UNet2DModel (114M), bf16 here (fp16 needs a GPU)"),
+    "colour-64": ("colour-64", AT_64, "the `colour-64` preset as shipped (patch-64: patch-cifar on 4x4 patches)"),
+}
+# suite: (variants, reference variant, input shape of one image, table)
+SUITES = {
+    "mnist": (VARIANTS, "tutorial", (1, 28, 28), ROOT / "docs" / "performance_speed.md"),
+    "colour": (COLOUR, "cifar-labml", (3, 32, 32), ROOT / "docs" / "performance_colour_speed.md"),
+    "colour-64": (COLOUR_64, "keras-flowers", (3, 64, 64), ROOT / "docs" / "performance_colour_64_speed.md"),
+}
 
 
-def worker(name: str, steps: int, warmup: int, extra: dict) -> dict:
+def worker(suite: str, name: str, steps: int, warmup: int, extra: dict) -> dict:
     """Train one variant for `steps` steps in a scratch directory; report speed and peak memory."""
     from pixel_diffusion.config import apply_overrides
     from pixel_diffusion.presets import preset
     from pixel_diffusion.training import train
 
-    preset_name, overrides, _ = VARIANTS[name]
+    preset_name, overrides, _ = SUITES[suite][0][name]
     config = preset(preset_name)
     settings = {**overrides, **extra, "steps": steps, "log_every": 5, "checkpoint_every": 10**9,
                 "preview_every": 0, "lr_warmup": 0, "progress": False, "kid_every": 0}
@@ -85,8 +109,8 @@ def worker(name: str, steps: int, warmup: int, extra: dict) -> dict:
     }
 
 
-def run_worker(name: str, steps: int, warmup: int, extra: dict | None = None) -> dict:
-    command = [sys.executable, __file__, "--worker", name, "--steps", str(steps), "--warmup", str(warmup),
+def run_worker(suite: str, name: str, steps: int, warmup: int, extra: dict | None = None) -> dict:
+    command = [sys.executable, __file__, "--suite", suite, "--worker", name, "--steps", str(steps), "--warmup", str(warmup),
                "--extra", json.dumps(extra or {})]
     out = subprocess.run(command, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -103,32 +127,38 @@ def peak_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float
     return 2 * size**3 / statistics.median(times) / 1e9
 
 
-def forward_gflops(network: str, options: dict) -> float:
+def forward_gflops(network: str, options: dict, shape: tuple[int, int, int]) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     from pixel_diffusion.networks import build_network, config_to_dict, network_config
 
-    config = dataclasses.replace(network_config(network), **options)
+    config = dataclasses.replace(network_config(network, in_channels=shape[0]), **options)
     net = build_network(config_to_dict(config)).eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        net(torch.randn(1, 1, 28, 28), torch.tensor([0.5]))
+        net(torch.randn(1, *shape), torch.tensor([0.5]))
     return counter.get_total_flops() / 1e9
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--suite", default="mnist", choices=list(SUITES))
+    parser.add_argument("--variants", nargs="+", help="some of the suite's variants (default: all)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=30, help="optimiser steps per measurement")
     parser.add_argument("--warmup", type=int, default=10, help="steps left out of the speed (compilation, caches)")
-    parser.add_argument("--loss-steps", type=int, default=0, help="also compare fp32 and bf16 loss after this many steps")
-    parser.add_argument("--doc", type=Path, default=DOC)
+    parser.add_argument("--loss-steps", type=int, default=0, help="also compare fp32 and bf16 loss after this many steps (mnist)")
+    parser.add_argument("--doc", type=Path, help="table to write (default: the suite's in docs/)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--extra", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    suite, reference_name, shape, doc = SUITES[args.suite]
     if args.worker:
-        print(json.dumps(worker(args.worker, args.steps, args.warmup, json.loads(args.extra))))
+        print(json.dumps(worker(args.suite, args.worker, args.steps, args.warmup, json.loads(args.extra))))
         return
+    args.variants = args.variants or list(suite)
+    unknown = [v for v in args.variants if v not in suite]
+    if unknown:
+        parser.error(f"{', '.join(unknown)} not in the {args.suite} suite; it has {', '.join(suite)}")
 
     from tqdm import tqdm
 
@@ -140,27 +170,28 @@ def main() -> None:
         for round_ in range(args.repeats):
             shift = round_ % len(args.variants)
             for name in args.variants[shift:] + args.variants[:shift]:
-                results[name].append(run_worker(name, args.steps, args.warmup))
+                results[name].append(run_worker(args.suite, name, args.steps, args.warmup))
                 bar.update(1)
             peaks["fp32"].append(peak_gflops(torch.float32))
             peaks["bf16"].append(peak_gflops(torch.bfloat16))
     peak = {k: statistics.median(v) for k, v in peaks.items()}
 
-    reference = statistics.median(r["images_per_s"] for r in results.get("tutorial", [])) if "tutorial" in results else None
-    rows = ["| variant | what | batch | images/s (median) | spread (min-max) | vs tutorial | peak memory (MB) "
+    reference = statistics.median(r["images_per_s"] for r in results[reference_name]) if reference_name in results else None
+    rows = [f"| variant | what | batch | images/s (median) | spread (min-max) | vs {reference_name} | peak memory (MB) "
             "| GFLOP/s (fwd+bwd = 3x fwd) | of peak |",
             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name in args.variants:
         speeds = [r["images_per_s"] for r in results[name]]
         median = statistics.median(speeds)
-        config = preset(VARIANTS[name][0])
-        precision = VARIANTS[name][1].get("precision", config.precision)
-        network = VARIANTS[name][1].get("network", config.network)
-        achieved = 3 * forward_gflops(network, VARIANTS[name][1].get("network_options", {})) * median
+        preset_name, overrides, what = suite[name]
+        config = preset(preset_name)
+        precision = overrides.get("precision", config.precision)
+        network = overrides.get("network", config.network)
+        achieved = 3 * forward_gflops(network, overrides.get("network_options", {}), shape) * median
         fraction = achieved / peak["bf16" if precision == "bf16" else "fp32"]
         ratio = f"{median / reference:.2f}x" if reference else "-"
         rows.append(
-            f"| `{name}` | {VARIANTS[name][2]} | {results[name][0]['batch_size']} | {median:.0f} | "
+            f"| `{name}` | {what} | {results[name][0]['batch_size']} | {median:.0f} | "
             f"{min(speeds):.0f}-{max(speeds):.0f} | {ratio} | "
             f"{statistics.median(r['peak_rss_mb'] for r in results[name]):.0f} | {achieved:.0f} | {100 * fraction:.0f}% |"
         )
@@ -170,14 +201,15 @@ def main() -> None:
         *rows,
     ]
     if args.loss_steps:
-        losses = {label: run_worker("ours-default", args.loss_steps, 0, extra) for label, extra in LOSS_CHECKS.items()}
+        losses = {label: run_worker("mnist", "ours-default", args.loss_steps, 0, extra) for label, extra in LOSS_CHECKS.items()}
         lines += ["", f"Loss after {args.loss_steps} steps of the `mnist` recipe (same seed, mean over the last 20% "
                   "of logged windows):", "", "| variant | loss | images/s |", "|---|---:|---:|"]
         lines += [f"| {label} | {r['tail_loss']:.5f} | {r['images_per_s']:.0f} |" for label, r in losses.items()]
     text = "\n".join(lines)
     print(text)
     command = "python benchmarks/train_speed.py " + " ".join(sys.argv[1:])
-    args.doc.write_text(f"<!-- written by: {command.strip()} -->\n{text}\n")
+    (args.doc or doc).write_text(f"<!-- written by: {command.strip()} on {platform.processor() or platform.machine()}, "
+                                 f"{torch.get_num_threads()} threads -->\n{text}\n")
 
 
 if __name__ == "__main__":

@@ -59,10 +59,22 @@ def test_cluster_labels_count_from_the_largest_cluster_down():
 
 def test_pixel_features_average_large_images_down():
     images = torch.randint(0, 256, (3, 3, 64, 48), dtype=torch.uint8)
-    features = pixel_features(images, side=16)
+    features = pixel_features(images)  # colour: 16 x 16 x 3 = 768 <= 1024 dimensions
     assert features.shape == (3, 3 * 16 * 16)
     assert torch.allclose(features.mean(1), images.double().div(255).mean((1, 2, 3)).float(), atol=1e-5)
-    assert pixel_features(images[..., :8, :8], side=16).shape == (3, 3 * 8 * 8)  # small images stay as they are
+    assert pixel_features(images[..., :8, :8]).shape == (3, 3 * 8 * 8)  # small images stay as they are
+    assert pixel_features(images[:, :1, :28, :28]).shape == (3, 28 * 28)  # digits stay whole
+    assert pixel_features(images[:, :1]).shape == (3, 32 * 32)
+
+
+def test_minibatch_kmeans_on_many_points_finds_the_blobs(monkeypatch):
+    from pixel_diffusion import clusters
+
+    monkeypatch.setattr(clusters, "MINI_BATCH_ABOVE", 50)
+    points, truth = blobs()
+    assignment, centres = kmeans(points, 3, seed=1)
+    assert {(int(a), int(t)) for a, t in zip(assignment, truth)} == {(int(assignment[truth == t][0]), t) for t in range(3)}
+    assert torch.equal(assignment, torch.cdist(points, centres).argmin(1))
 
 
 def test_draw_clusters_follows_the_prior_and_keeps_each_sample_for_a_seed():

@@ -162,9 +162,27 @@ def test_empty_or_missing_sources_stop_with_a_clear_error(tmp_path):
             _load(tmp_path)
     Image.fromarray(_rgb(8, 8)).save(tmp_path / "a.png")
     Image.fromarray(_rgb(9, 9)).save(tmp_path / "b.png")
-    with pytest.raises(ValueError, match="differ in size.*set image_size"):
+    with pytest.raises(ValueError, match="differ in size.*set data.image_size"):
         with pytest.warns(UserWarning):
             _load(tmp_path)
+
+
+def test_a_folder_of_mixed_sizes_is_fitted_to_mixed_sizes_to(tmp_path):
+    # Three sizes, the first images of one size: those decoded before the others are fitted too.
+    photos, one = tmp_path / "photos", tmp_path / "one"
+    photos.mkdir(), one.mkdir()
+    arrays = [_rgb(40, 40), _rgb(40, 40), _rgb(60, 45), _rgb(12, 12), _rgb(33, 70)]
+    for k, array in enumerate(arrays):
+        Image.fromarray(array).save(photos / f"{k}.png")
+    Image.fromarray(arrays[0]).save(one / "a.png")
+    with pytest.warns(UserWarning, match=r"skipped 1 of 5 items: 3.png \(12x12 is smaller than 32x32"):
+        data = _load(photos, mixed_sizes_to=32)
+    assert data.size == (32, 32) and len(data) == 4
+    assert torch.equal(data.images[0], _load(one, image_size=32).images[0])  # the same fit as image_size=32
+    assert _load(one, mixed_sizes_to=32).size == (40, 40)  # one size: kept as it is
+    with pytest.warns(UserWarning, match="skipped 1 of 5"):
+        streamed = _load(photos, mixed_sizes_to=32, max_cache_bytes=0)
+    assert streamed.images is None and torch.equal(streamed.uint8(np.arange(4)), data.images)
 
 
 def test_resizing_is_antialiased(tmp_path):

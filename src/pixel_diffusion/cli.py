@@ -149,7 +149,8 @@ def _train_command(commands) -> None:
         "data.image_size=32, loss.weighting=min-snr).",
     )
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config fields to override")
-    train.add_argument("--preset", default="mnist", help=f"named configuration (default: mnist); one of {', '.join(PRESETS)}")
+    train.add_argument("--preset", help="named configuration (default: chosen for --data by its channels, sizes and "
+                       f"labels, and said; mnist without --data); one of {', '.join(PRESETS)}")
     train.add_argument("--data", help="data source: a folder, .npz/.npy, idx file, CIFAR folder, hf:NAME, mnist-5k or digits (default: the preset's)")
     train.add_argument("--out", type=Path, help="run directory (default: runs/PRESET)")
     budget = train.add_mutually_exclusive_group()
@@ -169,7 +170,7 @@ def _sample_command(commands) -> None:
                                  description="Draw images from a trained run (its newest checkpoint and EMA weights by default).")
     _add(sample, "run", "checkpoint", "weights", "sampler", "steps")
     _add_walk_arguments(sample)
-    sample.add_argument("--n", type=_positive_int, default=64, help="number of images (default: 64)")
+    sample.add_argument("--n", type=_positive_int, default=64, help="number of images (default: 64; grid.png shows the first 100)")
     _add(sample, "seed", "label", "guidance", label={"help": "class to draw, for runs trained with labels (default: none)"})
     sample.add_argument("--batch-size", type=_positive_int, default=64, help="images per batch (default: 64)")
     sample.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
@@ -192,6 +193,7 @@ def _classifier_command(commands) -> None:
     classifier.add_argument("--epochs", type=_positive_int, default=8, help="passes over the data (default: 8)")
     classifier.add_argument("--image-size", type=_positive_int, help="square side to resize to (default: the data's)")
     classifier.add_argument("--class-folders", action="store_true", help="image folders: sub-folders are the classes")
+    classifier.add_argument("--flip", action="store_true", help="mirror training images at random (photos; not digits)")
     classifier.add_argument("--no-reject-class", action="store_true",
                             help="no 'not a data image' class trained on corrupted images (default: trained)")
     _add(classifier, "no_progress")
@@ -274,12 +276,16 @@ def _demo_command(commands) -> None:
 
 def _train_config(args):
     from .config import apply_overrides, read_config_file
-    from .presets import preset
+    from .presets import choose_preset, preset
 
-    config = preset(args.preset)
+    chosen: dict = {}
+    if args.preset is None and args.data:
+        choice = choose_preset(args.data)
+        print(f"no --preset: {choice.reason}; set --preset to choose another")
+        args.preset, chosen = choice.preset, dict(choice.overrides)
+    config = preset(args.preset or "mnist")
     if args.config:
         config = apply_overrides(config, read_config_file(args.config))
-    chosen: dict = {}
     if args.data:
         chosen["data.source"] = args.data
     for name in ("steps", "epochs", "minutes"):
@@ -293,7 +299,7 @@ def _train_config(args):
     config = apply_overrides(config, chosen)
     config = apply_overrides(config, args.overrides)
     if not config.data.source:
-        raise ValueError(f"preset {args.preset} has no built-in data; pass --data (a folder of images, .npz, ...)")
+        raise ValueError(f"preset {config.preset} has no built-in data; pass --data (a folder of images, .npz, ...)")
     return config
 
 
@@ -307,6 +313,9 @@ def run_train(args) -> None:
         raise ValueError(f"--resume: {out} has no checkpoint to continue from")
     last = train(config, out)
     print(f"trained {config.preset}: checkpoint {last}; previews in {out / 'samples'}")
+
+
+GRID_IMAGES = 100  # sample's grid.png shows the first so many images
 
 
 def run_sample(args) -> None:
@@ -328,8 +337,9 @@ def run_sample(args) -> None:
     tmp = out / ".samples.npz.tmp.npz"
     np.savez(tmp, images=images)
     tmp.replace(out / "samples.npz")
+    shown = images[:GRID_IMAGES]  # a grid a person can look at; every image is in samples.npz (and a PNG)
     scale = max(1, 64 // images.shape[1])
-    image_grid(images, columns=int(np.ceil(np.sqrt(len(images)))), scale=scale).save(out / "grid.png")
+    image_grid(shown, columns=int(np.ceil(np.sqrt(len(shown)))), scale=scale).save(out / "grid.png")
     if not args.no_png:
         for k, image in enumerate(images):
             Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(out / f"{k:05d}.png")
@@ -344,7 +354,7 @@ def run_train_classifier(args) -> None:
 
     config = DataConfig(args.data, image_size=args.image_size, class_folders=args.class_folders)
     info = train_classifier(config, args.out, epochs=args.epochs, reject_class=not args.no_reject_class,
-                            progress=not args.no_progress)
+                            flip=args.flip, progress=not args.no_progress)
     rejected = info["validation_corrupted_rejected"]
     print(f"classifier in {args.out}: validation accuracy {info['validation_accuracy']:.4f}"
           + ("" if rejected is None else f"; corrupted validation images rejected {rejected:.4f}"))

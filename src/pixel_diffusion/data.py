@@ -10,6 +10,7 @@ images cached in memory, or re-decoded on each pass when they would not fit.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from collections.abc import Callable, Iterator
@@ -41,7 +42,8 @@ class DataConfig:
     """Where the images come from and how they are prepared; saved with every run."""
 
     source: str = "mnist-5k"  # folder, .npz/.npy, idx file, CIFAR folder, hf:NAME, or a built-in
-    image_size: int | None = None  # square side; None keeps the source's size (all must agree)
+    image_size: int | None = None  # square side; None keeps the source's size when all agree
+    mixed_sizes_to: int | None = None  # with image_size None: the side for a source of mixed sizes
     fit: str = "crop"  # crop: centre square, then resize; resize-crop: shorter side, then centre crop
     allow_upscale: bool = False  # otherwise images smaller than image_size are skipped
     channels: str = "auto"  # auto (grayscale when every image is), 1 or 3
@@ -67,8 +69,9 @@ class DataConfig:
             if value not in options:
                 raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(options)}")
         object.__setattr__(self, "channels", str(self.channels))
-        if self.image_size is not None and self.image_size < 1:
-            raise ValueError(f"image_size must be positive; got {self.image_size}")
+        for name in ("image_size", "mixed_sizes_to"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive; got {getattr(self, name)}")
         if not 0 <= self.validation_fraction < 1:
             raise ValueError(f"validation_fraction must lie in [0, 1); got {self.validation_fraction}")
 
@@ -251,6 +254,21 @@ def _summarise_skipped(skipped: list[tuple[str, str]], total: int) -> None:
         warnings.warn(f"skipped {len(skipped)} of {total} items: {shown}{more}", stacklevel=3)
 
 
+def _refit(kept: list[int], arrays: list[np.ndarray], config: DataConfig, skipped: list, source: Source):
+    """The items kept so far, fitted again to `config.image_size`: (kept, arrays, shapes)."""
+    refitted, still = [], []
+    for i, array in zip(kept, arrays) if arrays else ((i, source.read(i)) for i in kept):
+        try:
+            fitted = fit_image(array, config)
+        except ValueError as error:
+            skipped.append((source.name(i), str(error)))
+            continue
+        still.append(i)
+        if arrays:
+            refitted.append(fitted)
+    return still, refitted, {(config.image_size, config.image_size)} if still else set()
+
+
 def load_images(config: DataConfig, *, progress: bool = True) -> ImageData:
     """Open the source, decode and fit every image once, fix channels, split, and measure the
     normalisation; keep the uint8 images in memory when they fit in `max_cache_bytes`."""
@@ -273,6 +291,14 @@ def load_images(config: DataConfig, *, progress: bool = True) -> ImageData:
         if array is None:
             skipped.append((source.name(i), reason))
             continue
+        if shapes and array.shape[:2] not in shapes and config.image_size is None and config.mixed_sizes_to:
+            # Sizes differ: from here on every image is fitted to mixed_sizes_to, those before too.
+            config = dataclasses.replace(config, image_size=config.mixed_sizes_to)
+            array, reason = prepare(i)
+            kept, arrays, shapes = _refit(kept, arrays, config, skipped, source)
+            if array is None:
+                skipped.append((source.name(i), reason))
+                continue
         kept.append(i)
         shapes.add(array.shape[:2])
         gray &= array.shape[-1] == 1
@@ -286,7 +312,7 @@ def load_images(config: DataConfig, *, progress: bool = True) -> ImageData:
         reason = f"; all {total} items were skipped" if total else ""
         raise ValueError(f"no usable images in {source.description}{reason}")
     if len(shapes) > 1:
-        raise ValueError(f"images in {source.description} differ in size ({sorted(shapes)[:3]} ...); set image_size")
+        raise ValueError(f"images in {source.description} differ in size ({sorted(shapes)[:3]} ...); set data.image_size")
     channels = {"auto": 1 if gray else 3, "1": 1, "3": 3}[config.channels]
     size = next(iter(shapes))
 

@@ -143,10 +143,16 @@ def cluster_labels_of(config: TrainConfig, data: ImageData, run_dir: Path, main:
         saved = checkpoints.read_json(path)
         if saved["k"] == config.clusters and len(saved["labels"]) == items:
             return torch.tensor(saved["labels"], dtype=torch.long)
+    from tqdm.auto import tqdm
+
     # Pixel features a chunk at a time, so a set that streams from disk is never in memory whole.
-    features = torch.cat([pixel_features(data.uint8(np.arange(start, min(start + 1024, items))))
-                          for start in range(0, items, 1024)])
-    labels = cluster_labels(features, config.clusters, seed=config.seed)
+    with tqdm(total=items + 1, desc=f"finding {config.clusters} clusters", disable=not (config.progress and main)) as bar:
+        features = []
+        for start in range(0, items, 1024):
+            features.append(pixel_features(data.uint8(np.arange(start, min(start + 1024, items)))))
+            bar.update(len(features[-1]))
+        labels = cluster_labels(torch.cat(features), config.clusters, seed=config.seed)
+        bar.update(1)
     if main:
         checkpoints.write_json(path, {"k": config.clusters, "labels": labels.tolist()})
     return labels
@@ -482,26 +488,30 @@ class _progress:
         self.minutes = budget.total is None
         disable = not (config.progress and main)
         if self.minutes:
-            self.bar = tqdm(total=round(budget.seconds), desc="training", disable=disable,
-                            bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
+            # tqdm puts ", " before a postfix; the text after the bar is the description instead.
+            self.bar = tqdm(total=round(budget.seconds), desc="", disable=disable,
+                            bar_format="training: {percentage:3.0f}%|{bar}| {desc}")
             self.total_s, self.used = budget.seconds, ""
         else:
             self.bar = tqdm(total=budget.total, initial=step, desc="training", unit="step", disable=disable)
-        self.step = step
+        self.step, self.latest = step, ""
 
     def advance(self, step: int, elapsed_s: float) -> None:
         if self.minutes:  # the run's training time, earlier processes' included
             used = min(elapsed_s, self.total_s)
             self.bar.n = round(used)
             self.used = f"{_clock(used)} used, {_clock(self.total_s - used)} left, step {step}"
-            self.bar.set_postfix_str(self.used)
+            self.bar.set_description_str(f"{self.used}, {self.latest}" if self.latest else self.used)
         else:
             self.bar.update(step - self.step)
         self.step = step
 
     def show(self, record: dict) -> None:
-        postfix = f"loss={record['loss']:.4f}, img_s={record['images_per_s']:.0f}"
-        self.bar.set_postfix_str(f"{self.used}, {postfix}" if self.minutes else postfix)
+        self.latest = f"loss={record['loss']:.4f}, img_s={record['images_per_s']:.0f}"
+        if self.minutes:
+            self.bar.set_description_str(f"{self.used}, {self.latest}")
+        else:
+            self.bar.set_postfix_str(self.latest)
 
     def __enter__(self):
         return self

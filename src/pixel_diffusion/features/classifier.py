@@ -86,17 +86,18 @@ def corrupt(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 def train_classifier(
     data_config: DataConfig, out: Path, *, epochs: int = 8, batch_size: int = 128, lr: float = 2e-3,
-    seed: int = 0, progress: bool = True, reject_class: bool = True,
+    seed: int = 0, progress: bool = True, reject_class: bool = True, flip: bool = False,
 ) -> dict:
     """Train on a labelled source with 10% held out; write classifier.safetensors and
     classifier.json (config, normalisation, validation accuracy) to `out`; return that JSON.
 
     With `reject_class`, every batch also holds a quarter as many corrupted images (`corrupt`)
-    labelled "not a data image", so noise and scribbles are not called digits with confidence."""
+    labelled "not a data image", so noise and scribbles are not called digits with confidence.
+    `flip` mirrors training images at random (photos; not digits)."""
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
-    data_config = dataclasses.replace(data_config, validation_fraction=data_config.validation_fraction or 0.1, flip=False)
+    data_config = dataclasses.replace(data_config, validation_fraction=data_config.validation_fraction or 0.1, flip=flip)
     data = load_images(data_config, progress=progress)
     if data.labels is None:
         raise ValueError(f"a classifier needs labels, and {data_config.source!r} has none (use class folders or a labelled set)")

@@ -8,9 +8,12 @@ the source is vague. docs/presets.md lists them. Presets whose data is not built
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
+
+import numpy as np
 
 from ..config import TrainConfig
-from ..data import DataConfig
+from ..data import IMAGE_SUFFIXES, DataConfig, open_source
 from ..diffusion import DiffusionLoss
 
 
@@ -22,7 +25,7 @@ def mnist() -> TrainConfig:
     batch 64, 3000 steps (docs/performance.md measures the speed settings and the 10-minute quality)."""
     return TrainConfig(
         preset="mnist",
-        data=DataConfig("mnist-5k"),
+        data=DataConfig("mnist-5k", mixed_sizes_to=28),
         network="patch-mnist",
         clusters=50,
         schedule="cosine",
@@ -118,7 +121,7 @@ def mnist_tutorial() -> TrainConfig:
     no gradient clipping, as in the tutorial's loop; 3 epochs."""
     return TrainConfig(
         preset="mnist-tutorial",
-        data=DataConfig("mnist-5k"),
+        data=DataConfig("mnist-5k", mixed_sizes_to=28),
         network="ddpm-mnist",
         schedule="cosine",
         prediction="noise",
@@ -140,7 +143,7 @@ def mnist_basic() -> TrainConfig:
     uniform-mixing schedule, which is exactly that loop)."""
     return TrainConfig(
         preset="mnist-basic",
-        data=DataConfig("mnist-5k"),
+        data=DataConfig("mnist-5k", mixed_sizes_to=28),
         network="basic-mnist",
         schedule="uniform-mixing",
         prediction="image",
@@ -202,6 +205,33 @@ def cifar_labml() -> TrainConfig:
     )
 
 
+def cifar10() -> TrainConfig:
+    """Fast default for small colour images (CIFAR-10, 32x32) on a CPU: patch-cifar (a residual
+    U-Net on 2x2 patches with self-attention at 8x8) conditioned on 50 k-means clusters of the
+    images, random flips, otherwise the `mnist` recipe: cosine schedule, velocity prediction,
+    min-SNR-5, AdamW with warmup and cosine decay, EMA with warmup, bf16 autocast, fused AdamW
+    (docs/performance.md: the recipe trials and 30-minute quality)."""
+    return dataclasses.replace(
+        mnist(), preset="cifar10", data=DataConfig("", image_size=32, flip=True, channels="3"),
+        network="patch-cifar", lr=1e-3, steps=6000, checkpoint_every=500, preview_every=1000,
+    )
+
+
+def cifar10_conditional() -> TrainConfig:
+    """`cifar10` trained on the labels of class sub-folders (10% without one, for classifier-free
+    guidance) instead of clusters."""
+    config = cifar10()
+    return dataclasses.replace(config, preset="cifar10-conditional", conditional=True, clusters=0,
+                               data=dataclasses.replace(config.data, class_folders=True))
+
+
+def colour_64() -> TrainConfig:
+    """Colour photos at 64x64 (flowers, faces) on a CPU: patch-64 (the patch-cifar U-Net on 4x4
+    patches, so that it runs at 16x16 and 8x8 too), the `cifar10` recipe otherwise."""
+    return dataclasses.replace(cifar10(), preset="colour-64", network="patch-64",
+                               data=DataConfig("", image_size=64, flip=True, channels="3"))
+
+
 PRESETS = {
     "mnist": mnist,
     "mnist-conditional": mnist_conditional,
@@ -211,6 +241,9 @@ PRESETS = {
     "mnist-basic": mnist_basic,
     "fashion-mindspore": fashion_mindspore,
     "cifar-labml": cifar_labml,
+    "cifar10": cifar10,
+    "cifar10-conditional": cifar10_conditional,
+    "colour-64": colour_64,
 }
 
 
@@ -218,3 +251,66 @@ def preset(name: str) -> TrainConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; expected one of {', '.join(PRESETS)}")
     return PRESETS[name]()
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    """The preset `train --data` takes with no --preset, the config fields it changes, and why."""
+
+    preset: str
+    overrides: dict
+    reason: str
+
+
+def choose_preset(source: str, probe: int = 64) -> Choice:
+    """Look at up to `probe` images spread over a data source (channels, sizes, class folders)
+    and pick a recipe: `mnist` (or `mnist-conditional`) for grayscale, `cifar10` at 32x32 for
+    small colour images (shorter side under 48 for most), `colour-64` at 64x64 for larger ones;
+    the `-conditional` forms where a folder's images all sit in class sub-folders or the source
+    has labels (there is no conditional form of colour-64: it trains on clusters)."""
+    from ..sources import list_image_files
+
+    found = open_source(DataConfig(source))
+    picked = np.unique(np.linspace(0, found.count - 1, min(probe, found.count)).round().astype(int))
+    arrays = []
+    for i in picked:
+        try:
+            arrays.append(found.read(int(i)))
+        except ValueError:
+            continue
+    if not arrays:
+        raise ValueError(f"no readable image among the first of {found.description}")
+    colour = any(a.shape[-1] == 3 and not ((a[..., 0] == a[..., 1]).all() and (a[..., 0] == a[..., 2]).all()) for a in arrays)
+    short = float(np.median([min(a.shape[:2]) for a in arrays]))
+    sizes = {a.shape[:2] for a in arrays}
+    path = Path(source).expanduser()
+    folders = []
+    if path.is_dir() and found.labels is None:
+        try:
+            _, _, folders, outside = list_image_files(path, class_folders=True)
+            folders = folders if len(folders) > 1 and not any(p.suffix.lower() in IMAGE_SUFFIXES for p in outside) else []
+        except ValueError:  # no sub-folders
+            folders = []
+    labelled = found.labels is not None or bool(folders)
+    what = (f"{found.count} {'colour' if colour else 'grayscale'} images of "
+            + (f"{arrays[0].shape[1]}x{arrays[0].shape[0]}" if len(sizes) == 1 else f"mixed sizes (median shorter side {short:.0f})")
+            + (f" in {len(folders)} class folders" if folders else " with labels" if labelled else ""))
+    if not colour:
+        name, side = ("mnist-conditional" if labelled else "mnist"), ("their size" if len(sizes) == 1 else "28x28")
+        reason = f"{what}: {name} (grayscale) at {side}"
+    else:
+        name, side = ("cifar10", 32) if short < 48 else ("colour-64", 64)
+        name = "cifar10-conditional" if labelled and name == "cifar10" else name
+        reason = f"{what}: {name} at {side}x{side}" + (" (resized and centre-cropped)" if short != side or len(sizes) > 1 else "")
+    overrides = _fit_to_count(preset(name), found.count, {"data.class_folders": True} if folders else {})
+    small = [f"{k.replace('_', ' ')} {v}" for k, v in overrides.items() if k in ("clusters", "batch_size")]
+    return Choice(name, overrides, reason + (f"; {', '.join(small)} for so few images" if small else ""))
+
+
+def _fit_to_count(config: TrainConfig, count: int, overrides: dict) -> dict:
+    """Fewer clusters (one per 100 images, none under 200) and a smaller batch for a small set."""
+    if config.clusters and count < 100 * config.clusters:
+        overrides["clusters"] = count // 100 if count >= 200 else 0
+    if count < config.batch_size:
+        overrides["batch_size"] = 2 ** int(np.log2(max(count, 1)))
+    return overrides
