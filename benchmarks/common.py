@@ -5,7 +5,7 @@ lie to the training images (a check for copies)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -54,8 +54,6 @@ class Scorer:
 
     @property
     def reference_config(self) -> DataConfig:
-        from dataclasses import replace
-
         return replace(self.dataset.data, validation_fraction=0.0)
 
     def __call__(self, images) -> dict[str, float]:
@@ -70,8 +68,7 @@ class Scorer:
 
 def training_images(dataset: str = "mnist") -> np.ndarray:
     """Every training image of a benchmark data set, uint8 (N, H, W, C)."""
-    data = load_images(DataConfig(DATASETS[dataset].data.source, class_folders=DATASETS[dataset].data.class_folders),
-                       progress=False)
+    data = load_images(DATASETS[dataset].data, progress=False)
     return data.uint8(np.arange(len(data))).permute(0, 2, 3, 1).numpy()
 
 

@@ -1,7 +1,8 @@
-"""Recipe trials at the ten-minute budget: the `mnist` preset with one change each, same scoring.
+"""Recipe trials at the same budget: the `mnist` (or `cifar10`) preset with one change each, same scoring.
 
     python benchmarks/recipe_trials.py                          # every trial not trained yet, then the table
     python benchmarks/recipe_trials.py --trials log-normal      # one trial
+    python benchmarks/recipe_trials.py --dataset cifar10 --minutes 6    # the colour trials (COLOUR_TRIALS)
 
 Each trial trains the `mnist` preset with its overrides (`TRIALS`) on mnist-5k with the same seed
 and checkpoints as benchmarks/quality_at_budget.py, whose `ours` and `ours-conditional` runs are

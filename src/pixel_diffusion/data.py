@@ -102,10 +102,15 @@ def _fit_resize_crop(image: Image.Image, size: int) -> Image.Image:
 FITS = {"crop": _fit_crop, "resize-crop": _fit_resize_crop}
 
 
+def is_gray(array: np.ndarray) -> bool:
+    """Whether a uint8 (H, W, C) image is grayscale: one channel, or three equal ones."""
+    return array.shape[-1] == 1 or bool((array[..., 0] == array[..., 1]).all() and (array[..., 0] == array[..., 2]).all())
+
+
 def fit_image(array: np.ndarray, config: DataConfig) -> np.ndarray:
     """Crop and resize (antialiased bicubic) one uint8 (H, W, C) image to the configured square;
     store an RGB image whose channels are all equal as grayscale."""
-    if array.shape[-1] == 3 and (array[..., 0] == array[..., 1]).all() and (array[..., 0] == array[..., 2]).all():
+    if array.shape[-1] == 3 and is_gray(array):
         array = array[..., :1]
     size = config.image_size
     if size is None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import TrainConfig
-from ..data import IMAGE_SUFFIXES, DataConfig, open_source
+from ..data import IMAGE_SUFFIXES, DataConfig, is_gray, open_source
 from ..diffusion import DiffusionLoss
 
 
@@ -279,8 +279,8 @@ def choose_preset(source: str, probe: int = 64) -> Choice:
         except ValueError:
             continue
     if not arrays:
-        raise ValueError(f"no readable image among the first of {found.description}")
-    colour = any(a.shape[-1] == 3 and not ((a[..., 0] == a[..., 1]).all() and (a[..., 0] == a[..., 2]).all()) for a in arrays)
+        raise ValueError(f"no readable image in {found.description} (looked at {len(picked)}); expected image files or arrays")
+    colour = not all(is_gray(a) for a in arrays)
     short = float(np.median([min(a.shape[:2]) for a in arrays]))
     sizes = {a.shape[:2] for a in arrays}
     path = Path(source).expanduser()
