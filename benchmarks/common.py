@@ -41,7 +41,8 @@ DATASETS = {
 class Scorer:
     """FID, KID, precision/recall and classifier confidence of uint8 (N, H, W, C) samples against
     the whole of a data set, in the features of a classifier trained on it (mnist: mnist-5k;
-    cifar10: the 50,000 CIFAR-10 training images)."""
+    cifar10: the 50,000 CIFAR-10 training images). Samples at a whole multiple of the data's size
+    (a 64x64 recipe trained on CIFAR-10 upscaled) are averaged down to it first."""
 
     def __init__(self, dataset: str = "mnist"):
         self.dataset = DATASETS[dataset]
@@ -57,7 +58,18 @@ class Scorer:
         return replace(self.dataset.data, validation_fraction=0.0)
 
     def __call__(self, images) -> dict[str, float]:
+        images = self.to_data_size(np.asarray(images))
         return evaluate_images(images, self.reference, self.extractor, kid_subset_size=min(1000, len(images)))
+
+    def to_data_size(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (N, k H, k W, C) -> (N, H, W, C), the mean of each k x k block, rounded."""
+        size = self.extractor.config.image_size
+        k = images.shape[1] // size[0]
+        if k <= 1 or images.shape[1:3] != (k * size[0], k * size[1]):
+            return images
+        n, _, _, c = images.shape
+        blocks = images.reshape(n, size[0], k, size[1], k, c).astype(np.float32)
+        return np.rint(blocks.mean(axis=(2, 4))).astype(np.uint8)
 
     def real(self, n: int, seed: int = 0) -> np.ndarray:
         """n training images (N, H, W, C) drawn without replacement: the floor of every measure at n."""

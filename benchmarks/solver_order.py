@@ -26,7 +26,8 @@ from pixel_diffusion.schedules import sampling_times
 
 MU, STD = 0.3, 0.5
 COUNTS = (16, 32, 64, 128, 256, 512)
-ROWS = (("ddim", "log-snr"), ("heun", "log-snr"), ("dpmpp-2m", "log-snr"), ("dpmpp-2m", "karras"), ("heun", "karras"))
+ROWS = (("ddim", "log-snr"), ("heun", "log-snr"), ("dpmpp-2m", "log-snr"), ("dpmpp-2m", "karras"), ("heun", "karras"),
+        ("dpmpp-3m", "log-snr"), ("ipndm", "log-snr"), ("ipndm", "karras"), ("unipc", "log-snr"), ("unipc", "karras"))
 
 
 def errors(sampler: str, spacing: str, steps: int, schedule, x: torch.Tensor) -> tuple[float, float]:

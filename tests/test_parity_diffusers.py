@@ -11,7 +11,7 @@ import torch
 from pixel_diffusion import schedules
 from pixel_diffusion.diffusion import Denoiser
 from pixel_diffusion.exact import GaussianDenoiser
-from pixel_diffusion.samplers import ddim, ddpm, dpmpp_2m, dpmpp_2m_sde
+from pixel_diffusion.samplers import ddim, ddpm, dpmpp_2m, dpmpp_2m_sde, dpmpp_3m, unipc
 from pixel_diffusion.schedules import sampling_times
 
 diffusers = pytest.importorskip("diffusers")
@@ -147,6 +147,29 @@ def test_ddim_steps_equal_diffusers(prediction, eta, steps, spacing, clip):
         torch.testing.assert_close(states[i + 1], theirs.float(), rtol=1e-5, atol=1e-5)
 
 
+def _their_multistep(prediction, algorithm, order, solver_type, timesteps, kind="DPMSolverMultistepScheduler",
+                     **options):
+    """diffusers' multistep solver on our timesteps, its tables and EDM sigmas (which it stores in
+    float32 once set) rebuilt in float64 from the same betas."""
+    options = {"algorithm_type": algorithm, "lower_order_final": False, **options} if algorithm else options
+    reference = getattr(diffusers, kind)(
+        num_train_timesteps=1000, beta_schedule="linear", prediction_type=THEIR_PREDICTION[prediction],
+        solver_order=order, solver_type=solver_type,
+        final_sigmas_type="zero",  # the walk ends at clean data, the last step first order
+        **options,
+    )
+    _in_float64(reference)
+    reference.alpha_t, reference.sigma_t = reference.alphas_cumprod.sqrt(), (1 - reference.alphas_cumprod).sqrt()
+    if kind == "UniPCMultistepScheduler":  # it takes no timesteps of ours: set as many, then replace them
+        reference.set_timesteps(len(timesteps))
+        reference.timesteps = timesteps.clone()
+    else:
+        reference.set_timesteps(timesteps=timesteps.tolist())
+    cumprod = reference.alphas_cumprod[timesteps]
+    reference.sigmas = torch.cat([((1 - cumprod) / cumprod).sqrt(), torch.zeros(1, dtype=torch.float64)])
+    return reference
+
+
 @pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # inside diffusers' set_timesteps
 @pytest.mark.parametrize("prediction", THEIR_PREDICTION)
 @pytest.mark.parametrize("sampler, algorithm", [(dpmpp_2m, "dpmsolver++"), (dpmpp_2m_sde, "sde-dpmsolver++")])
@@ -155,21 +178,7 @@ def test_dpmpp_2m_steps_equal_diffusers(prediction, sampler, algorithm, steps, s
     # diffusers' multistep keeps the previous image estimates itself; it is fed our states in order.
     schedule, net = SCHEDULE, make_net(prediction)
     states, timesteps, draws = _walk(sampler, schedule, net, prediction, steps, spacing)
-    reference = diffusers.DPMSolverMultistepScheduler(
-        num_train_timesteps=1000,
-        beta_schedule="linear",
-        prediction_type=THEIR_PREDICTION[prediction],
-        algorithm_type=algorithm,
-        solver_order=2,
-        solver_type="midpoint",
-        final_sigmas_type="zero",  # the walk ends at clean data, the last step first order
-    )
-    _in_float64(reference)
-    reference.alpha_t, reference.sigma_t = reference.alphas_cumprod.sqrt(), (1 - reference.alphas_cumprod).sqrt()
-    reference.set_timesteps(timesteps=timesteps.tolist())
-    # Its EDM sigmas are stored in float32 once set; rebuilt in float64 from the same table.
-    cumprod = reference.alphas_cumprod[timesteps]
-    reference.sigmas = torch.cat([((1 - cumprod) / cumprod).sqrt(), torch.zeros(1, dtype=torch.float64)])
+    reference = _their_multistep(prediction, algorithm, 2, "midpoint", timesteps)
     for i, t in enumerate(timesteps.tolist()):
         x = states[i]
         noise = draws[i] if i < len(draws) else torch.zeros_like(x)
@@ -177,6 +186,67 @@ def test_dpmpp_2m_steps_equal_diffusers(prediction, sampler, algorithm, steps, s
         theirs = reference.step(output, t, x.double(), variance_noise=noise.double()).prev_sample
         torch.testing.assert_close(states[i + 1], theirs.float(), rtol=1e-5, atol=1e-5)
     assert len(draws) == (steps - 1 if sampler is dpmpp_2m_sde else 0)
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+@pytest.mark.parametrize("prediction", THEIR_PREDICTION)
+@pytest.mark.parametrize("steps, spacing", [(50, "uniform"), (20, "trailing"), (7, "leading")])
+def test_dpmpp_3m_steps_equal_diffusers(prediction, steps, spacing):
+    # Third order from the third step, second order on the second: diffusers' solver_order 3 with
+    # solver_type "heun", whose second-order step is the 3M formula with D_2 = 0 (phi_2 D_1).
+    schedule, net = SCHEDULE, make_net(prediction)
+    states, timesteps, _ = _walk(dpmpp_3m, schedule, net, prediction, steps, spacing)
+    reference = _their_multistep(prediction, "dpmsolver++", 3, "heun", timesteps)
+    for i, t in enumerate(timesteps.tolist()):
+        output = net(states[i], torch.tensor([float(t)])).double()
+        theirs = reference.step(output, t, states[i].double()).prev_sample
+        torch.testing.assert_close(states[i + 1], theirs.float(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+@pytest.mark.parametrize("prediction", THEIR_PREDICTION)
+@pytest.mark.parametrize("order", [1, 2, 3])
+@pytest.mark.parametrize("steps, spacing", [(50, "uniform"), (20, "trailing"), (6, "leading")])
+def test_unipc_steps_equal_diffusers(prediction, order, steps, spacing):
+    # diffusers' UniPCMultistep (bh2, data prediction, its default lower_order_final) is handed the
+    # state our walk gave the network; it corrects it with the new estimate and predicts the next.
+    schedule, net = SCHEDULE, make_net(prediction)
+    states, timesteps, _ = _walk(unipc, schedule, net, prediction, steps, spacing, order=order)
+    reference = _their_multistep(prediction, None, order, "bh2", timesteps, "UniPCMultistepScheduler",
+                                 predict_x0=True, lower_order_final=True)
+    for i, t in enumerate(timesteps.tolist()):
+        output = net(states[i], torch.tensor([float(t)])).double()
+        theirs = reference.step(output, t, states[i].double()).prev_sample
+        torch.testing.assert_close(states[i + 1], theirs.float(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+def test_diffusers_third_order_sde_step_differs_from_the_sde_solution_by_its_d2_term():
+    # diffusers' third-order sde-dpmsolver++ weights D_2 by alpha_s ((1 - e^(-2h) - 2h) / (2h)^2 - 1/2),
+    # which stays near -alpha_s as h -> 0, where the integral of the SDE solution gives
+    # -alpha_s phi_3(2h) = alpha_s ((1 - e^(-2h) - 2h) / (2h)^2 + 1/2) -> 0 (k-diffusion's dpmpp_3m_sde).
+    # Ours agrees with diffusers on every step but by exactly that difference, alpha_s D_2.
+    schedule, net = SCHEDULE, make_net("noise")
+    states, timesteps, draws = _walk(dpmpp_3m, schedule, net, "noise", 20, "trailing", eta=1.0)
+    reference = _their_multistep("noise", "sde-dpmsolver++", 3, "heun", timesteps)
+    seen = 0
+    for i, t in enumerate(timesteps.tolist()):
+        output = net(states[i], torch.tensor([float(t)])).double()
+        noise = draws[i] if i < len(draws) else torch.zeros_like(states[i])
+        theirs = reference.step(output, t, states[i].double(), variance_noise=noise.double()).prev_sample
+        if i < 2 or i == len(timesteps) - 1:  # first, second and final steps have no D_2 term
+            torch.testing.assert_close(states[i + 1], theirs.float(), rtol=1e-5, atol=1e-5)
+            continue
+        cumprod = reference.alphas_cumprod[timesteps[i - 2 : i + 2]]
+        lam = (0.5 * (cumprod / (1 - cumprod)).log()).tolist()  # log(alpha / sigma) at steps i - 2 .. i + 1
+        r_0, r_1 = (lam[2] - lam[1]) / (lam[3] - lam[2]), (lam[1] - lam[0]) / (lam[3] - lam[2])
+        images = [reference.model_outputs[-k] for k in (1, 2, 3)]
+        d_0, d_1 = (images[0] - images[1]) / r_0, (images[1] - images[2]) / r_1
+        alpha_s = float(cumprod[3].sqrt())
+        torch.testing.assert_close(states[i + 1].double(), theirs + alpha_s * (d_0 - d_1) / (r_0 + r_1),
+                                   rtol=1e-5, atol=1e-5)
+        seen += 1
+    assert seen == len(timesteps) - 3
 
 
 def test_diffusers_float32_tables_lose_precision_near_t0_where_ours_do_not(ddpm_noise):

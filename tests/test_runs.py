@@ -159,6 +159,18 @@ def test_a_registered_sampler_is_usable_from_the_command_line(monkeypatch, tmp_p
     assert "halfway" in capsys.readouterr().err  # the list of samplers with eta is the registry's
 
 
+def test_walk_options_come_from_the_registry(tmp_path, capsys):
+    out = lambda name: ["--n", "3", "--no-png", "--no-progress", "--out", str(tmp_path / name)]  # noqa: E731
+    assert main(["sample", "--run", str(RELEASE), "--sampler", "ddim", "--order", "2", *out("a")]) == 2
+    err = capsys.readouterr().err
+    assert "--order is an option of the ipndm, unipc samplers, not of ddim" in err and err.count("\n") == 1
+    assert main(["sample", "--run", str(RELEASE), "--sampler", "unipc", "--order", "5", *out("b")]) == 2
+    assert "UniPC order must be 1, 2 or 3; got 5" in capsys.readouterr().err
+    assert main(["sample", "--run", str(RELEASE), "--sampler", "unipc", "--order", "2", "--corrector", "no", "--steps", "4",
+                 *out("c")]) == 0
+    assert "4 steps, 4 network evaluations each" in capsys.readouterr().out
+
+
 def test_show_reads_the_picture_registry_and_refuses_foreign_options(monkeypatch, tmp_path, capsys):
     from PIL import Image
 

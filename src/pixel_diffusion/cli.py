@@ -96,6 +96,29 @@ def _add_walk_arguments(command) -> None:
     command.add_argument("--eta", type=float, help=f"noise per step in [0, 1] for {', '.join(with_eta)} (default: {said})")
     command.add_argument("--no-clip", action="store_true",
                          help="leave the image estimate unclipped at each step (default: clipped to the data range; docs/samplers.md measures both)")
+    for name, (kind, takers) in _sampler_options().items():
+        said = ", ".join(f"{n} {SAMPLERS[n].options[name]}" for n in takers)
+        command.add_argument(f"--{name.replace('_', '-')}", type=_yes_no if kind is bool else kind, dest=f"walk_{name}", metavar=name.upper(),
+                             help=f"{name.replace('_', ' ')} of the {', '.join(takers)} samplers (default: {said})")
+
+
+def _sampler_options() -> dict[str, tuple[type, list[str]]]:
+    """The walks' own numeric and yes/no options, read from the sampler registry (eta and
+    clip have flags of their own): name -> (type, the samplers taking it)."""
+    from .samplers import SAMPLERS
+
+    found: dict[str, tuple[type, list[str]]] = {}
+    for sampler, entry in SAMPLERS.items():
+        for name, default in entry.options.items():
+            if name not in ("eta", "clip") and type(default) in (int, float, bool):
+                found.setdefault(name, (type(default), []))[1].append(sampler)
+    return found
+
+
+def _yes_no(text: str) -> bool:
+    if text.lower() not in ("true", "false", "yes", "no", "1", "0"):
+        raise argparse.ArgumentTypeError(f"expected true or false; got {text!r}")
+    return text.lower() in ("true", "yes", "1")
 
 
 def _walk_options(args) -> dict:
@@ -113,6 +136,13 @@ def _walk_options(args) -> dict:
         options["eta"] = args.eta
     if args.no_clip:
         options["clip"] = None
+    for name, (_, takers) in _sampler_options().items():
+        value = getattr(args, f"walk_{name}", None)
+        if value is None:
+            continue
+        if args.sampler not in takers:
+            raise ValueError(f"--{name.replace('_', '-')} is an option of the {', '.join(takers)} samplers, not of {args.sampler}")
+        options[name] = value
     return options
 
 

@@ -209,11 +209,11 @@ def cifar10() -> TrainConfig:
     """Fast default for small colour images (CIFAR-10, 32x32) on a CPU: patch-cifar (a residual
     U-Net on 2x2 patches with self-attention at 8x8) conditioned on 50 k-means clusters of the
     images, random flips, otherwise the `mnist` recipe: cosine schedule, velocity prediction,
-    min-SNR-5, AdamW with warmup and cosine decay, EMA with warmup, bf16 autocast, fused AdamW
-    (docs/performance.md: the recipe trials and 30-minute quality)."""
+    min-SNR-5, AdamW 2e-3 with warmup and cosine decay, EMA with warmup, bf16 autocast, fused
+    AdamW (docs/performance.md: the recipe trials and 30-minute quality)."""
     return dataclasses.replace(
         mnist(), preset="cifar10", data=DataConfig("", image_size=32, flip=True, channels="3"),
-        network="patch-cifar", lr=1e-3, steps=6000, checkpoint_every=500, preview_every=1000,
+        network="patch-cifar", steps=6000, checkpoint_every=500, preview_every=1000,
     )
 
 

@@ -1,0 +1,166 @@
+"""Samplers: plain functions that walk from noise to an image.
+
+    sampler(denoiser, x, times, *, labels=None, noise=None, callback=None, **options) -> x_0
+
+`times` holds n + 1 strictly decreasing times ending at 0 (`schedules.sampling_times`); step i
+evaluates the denoiser once at times[i] and moves x to times[i + 1]. The walk ends at clean data:
+the final time 0 counts as alpha = 1, sigma = 0, so the last step returns the denoiser's image
+estimate (for a schedule whose t = 0 is not fully clean, such as the Keras example's, that is what
+it returns too). Coefficients are computed in float64 from the schedule; x stays float32.
+
+Randomness comes in explicitly through `noise`: an `ImageNoise` (one stream per image, so a seed
+gives the same image in any batch), a torch.Generator, an int seed, or None for torch's global
+generator.
+
+The kernel every sampler is written with (`kernel.py`, public, so a new sampler needs nothing
+private): `check_times` validates a walk, `walk_rates` gives its (alpha, sigma) per time,
+`predict` makes one network evaluation (optionally clipped), `posterior_mean` is
+q(x_s | x_t, x_0), and `as_noise` turns the `noise` argument into a draw function. The samplers
+live by family: `classic.py` (DDPM, DDIM), `ode.py` (Euler, Heun,
+DPM-Solver++(2M)), `multistep.py` (DPM-Solver++(3M), iPNDM, UniPC), `singlestep.py`
+(DPM-Solver++(2S) ancestral). To add a sampler, write the function
+and add one `SamplerEntry` to `SAMPLERS` (its evaluations per step; its options are read from its
+keyword arguments); tests/test_samplers.py runs every entry against the closed-form Gaussian.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..schedules import sampling_times
+from .classic import ddim, ddpm
+from .kernel import (
+    DDPM_VARIANCES,
+    Callback,
+    ImageNoise,
+    as_noise,
+    check_times,
+    combine_seeds,
+    edm_sigmas,
+    log_snrs,
+    posterior_mean,
+    predict,
+    time_at_edm_sigma,
+    walk_rates,
+)
+from .multistep import dpmpp_3m, dpmpp_3m_sde, ipndm, unipc
+from .ode import dpmpp_2m, dpmpp_2m_sde, euler, euler_ancestral, heun
+from .singlestep import dpmpp_2s_ancestral
+
+Tensor = torch.Tensor
+
+__all__ = [
+    "CONTRACT", "DDPM_VARIANCES", "SAMPLERS", "Callback", "ImageNoise", "SamplerEntry", "as_noise",
+    "check_times", "combine_seeds", "ddim", "ddpm", "dpmpp_2m", "dpmpp_2m_sde",
+    "dpmpp_2s_ancestral", "dpmpp_3m", "dpmpp_3m_sde", "edm_sigmas", "euler", "euler_ancestral", "evaluations",
+    "get_sampler", "heun", "ipndm", "log_snrs", "posterior_mean", "predict", "sample", "samplers_with_option",
+    "time_at_edm_sigma", "unipc", "walk_rates",
+]
+
+
+@dataclass(frozen=True)
+class SamplerEntry:
+    """A sampler in the registry: its walk, the network evaluations `steps` steps cost, and a
+    one-line description. Calling the entry calls the walk."""
+
+    walk: Callable[..., Tensor]
+    evaluations: Callable[[int], int] = lambda steps: steps
+    description: str = ""
+
+    @property
+    def options(self) -> dict[str, object]:
+        """The walk's own keyword options (beyond labels, noise, callback) and their defaults."""
+        return {name: p.default for name, p in inspect.signature(self.walk).parameters.items()
+                if p.kind is p.KEYWORD_ONLY and name not in CONTRACT}
+
+    def __call__(self, denoiser, x: Tensor, times, **kwargs) -> Tensor:
+        return self.walk(denoiser, x, times, **kwargs)
+
+
+CONTRACT = ("labels", "noise", "callback")  # keyword arguments every sampler takes
+
+# The sampler registry: the CLI's choices, `evaluations` and the tests all read it. A new
+# sampler is one function of the contract above plus one entry here.
+SAMPLERS: dict[str, SamplerEntry] = {
+    "ddpm": SamplerEntry(ddpm, description="ancestral sampling (Ho et al. 2020)"),
+    "ddim": SamplerEntry(ddim, description="DDIM, deterministic at eta 0 (Song et al. 2021)"),
+    "euler": SamplerEntry(euler, description="Euler on the probability-flow ODE"),
+    "euler-ancestral": SamplerEntry(euler_ancestral, description="Euler with fresh noise per step (k-diffusion)"),
+    "heun": SamplerEntry(heun, lambda steps: 2 * steps - 1, "Heun's second-order method (Karras et al. 2022)"),
+    "dpmpp-2m": SamplerEntry(dpmpp_2m, description="DPM-Solver++(2M) (Lu et al. 2022)"),
+    "dpmpp-2m-sde": SamplerEntry(dpmpp_2m_sde, description="SDE-DPM-Solver++(2M)"),
+    "dpmpp-3m": SamplerEntry(dpmpp_3m, description="DPM-Solver++(3M) (Lu et al. 2022)"),
+    "dpmpp-3m-sde": SamplerEntry(dpmpp_3m_sde, description="SDE-DPM-Solver++(3M)"),
+    "dpmpp-2s-ancestral": SamplerEntry(dpmpp_2s_ancestral, lambda steps: 2 * steps - 1,
+                                       "DPM-Solver++(2S) with ancestral noise (k-diffusion)"),
+    "ipndm": SamplerEntry(ipndm, description="iPNDM, 4th-order pseudo-linear multistep (Zhang & Chen 2023)"),
+    "unipc": SamplerEntry(unipc, description="UniPC, bh2 predictor-corrector up to 3rd order (Zhao et al. 2023)"),
+}
+
+
+def get_sampler(name: str) -> SamplerEntry:
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; expected one of {', '.join(SAMPLERS)}")
+    return SAMPLERS[name]
+
+
+def evaluations(sampler: str, steps: int) -> int:
+    """Network evaluations a sampler makes in `steps` steps (its registry entry says)."""
+    return get_sampler(sampler).evaluations(steps)
+
+
+def samplers_with_option(option: str) -> list[str]:
+    """The samplers that take a keyword option, such as eta."""
+    return [name for name, entry in SAMPLERS.items() if option in entry.options]
+
+
+def sample(
+    denoiser,
+    shape: Sequence[int],
+    n: int,
+    *,
+    sampler: str = "ddim",
+    steps: int = 50,
+    spacing: str = "uniform",
+    sigma_max: float | None = None,
+    seed: int = 0,
+    labels: Tensor | None = None,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    callback: Callback | None = None,
+    **options,
+) -> Tensor:
+    """Draw n images of `shape` (C, H, W) from pure noise, in batches; float32 (n, C, H, W) on the CPU.
+
+    Image k starts from and draws only the noise of stream (seed, k), so it is the same image
+    whatever the batch size. `spacing` and `sigma_max` choose the times (`sampling_times`)."""
+    from tqdm.auto import tqdm
+
+    walk = get_sampler(sampler)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"number of images must be a positive integer; got {n!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch size must be a positive integer; got {batch_size!r}")
+    times = sampling_times(denoiser.schedule, steps, spacing, sigma_max)
+    batches = range(0, n, batch_size)
+    out = []
+    with tqdm(total=len(batches) * steps, desc=f"sampling ({sampler}, {steps} steps)", disable=not progress) as bar:
+
+        def step_callback(i, x_t, image):
+            bar.update(1)
+            if callback is not None:
+                callback(i, x_t, image)
+
+        for start in batches:
+            indices = range(start, min(start + batch_size, n))
+            noise = ImageNoise.from_seed(seed, indices, getattr(denoiser.schedule, "noise", "gaussian"))
+            x = noise(torch.empty(len(indices), *shape, device=device))
+            batch_labels = None if labels is None else labels[start : start + len(indices)].to(device)
+            x = walk(denoiser, x, times, labels=batch_labels, noise=noise, callback=step_callback, **options)
+            out.append(x.cpu())
+    return torch.cat(out)

@@ -1,0 +1,143 @@
+"""The kernel every sampler is written with: the noise streams, the checks of a walk, its rates,
+one network evaluation, and the DDPM posterior. Public, so that a new sampler needs nothing private."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..diffusion import draw_noise
+from ..schedules import Schedule, time_at_log_snr
+
+Tensor = torch.Tensor
+Callback = Callable[[int, Tensor, Tensor], None]  # (step, x_t, predicted image)
+
+
+class ImageNoise:
+    """Independent Gaussian streams, one per image: image k's draws depend only on `seeds[k]`.
+
+    Draws are made on the CPU and moved, so a seed gives the same noise on every device."""
+
+    def __init__(self, seeds: Sequence[int], kind: str = "gaussian"):
+        self.generators = [torch.Generator().manual_seed(_stream_seed(s)) for s in seeds]
+        self.kind = kind
+
+    @classmethod
+    def from_seed(cls, seed: int, indices: Sequence[int], kind: str = "gaussian") -> ImageNoise:
+        """Streams for images `indices` of a run seeded with `seed`."""
+        return cls([combine_seeds(seed, i) for i in indices], kind)
+
+    def __call__(self, like: Tensor) -> Tensor:
+        if like.shape[0] != len(self.generators):
+            raise ValueError(f"noise for {len(self.generators)} images asked for a batch of {like.shape[0]}")
+        draws = [draw_noise(self.kind, like.shape[1:], generator=g) for g in self.generators]
+        return torch.stack(draws).to(device=like.device, dtype=like.dtype)
+
+
+def combine_seeds(seed: int, index: int) -> int:
+    """A 63-bit seed derived from (seed, index): independent streams for images, steps, processes."""
+    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def _stream_seed(seed: int) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seeds must be non-negative integers; got {seed!r}")
+    return int(seed)
+
+
+def as_noise(noise) -> Callable[[Tensor], Tensor]:
+    """Normalise the `noise` argument to a function `like -> standard normal tensor like it`."""
+    if noise is None:
+        return torch.randn_like
+    if isinstance(noise, torch.Generator):
+        return lambda like: torch.randn(like.shape, generator=noise, device=noise.device).to(like)
+    if isinstance(noise, (int, np.integer)) and not isinstance(noise, bool):
+        return as_noise(torch.Generator().manual_seed(_stream_seed(noise)))
+    if callable(noise):
+        return noise
+    raise ValueError(f"noise must be an ImageNoise, a torch.Generator, an int seed or None; got {type(noise).__name__}")
+
+
+def check_times(times) -> Tensor:
+    """Validate a walk: 1-D, at least two entries, strictly decreasing, within [0, 1], ending at 0."""
+    times = torch.as_tensor(times, dtype=torch.float64).cpu()
+    if times.ndim != 1 or times.numel() < 2:
+        raise ValueError(f"times must be a 1-D tensor of at least 2 entries; got shape {tuple(times.shape)}")
+    if bool((times[1:] >= times[:-1]).any()):
+        raise ValueError("times must be strictly decreasing")
+    if float(times[0]) > 1 or float(times[-1]) != 0:
+        raise ValueError(f"times must start at most at 1 and end at 0; got {float(times[0])} ... {float(times[-1])}")
+    return times
+
+
+def walk_rates(schedule: Schedule, times: Tensor) -> tuple[list[float], list[float]]:
+    """The rates (alpha, sigma) at each time of a walk, as floats; the last is (1, 0), clean data."""
+    alpha, sigma = schedule.rates(times)
+    alpha, sigma = alpha.tolist(), sigma.tolist()
+    alpha[-1], sigma[-1] = 1.0, 0.0  # the walk ends at clean data
+    return alpha, sigma
+
+
+def predict(denoiser, x: Tensor, t: float, alpha: float, sigma: float, labels, clip) -> tuple[Tensor, Tensor]:
+    """One network evaluation of a walk: the denoiser's (image, noise) for x at time t (rates
+    alpha, sigma), the time broadcast over the batch; with `clip`, the image is clamped to the data range
+    and the noise re-derived from it so the two stay consistent with x (as in Nichol & Dhariwal's
+    code; diffusers' DDIM keeps the unclipped noise unless use_clipped_model_output=True)."""
+    image, noise = denoiser(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.float64), labels)
+    if clip is not None:
+        low, high = (torch.as_tensor(c, device=x.device, dtype=image.dtype) for c in clip)
+        image = torch.maximum(torch.minimum(image, high), low)
+        noise = (x - alpha * image) / sigma
+    return image, noise
+
+
+
+def predict_scaled(denoiser, y: Tensor, t: float, labels, clip) -> Tensor:
+    """The image estimate D at time t for the EDM variable y = x / alpha (t anywhere in [0, 1],
+    not only on the walk's grid)."""
+    alpha, sigma = (float(r) for r in denoiser.schedule.rates(torch.tensor(float(t), dtype=torch.float64)))
+    return predict(denoiser, y * alpha, float(t), alpha, sigma, labels, clip)[0]
+
+
+def posterior_mean(image: Tensor, x: Tensor, a_t: float, s_t: float, a_s: float, s_s: float) -> tuple[Tensor, float]:
+    """Mean of q(x_s | x_t, x_0 = image) and beta_ts = 1 - alpha_t^2 / alpha_s^2 (Ho et al. eq. 7)."""
+    beta = -math.expm1(2 * (math.log(a_t) - math.log(a_s)))
+    return (a_s * beta / s_t**2) * image + (a_t / a_s * s_s**2 / s_t**2) * x, beta
+
+
+DDPM_VARIANCES = {
+    "posterior": lambda beta, s_t, s_s: beta * s_s**2 / s_t**2,
+    "beta": lambda beta, s_t, s_s: beta,
+}
+
+
+
+def edm_sigmas(alphas: list[float], sigmas: list[float]) -> list[float]:
+    """The EDM noise levels s~ = sigma / alpha of a walk's rates (Karras et al. 2022)."""
+    return [s / a for a, s in zip(alphas, sigmas)]
+
+
+def log_snrs(alphas: list[float], sigmas: list[float]) -> list[float]:
+    """lambda = log(alpha / sigma) at each time of a walk (DPM-Solver's lambda: half the log-SNR
+    log(alpha^2 / sigma^2) that `schedules.time_at_log_snr` takes); +inf at clean data."""
+    return [math.log(a / s) if s > 0 else math.inf for a, s in zip(alphas, sigmas)]
+
+
+def ancestral_step(s: float, s_next: float, eta: float) -> tuple[float, float]:
+    """k-diffusion's split of an EDM step s -> s_next into a deterministic step down to s_down and
+    fresh noise of size s_up: s_up = eta sqrt(s_next^2 (s^2 - s_next^2) / s^2), s_down^2 + s_up^2 = s_next^2."""
+    up = min(s_next, eta * math.sqrt(s_next**2 * (s**2 - s_next**2) / s**2))
+    return math.sqrt(s_next**2 - up**2), up
+
+
+def check_eta(eta) -> None:
+    if not (isinstance(eta, (int, float)) and not isinstance(eta, bool) and 0 <= eta <= 1):
+        raise ValueError(f"eta must lie in [0, 1]; got {eta!r}")
+
+
+def time_at_edm_sigma(schedule, edm_sigma: float) -> Tensor:
+    """The time at which the schedule's sigma / alpha equals edm_sigma."""
+    return time_at_log_snr(schedule, torch.tensor(-2 * math.log(edm_sigma), dtype=torch.float64))
