@@ -57,9 +57,10 @@ class Scorer:
     def reference_config(self) -> DataConfig:
         return replace(self.dataset.data, validation_fraction=0.0)
 
-    def __call__(self, images) -> dict[str, float]:
+    def __call__(self, images, with_precision_recall: bool = True) -> dict[str, float]:
         images = self.to_data_size(np.asarray(images))
-        return evaluate_images(images, self.reference, self.extractor, kid_subset_size=min(1000, len(images)))
+        return evaluate_images(images, self.reference, self.extractor, kid_subset_size=min(1000, len(images)),
+                               with_precision_recall=with_precision_recall)
 
     def to_data_size(self, images: np.ndarray) -> np.ndarray:
         """uint8 (N, k H, k W, C) -> (N, H, W, C), the mean of each k x k block, rounded."""

@@ -11,6 +11,7 @@ from pixel_diffusion.cli import main
 from pixel_diffusion.data import DataConfig, load_images
 from pixel_diffusion.features import ClassifierFeatures, train_classifier
 from pixel_diffusion.metrics import evaluate_images, fid, kid, reference_features
+from pixel_diffusion.samplers import DEFAULT_SAMPLER
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +91,10 @@ def test_evaluate_images_reports_every_metric(classifier):
     scores = evaluate_images(held_out, extractor(train)[0], extractor, kid_subsets=10, kid_subset_size=100)
     assert set(scores) == {"n", "fid", "kid", "kid_std", "precision", "recall", "confidence", "class_balance"}
     assert scores["class_balance"] > 0.95 and scores["precision"] > 0.5
+    without = evaluate_images(held_out, extractor(train)[0], extractor, kid_subsets=10, kid_subset_size=100,
+                              with_precision_recall=False)
+    assert set(scores) - set(without) == {"precision", "recall"}  # the rest is the same computation
+    assert all(without[name] == scores[name] for name in without)
 
 
 def test_evaluate_command_on_images_and_on_a_run(classifier, tmp_path, capsys):
@@ -112,7 +117,7 @@ def test_evaluate_command_on_images_and_on_a_run(classifier, tmp_path, capsys):
     train(config, tmp_path / "run")
     assert main(["evaluate", "--run", str(tmp_path / "run"), "--n", "40", "--steps", "3", "--classifier", str(classifier),
                  "--cache", str(tmp_path / "cache"), "--kid-subset-size", "40", "--guidance", "2"]) == 0
-    written = json.loads((tmp_path / "run" / "metrics-ddim-3.json").read_text())
+    written = json.loads((tmp_path / "run" / f"metrics-{DEFAULT_SAMPLER}-3.json").read_text())  # named for the walk
     assert written["n"] == 40 and 0 <= written["accuracy"] <= 1  # a class-conditional run reports accuracy
     capsys.readouterr()
     assert main(["evaluate", "--images", str(tmp_path / "samples.npz"), "--classifier", str(tmp_path / "none")]) == 2

@@ -2,6 +2,7 @@
 registries the commands read."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from pixel_diffusion.cli import build_parser, main
 from pixel_diffusion.config import apply_overrides
 from pixel_diffusion.presets import preset
 from pixel_diffusion.runs import ModelSpec, load_run
+from pixel_diffusion.samplers import DEFAULT_SAMPLER
 from pixel_diffusion.training import train
 
 RELEASE = Path(__file__).parent / "fixtures" / "release-0.1.0"
@@ -100,7 +102,7 @@ def test_a_checkpoint_folder_copied_elsewhere_samples_on_its_own(kid_run, tmp_pa
         from_run = load_run(kid_run, checkpoint=name.removeprefix("step-")).sample(5, steps=3, seed=2, progress=False)
         assert np.array_equal(alone.sample(5, steps=3, seed=2, progress=False), from_run)
         assert main(["sample", "--run", str(copy), "--n", "2", "--steps", "2", "--no-png", "--no-progress"]) == 0
-        assert (copy / "samples-ddim-2" / "samples.npz").exists()
+        assert (copy / f"samples-{DEFAULT_SAMPLER}-2" / "samples.npz").exists()
     # An old checkpoint folder on its own has no description: it says so.
     shutil.copytree(RELEASE / "checkpoints" / "step-0000006", tmp_path / "old")
     with pytest.raises(ValueError, match="holds no model.json; copy the whole run directory"):
@@ -163,12 +165,20 @@ def test_walk_options_come_from_the_registry(tmp_path, capsys):
     out = lambda name: ["--n", "3", "--no-png", "--no-progress", "--out", str(tmp_path / name)]  # noqa: E731
     assert main(["sample", "--run", str(RELEASE), "--sampler", "ddim", "--order", "2", *out("a")]) == 2
     err = capsys.readouterr().err
-    assert "--order is an option of the ipndm, unipc samplers, not of ddim" in err and err.count("\n") == 1
+    assert "--order is an option of the ipndm, unipc, dpm-adaptive samplers, not of ddim" in err and err.count("\n") == 1
     assert main(["sample", "--run", str(RELEASE), "--sampler", "unipc", "--order", "5", *out("b")]) == 2
     assert "UniPC order must be 1, 2 or 3; got 5" in capsys.readouterr().err
     assert main(["sample", "--run", str(RELEASE), "--sampler", "unipc", "--order", "2", "--corrector", "no", "--steps", "4",
                  *out("c")]) == 0
-    assert "4 steps, 4 network evaluations each" in capsys.readouterr().out
+    assert "4 steps, karras spacing, 4 network evaluations each" in capsys.readouterr().out  # the sampler's own spacing
+    assert main(["sample", "--run", str(RELEASE), "--sampler", "dpm-adaptive", "--rtol", "0.2", "--max-evaluations", "3",
+                 *out("d")]) == 2
+    assert "max_evaluations must be an integer of at least 4" in capsys.readouterr().err
+    assert main(["sample", "--run", str(RELEASE), "--sampler", "dpm-adaptive", "--rtol", "0.2", "--max-evaluations", "30",
+                 *out("e")]) == 0
+    said = re.search(r"\(dpm-adaptive, adaptive, ([\d.]+) network evaluations each \((\d+) to (\d+)\)\)",
+                     capsys.readouterr().out)
+    assert said and 4 <= int(said[2]) <= float(said[1]) <= int(said[3]) <= 30, said
 
 
 def test_show_reads_the_picture_registry_and_refuses_foreign_options(monkeypatch, tmp_path, capsys):

@@ -142,9 +142,11 @@ class Counting:
 @pytest.mark.parametrize("sampler", list(SAMPLERS))
 def test_network_evaluations_are_as_reported(sampler):
     denoiser, x, _ = _setup()
-    counting = Counting(denoiser)
-    SAMPLERS[sampler](counting, x[:2], sampling_times(denoiser.schedule, 7), noise=torch.Generator().manual_seed(0))
-    assert counting.calls == evaluations(sampler, 7)
+    counting, report = Counting(denoiser), {}
+    options = {"report": report} if SAMPLERS[sampler].adaptive else {}  # one image: its evaluations are the calls
+    SAMPLERS[sampler](counting, x[:1], sampling_times(denoiser.schedule, 7), noise=torch.Generator().manual_seed(0),
+                      **options)
+    assert counting.calls == (report["evaluations"][0] if options else evaluations(sampler, 7)) > 1
 
 
 def test_every_sampler_gives_one_image_per_seed_whatever_the_batch():
@@ -153,3 +155,98 @@ def test_every_sampler_gives_one_image_per_seed_whatever_the_batch():
         a = sample(denoiser, (1, 4, 4), 5, sampler=name, steps=6, seed=3, batch_size=5, progress=False)
         b = sample(denoiser, (1, 4, 4), 5, sampler=name, steps=6, seed=3, batch_size=2, progress=False)
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_every_sampler_clips_to_per_channel_bounds(sampler):
+    # Standardised colour data has a data range per channel, (C, 1, 1) tensors: every walk takes
+    # them, and one that ends on the clipped image estimate ends inside them.
+    denoiser, _, _ = _setup()
+    low, high = torch.tensor([-0.2, 0.0, 0.1]).view(3, 1, 1), torch.tensor([0.5, 0.6, 0.9]).view(3, 1, 1)
+    out = sample(denoiser, (3, 4, 4), 8, sampler=sampler, steps=6, clip=(low, high), progress=False)
+    if sampler == "ipndm":  # its last step integrates to sigma = 0 rather than returning the estimate
+        return
+    assert bool(((out >= low - 1e-6) & (out <= high + 1e-6)).all())
+    assert bool((out.amin(dim=(0, 2, 3)).view(3, 1, 1) < low + 0.05).all())  # the bounds bind, channel by channel
+
+
+# ---- adaptive DPM-Solver ------------------------------------------------------------------------
+
+
+def _adaptive_error(denoiser, x, times, **options):
+    report = {}
+    out = SAMPLERS["dpm-adaptive"](denoiser, x, times, report=report, **options).double()
+    last = float(times[-2])
+    exact = denoiser.denoise(denoiser.flow(x, float(times[0]), last), last)  # D at the walk's last noise level
+    return (out - exact).abs().mean().item(), report
+
+
+@pytest.mark.parametrize("order", [2, 3])
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_adaptive_dpm_solver_error_follows_its_tolerance(order, schedule):
+    denoiser, x, _ = _setup(schedule)
+    times = sampling_times(denoiser.schedule, 10, "karras")
+    results = [_adaptive_error(denoiser, x[:64], times, order=order, rtol=rtol, atol=1e-4) for rtol in (0.05, 0.01, 0.002)]
+    errors = [error for error, _ in results]
+    spent = [np.mean(report["evaluations"]) for _, report in results]
+    assert errors[0] < 0.05 and errors[1] < errors[0] / 2 and errors[2] < errors[1] / 2, errors
+    assert spent[0] < spent[1] < spent[2] < 100, spent
+    assert all(report["capped"] == 0 and len(report["accepted"]) == 64 for _, report in results)
+
+
+@pytest.mark.parametrize("order", [2, 3])
+def test_adaptive_dpm_solver_embedded_pair_has_its_orders(order):
+    # The step pair on equal lambda steps, against the exact flow: the higher answer of the given
+    # order, the lower one an order less (a wrong coefficient in either drops its slope).
+    from pixel_diffusion.samplers.adaptive import solver_step
+
+    denoiser, x, _ = _setup("cosine")
+    schedule, x = denoiser.schedule, x[:32]
+    times = sampling_times(schedule, 10, "karras")
+    alpha_start = float(schedule.rates(times[0])[0])
+    start, end = (0.5 * float(schedules.log_snr(schedule, times[k])) for k in (0, -2))
+
+    def eps_at(y, lam):
+        t = schedules.time_at_log_snr(schedule, 2 * lam)
+        alpha = schedule.rates(t)[0].view(-1, 1, 1, 1)
+        return (y - denoiser(y * alpha, t).image) * torch.exp(lam).view(-1, 1, 1, 1)
+
+    exact = denoiser.flow(x, float(times[0]), float(times[-2])) / float(schedule.rates(times[-2])[0])
+    counts, errors = [8, 16, 32], {"low": [], "high": []}
+    for n in counts:
+        low = high = x.double() / alpha_start
+        h = torch.full((32,), (end - start) / n, dtype=torch.float64)
+        for k in range(n):
+            lam = torch.full((32,), start + k * (end - start) / n, dtype=torch.float64)
+            low = solver_step(eps_at, low, lam, h, order)[0]
+            high = solver_step(eps_at, high, lam, h, order)[1]
+        errors["low"].append((low - exact).abs().mean().item())
+        errors["high"].append((high - exact).abs().mean().item())
+    slopes = {k: np.polyfit(np.log(counts), np.log(v), 1)[0] for k, v in errors.items()}
+    assert slopes["high"] < -(order - 0.2) and -(order - 1 + 0.2) < slopes["low"] < -(order - 1.2), (slopes, errors)
+
+
+def test_adaptive_dpm_solver_keeps_to_its_evaluation_cap():
+    denoiser, x, _ = _setup()
+    times = sampling_times(denoiser.schedule, 10, "karras")
+    free, free_report = _adaptive_error(denoiser, x[:16], times, rtol=1e-3, atol=1e-5)
+    capped, report = _adaptive_error(denoiser, x[:16], times, rtol=1e-3, atol=1e-5, max_evaluations=12)
+    assert max(report["evaluations"]) <= 12 < min(free_report["evaluations"]) and report["capped"] == 16
+    assert free < capped < 0.5  # the forced steps still land near the flow's end
+    with pytest.raises(ValueError, match="max_evaluations must be an integer of at least 4"):
+        SAMPLERS["dpm-adaptive"](denoiser, x[:2], times, max_evaluations=3)
+    with pytest.raises(ValueError, match="order of dpm-adaptive must be 2 or 3"):
+        SAMPLERS["dpm-adaptive"](denoiser, x[:2], times, order=4)
+    with pytest.raises(ValueError, match="spends the evaluations its tolerance needs"):
+        evaluations("dpm-adaptive", 10)
+
+
+def test_sample_reports_the_evaluations_each_image_took():
+    denoiser, _, _ = _setup()
+    fixed, adaptive = {}, {}
+    sample(denoiser, (1, 4, 4), 5, sampler="heun", steps=6, batch_size=2, progress=False, report=fixed)
+    sample(denoiser, (1, 4, 4), 5, sampler="dpm-adaptive", steps=6, batch_size=2, progress=False, report=adaptive)
+    assert fixed["evaluations"] == [11] * 5
+    assert len(adaptive["evaluations"]) == len(adaptive["accepted"]) == 5
+    assert all(e == 3 * a + 2 * r + 1 for e, a, r in zip(adaptive["evaluations"], adaptive["accepted"],
+                                                         adaptive["rejected"]))  # a refused step keeps its start

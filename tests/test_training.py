@@ -295,7 +295,7 @@ def test_sample_errors_on_a_run_without_checkpoint_or_labels(tmp_path, capsys):
     assert "unknown sampler 'plms'" in capsys.readouterr().err
     assert main(["sample", "--run", str(tmp_path / "run"), "--label", "1"]) == 2
     assert "trained without labels" in capsys.readouterr().err
-    assert main(["sample", "--run", str(tmp_path / "run"), "--sigma-max", "80"]) == 2  # default spacing: uniform
+    assert main(["sample", "--run", str(tmp_path / "run"), "--sampler", "ddim", "--sigma-max", "80"]) == 2  # ddim's spacing: uniform
     assert "sigma_max applies to 'karras' and 'log-snr'" in capsys.readouterr().err
     assert main(["sample", "--run", str(tmp_path / "run"), "--n", "2", "--steps", "3", "--spacing", "karras",
                  "--sigma-max", "inf", "--no-png", "--out", str(tmp_path / "s")]) == 0
@@ -307,7 +307,7 @@ def test_sample_errors_on_a_run_without_checkpoint_or_labels(tmp_path, capsys):
     assert main(["sample", "--run", str(tmp_path / "run"), "--n", "2", "--steps", "3", "--sampler", "dpmpp-2m-sde",
                  "--spacing", "karras", "--eta", "0.5", "--no-png", "--out", str(tmp_path / "e")]) == 0
     for flags, out in (([], "clipped"), (["--no-clip"], "unclipped")):
-        assert main(["sample", "--run", str(tmp_path / "run"), "--n", "4", "--steps", "3", "--no-png",
+        assert main(["sample", "--run", str(tmp_path / "run"), "--n", "4", "--steps", "3", "--sampler", "ddim", "--no-png",
                      "--out", str(tmp_path / out), *flags]) == 0
     with np.load(tmp_path / "clipped" / "samples.npz") as a, np.load(tmp_path / "unclipped" / "samples.npz") as b:
         assert not np.array_equal(a["images"], b["images"])  # the barely trained net's estimates leave the range

@@ -59,8 +59,8 @@ OPTIONS = {
     "device": (("--device",), dict(default="auto", help="cpu, cuda, cuda:1, ... (default: auto, a GPU when there is one)")),
     "seed": (("--seed",), dict(type=int, default=0, help="seed; image k depends only on (seed, k) (default: 0)")),
     "no_progress": (("--no-progress",), dict(action="store_true", help="no progress bars (default: shown)")),
-    "sampler": (("--sampler",), dict(default="ddim", help="sampler (default: ddim); one of {samplers}")),
-    "steps": (("--steps",), dict(type=_positive_int, default=50, help="sampling steps (default: 50)")),
+    "sampler": (("--sampler",), dict(help="sampler (default: {default_sampler}); one of {samplers}")),
+    "steps": (("--steps",), dict(type=_positive_int, help="sampling steps (default: {default_steps})")),
     "guidance": (("--guidance",), dict(type=float, default=1.0,
                                        help="classifier-free guidance scale for labelled runs (default: 1, none)")),
     "label": (("--label",), dict(type=int, help="class to draw, for runs trained with labels or clusters (default: every class)")),
@@ -70,13 +70,16 @@ OPTIONS = {
 def _add(command, *names: str, **changes) -> None:
     """Add the shared options `names` to a command; `changes` replaces keywords of one option
     (`seed={"default": None}`)."""
-    from .samplers import SAMPLERS
+    from .samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS
 
+    defaults = {"sampler": DEFAULT_SAMPLER, "steps": DEFAULT_STEPS}  # the library's, read from the registry's module
     for name in names:
         flags, keywords = OPTIONS[name]
-        keywords = {**keywords, **changes.get(name, {})}
+        keywords = {**({"default": defaults[name]} if name in defaults else {}), **keywords, **changes.get(name, {})}
         if "help" in keywords:
-            keywords["help"] = keywords["help"].replace("{samplers}", ", ".join(SAMPLERS))
+            keywords["help"] = (keywords["help"].replace("{samplers}", ", ".join(SAMPLERS))
+                                .replace("{default_sampler}", str(keywords.get("default")))
+                                .replace("{default_steps}", str(keywords.get("default"))))
         command.add_argument(*flags, **keywords)
 
 
@@ -90,7 +93,11 @@ def _add_walk_arguments(command) -> None:
     for name in with_eta:
         defaults.setdefault(SAMPLERS[name].options["eta"], []).append(name)
     said = "; ".join(f"{value:g} for {', '.join(names)}" for value, names in defaults.items())
-    command.add_argument("--spacing", default="uniform", help=f"time spacing, one of {', '.join(SPACINGS)} (default: uniform)")
+    own = {}
+    for name, entry in SAMPLERS.items():
+        own.setdefault(entry.spacing, []).append(name)
+    said_spacing = "; ".join(f"{spacing} for {', '.join(names)}" for spacing, names in own.items())
+    command.add_argument("--spacing", help=f"time spacing, one of {', '.join(SPACINGS)} (default: the sampler's own, {said_spacing})")
     command.add_argument("--sigma-max", type=_positive_float,
                          help="karras and log-snr spacings: start at this EDM noise level sigma/alpha (default: 80; inf for the schedule's t = 1)")
     command.add_argument("--eta", type=float, help=f"noise per step in [0, 1] for {', '.join(with_eta)} (default: {said})")
@@ -352,15 +359,16 @@ def run_sample(args) -> None:
     import numpy as np
     from PIL import Image
 
-    from .samplers import evaluations
+    from .samplers import get_sampler
     from .viz import image_grid
 
     run = _load(args)
     options = _walk_options(args)  # checked before any progress bar is drawn
     labels = None if args.label is None else run.sample_labels(args.n, args.label)
+    report: dict = {}
     images = run.sample(args.n, sampler=args.sampler, steps=args.steps, seed=args.seed, labels=labels,
                         guidance=args.guidance, batch_size=args.batch_size, precision=args.precision,
-                        progress=not args.no_progress, **options)
+                        progress=not args.no_progress, report=report, **options)
     base = args.run if run.directory is None else run.directory
     out = args.out or base / f"samples-{args.sampler}-{args.steps}"
     out.mkdir(parents=True, exist_ok=True)
@@ -374,8 +382,14 @@ def run_sample(args) -> None:
         for k, image in enumerate(images):
             Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(out / f"{k:05d}.png")
     guided = (labels is not None or run.spec.on_clusters) and args.guidance != 1
-    calls = evaluations(args.sampler, args.steps) * (2 if guided else 1)
-    print(f"{len(images)} images ({args.sampler}, {args.steps} steps, {calls} network evaluations each) in {out}")
+    spent = np.asarray(report["evaluations"]) * (2 if guided else 1)  # guidance runs the network twice
+    entry = get_sampler(args.sampler)
+    if entry.adaptive:
+        walk, each = "adaptive", f"{spent.mean():.1f} network evaluations each ({spent.min()} to {spent.max()})"
+    else:
+        spacing = options["spacing"] or entry.spacing
+        walk, each = f"{args.steps} steps, {spacing} spacing", f"{spent[0]} network evaluations each"
+    print(f"{len(images)} images ({args.sampler}, {walk}, {each}) in {out}")
 
 
 def run_train_classifier(args) -> None:

@@ -166,14 +166,16 @@ def reference_features(extractor, data_config, cache_dir: Path, *, progress: boo
 
 def evaluate_images(
     images: np.ndarray, reference: np.ndarray, extractor, *, requested=None, kid_subsets: int = 100,
-    kid_subset_size: int = 1000, k: int = 3,
+    kid_subset_size: int = 1000, k: int = 3, with_precision_recall: bool = True,
 ) -> dict[str, float]:
-    """All metrics of uint8 images (N, H, W, C) against reference features (M, D)."""
+    """All metrics of uint8 images (N, H, W, C) against reference features (M, D). Precision and
+    recall take every reference feature's k-th neighbour (M x M distances: most of the time for a
+    large reference); `with_precision_recall=False` leaves them out."""
     features, probabilities = extractor(images)
     kid_mean, kid_std = kid(reference, features, subsets=kid_subsets, subset_size=kid_subset_size)
-    precision, recall = precision_recall(reference, features, k=k)
-    scores = {"n": len(images), "fid": fid(reference, features), "kid": kid_mean, "kid_std": kid_std,
-              "precision": precision, "recall": recall}
+    scores = {"n": len(images), "fid": fid(reference, features), "kid": kid_mean, "kid_std": kid_std}
+    if with_precision_recall:
+        scores["precision"], scores["recall"] = precision_recall(reference, features, k=k)
     if probabilities is not None:
         scores.update(classifier_scores(probabilities, requested))
     return scores

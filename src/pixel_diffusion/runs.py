@@ -26,7 +26,7 @@ from .clusters import draw_clusters
 from .data import DataConfig, Normalisation, load_images
 from .diffusion import NOISE_INPUTS, PREDICTIONS, Denoiser, Guided
 from .networks import build_network, config_from_dict, config_to_dict, summary
-from .samplers import get_sampler, sample
+from .samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, get_sampler, sample
 from .schedules import make_schedule
 
 MODEL_FILE = "model.json"  # the model description inside a checkpoint folder
@@ -158,7 +158,7 @@ class ModelSpec:
 
 @torch.no_grad()
 def sample_images(
-    denoiser, spec: ModelSpec, n: int, *, sampler: str = "ddim", steps: int = 50, seed: int = 0,
+    denoiser, spec: ModelSpec, n: int, *, sampler: str = DEFAULT_SAMPLER, steps: int = DEFAULT_STEPS, seed: int = 0,
     labels: torch.Tensor | None = None, guidance: float = 1.0, batch_size: int = 64, progress: bool = True,
     device: str | torch.device = "cpu", precision: str = "fp32", **options,
 ) -> np.ndarray:

@@ -18,9 +18,10 @@ private): `check_times` validates a walk, `walk_rates` gives its (alpha, sigma) 
 q(x_s | x_t, x_0), and `as_noise` turns the `noise` argument into a draw function. The samplers
 live by family: `classic.py` (DDPM, DDIM), `ode.py` (Euler, Heun,
 DPM-Solver++(2M)), `multistep.py` (DPM-Solver++(3M), iPNDM, UniPC), `singlestep.py`
-(DPM-Solver++(2S) ancestral). To add a sampler, write the function
-and add one `SamplerEntry` to `SAMPLERS` (its evaluations per step; its options are read from its
-keyword arguments); tests/test_samplers.py runs every entry against the closed-form Gaussian.
+(DPM-Solver++(2S) ancestral), `adaptive.py` (DPM-Solver with error-controlled steps). To add a
+sampler, write the function and add one `SamplerEntry` to `SAMPLERS` (its evaluations per step;
+its options are read from its keyword arguments); tests/test_samplers.py runs every entry against
+the closed-form Gaussian.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 import torch
 
 from ..schedules import sampling_times
+from .adaptive import dpm_adaptive
 from .classic import ddim, ddpm
 from .kernel import (
     DDPM_VARIANCES,
@@ -55,7 +57,7 @@ Tensor = torch.Tensor
 
 __all__ = [
     "CONTRACT", "DDPM_VARIANCES", "SAMPLERS", "Callback", "ImageNoise", "SamplerEntry", "as_noise",
-    "check_times", "combine_seeds", "ddim", "ddpm", "dpmpp_2m", "dpmpp_2m_sde",
+    "check_times", "combine_seeds", "ddim", "ddpm", "dpm_adaptive", "dpmpp_2m", "dpmpp_2m_sde",
     "dpmpp_2s_ancestral", "dpmpp_3m", "dpmpp_3m_sde", "edm_sigmas", "euler", "euler_ancestral", "evaluations",
     "get_sampler", "heun", "ipndm", "log_snrs", "posterior_mean", "predict", "sample", "samplers_with_option",
     "time_at_edm_sigma", "unipc", "walk_rates",
@@ -64,18 +66,24 @@ __all__ = [
 
 @dataclass(frozen=True)
 class SamplerEntry:
-    """A sampler in the registry: its walk, the network evaluations `steps` steps cost, and a
-    one-line description. Calling the entry calls the walk."""
+    """A sampler in the registry: its walk, the network evaluations `steps` steps cost (None for
+    an adaptive walk, which spends what its tolerance needs and tells it through its `report`
+    dict), and a one-line description. Calling the entry calls the walk."""
 
     walk: Callable[..., Tensor]
-    evaluations: Callable[[int], int] = lambda steps: steps
+    evaluations: Callable[[int], int] | None = lambda steps: steps
     description: str = ""
+    spacing: str = "karras"  # the time spacing `sample` walks unless told (docs/samplers.md measures them)
+
+    @property
+    def adaptive(self) -> bool:
+        return self.evaluations is None
 
     @property
     def options(self) -> dict[str, object]:
-        """The walk's own keyword options (beyond labels, noise, callback) and their defaults."""
+        """The walk's own keyword options (beyond labels, noise, callback, report) and their defaults."""
         return {name: p.default for name, p in inspect.signature(self.walk).parameters.items()
-                if p.kind is p.KEYWORD_ONLY and name not in CONTRACT}
+                if p.kind is p.KEYWORD_ONLY and name not in CONTRACT and name != "report"}
 
     def __call__(self, denoiser, x: Tensor, times, **kwargs) -> Tensor:
         return self.walk(denoiser, x, times, **kwargs)
@@ -86,8 +94,8 @@ CONTRACT = ("labels", "noise", "callback")  # keyword arguments every sampler ta
 # The sampler registry: the CLI's choices, `evaluations` and the tests all read it. A new
 # sampler is one function of the contract above plus one entry here.
 SAMPLERS: dict[str, SamplerEntry] = {
-    "ddpm": SamplerEntry(ddpm, description="ancestral sampling (Ho et al. 2020)"),
-    "ddim": SamplerEntry(ddim, description="DDIM, deterministic at eta 0 (Song et al. 2021)"),
+    "ddpm": SamplerEntry(ddpm, description="ancestral sampling (Ho et al. 2020)", spacing="uniform"),
+    "ddim": SamplerEntry(ddim, description="DDIM, deterministic at eta 0 (Song et al. 2021)", spacing="uniform"),
     "euler": SamplerEntry(euler, description="Euler on the probability-flow ODE"),
     "euler-ancestral": SamplerEntry(euler_ancestral, description="Euler with fresh noise per step (k-diffusion)"),
     "heun": SamplerEntry(heun, lambda steps: 2 * steps - 1, "Heun's second-order method (Karras et al. 2022)"),
@@ -99,7 +107,13 @@ SAMPLERS: dict[str, SamplerEntry] = {
                                        "DPM-Solver++(2S) with ancestral noise (k-diffusion)"),
     "ipndm": SamplerEntry(ipndm, description="iPNDM, 4th-order pseudo-linear multistep (Zhang & Chen 2023)"),
     "unipc": SamplerEntry(unipc, description="UniPC, bh2 predictor-corrector up to 3rd order (Zhao et al. 2023)"),
+    "dpm-adaptive": SamplerEntry(dpm_adaptive, None, "DPM-Solver-23 with error-controlled steps (Lu et al. 2022; "
+                                 "k-diffusion's dpm_adaptive)"),
 }
+
+# What `sample` (library and CLI) walks unless told: docs/samplers.md ranks every sampler by
+# quality per network evaluation on the shipped models.
+DEFAULT_SAMPLER, DEFAULT_STEPS = "dpmpp-2m", 10
 
 
 def get_sampler(name: str) -> SamplerEntry:
@@ -109,8 +123,12 @@ def get_sampler(name: str) -> SamplerEntry:
 
 
 def evaluations(sampler: str, steps: int) -> int:
-    """Network evaluations a sampler makes in `steps` steps (its registry entry says)."""
-    return get_sampler(sampler).evaluations(steps)
+    """Network evaluations a sampler makes in `steps` steps (its registry entry says); an adaptive
+    sampler's are known only once it has run (`sample(..., report=)`)."""
+    entry = get_sampler(sampler)
+    if entry.adaptive:
+        raise ValueError(f"{sampler} spends the evaluations its tolerance needs; sample(..., report={{}}) counts them")
+    return entry.evaluations(steps)
 
 
 def samplers_with_option(option: str) -> list[str]:
@@ -123,9 +141,9 @@ def sample(
     shape: Sequence[int],
     n: int,
     *,
-    sampler: str = "ddim",
-    steps: int = 50,
-    spacing: str = "uniform",
+    sampler: str = DEFAULT_SAMPLER,
+    steps: int = DEFAULT_STEPS,
+    spacing: str | None = None,
     sigma_max: float | None = None,
     seed: int = 0,
     labels: Tensor | None = None,
@@ -133,12 +151,16 @@ def sample(
     device: torch.device | str = "cpu",
     progress: bool = True,
     callback: Callback | None = None,
+    report: dict | None = None,
     **options,
 ) -> Tensor:
     """Draw n images of `shape` (C, H, W) from pure noise, in batches; float32 (n, C, H, W) on the CPU.
 
     Image k starts from and draws only the noise of stream (seed, k), so it is the same image
-    whatever the batch size. `spacing` and `sigma_max` choose the times (`sampling_times`)."""
+    whatever the batch size. `spacing` (default: the sampler's own, from the registry) and
+    `sigma_max` choose the times (`sampling_times`).
+    `report`, when given, receives "evaluations": the network evaluations each image took (and an
+    adaptive walk's own counts)."""
     from tqdm.auto import tqdm
 
     walk = get_sampler(sampler)
@@ -146,13 +168,17 @@ def sample(
         raise ValueError(f"number of images must be a positive integer; got {n!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch size must be a positive integer; got {batch_size!r}")
-    times = sampling_times(denoiser.schedule, steps, spacing, sigma_max)
+    times = sampling_times(denoiser.schedule, steps, walk.spacing if spacing is None else spacing, sigma_max)
     batches = range(0, n, batch_size)
     out = []
-    with tqdm(total=len(batches) * steps, desc=f"sampling ({sampler}, {steps} steps)", disable=not progress) as bar:
+    report = {} if report is None else report
+    # An adaptive walk's steps are not known ahead: its bar counts images and the evaluations spent.
+    total, unit = (n, "images") if walk.adaptive else (len(batches) * steps, "steps")
+    desc = f"sampling ({sampler})" if walk.adaptive else f"sampling ({sampler}, {steps} steps)"
+    with tqdm(total=total, unit=unit, desc=desc, disable=not progress) as bar:
 
         def step_callback(i, x_t, image):
-            bar.update(1)
+            bar.update(0 if walk.adaptive else 1)
             if callback is not None:
                 callback(i, x_t, image)
 
@@ -161,6 +187,13 @@ def sample(
             noise = ImageNoise.from_seed(seed, indices, getattr(denoiser.schedule, "noise", "gaussian"))
             x = noise(torch.empty(len(indices), *shape, device=device))
             batch_labels = None if labels is None else labels[start : start + len(indices)].to(device)
-            x = walk(denoiser, x, times, labels=batch_labels, noise=noise, callback=step_callback, **options)
+            if walk.adaptive:
+                x = walk(denoiser, x, times, labels=batch_labels, noise=noise, callback=step_callback, report=report,
+                         **options)
+                bar.update(len(indices))
+                bar.set_postfix(evaluations=f"{sum(report['evaluations']) / len(report['evaluations']):.1f}")
+            else:
+                x = walk(denoiser, x, times, labels=batch_labels, noise=noise, callback=step_callback, **options)
+                report.setdefault("evaluations", []).extend([walk.evaluations(steps)] * len(indices))
             out.append(x.cpu())
     return torch.cat(out)

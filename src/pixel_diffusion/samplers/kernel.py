@@ -88,10 +88,16 @@ def predict(denoiser, x: Tensor, t: float, alpha: float, sigma: float, labels, c
     code; diffusers' DDIM keeps the unclipped noise unless use_clipped_model_output=True)."""
     image, noise = denoiser(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.float64), labels)
     if clip is not None:
-        low, high = (torch.as_tensor(c, device=x.device, dtype=image.dtype) for c in clip)
-        image = torch.maximum(torch.minimum(image, high), low)
+        image = clip_image(image, clip)
         noise = (x - alpha * image) / sigma
     return image, noise
+
+
+def clip_image(image: Tensor, clip) -> Tensor:
+    """The image clamped to the data range `clip` = (low, high): numbers, or tensors that broadcast
+    against the image (per-channel bounds of standardised colour data)."""
+    low, high = (torch.as_tensor(c, device=image.device, dtype=image.dtype) for c in clip)
+    return torch.maximum(torch.minimum(image, high), low)
 
 
 
