@@ -8,9 +8,10 @@
 Every cell draws the same `--samples` images (seeds 0..n-1, so the same starting noise in every
 cell) from the run's EMA weights and scores them with the digit classifier's features against all
 of mnist-5k (FID, KID), or with `--dataset cifar10` the CIFAR-10 classifier's against the 50,000
-training images (a model on labels samples the classes in turn, at `--guidance`). Each sampler walks the time spacing in `SPACING`: DDPM and DDIM their
-papers' uniform times from t = 1, the others Karras et al.'s rho = 7 spacing from EDM sigma 80
-(`--study` compares spacings). The image estimate is clipped to the data range as
+training images (a model on labels samples the classes in turn, at `--guidance`). Each sampler
+walks its own time spacing, as `pixel-diffusion sample` does: DDPM and DDIM their papers' uniform
+times from t = 1, the others Karras et al.'s rho = 7 spacing from EDM sigma 80 (`--study`
+compares spacings). The image estimate is clipped to the data range as
 `pixel-diffusion sample` does (`--no-clip` measures unclipped cells, kept out of the main table).
 A sampler with more than one evaluation a step (Heun, DPM-Solver++(2S)) takes as many steps as
 fit in the evaluations asked for; a count it cannot use is skipped. The adaptive DPM-Solver has
@@ -33,17 +34,16 @@ from pathlib import Path
 
 from pixel_diffusion.runs import load_run
 from pixel_diffusion.samplers import SAMPLERS, evaluations
+from pixel_diffusion.schedules import SIGMA_MAX
 
 from common import ROOT, Scorer
 
-# Time discretisation per sampler, as (spacing, sigma_max): DDPM and DDIM step uniformly in t from
-# t = 1 (Ho et al. 2020; Song et al. 2021), the others in Karras et al.'s rho = 7 spacing from
-# sigma 80 (Karras et al. 2022; DPM-Solver++'s paper's log-SNR spacing is in the study).
-# sigma_max None: the walk starts at t = 1. The adaptive solver uses only the walk's two ends.
-KARRAS = ("karras", 80.0)
-SPACING = {"ddpm": ("uniform", None), "ddim": ("uniform", None), "euler": KARRAS, "euler-ancestral": KARRAS,
-           "heun": KARRAS, "dpmpp-2m": KARRAS, "dpmpp-2m-sde": KARRAS, "dpmpp-3m": KARRAS, "dpmpp-3m-sde": KARRAS,
-           "dpmpp-2s-ancestral": KARRAS, "ipndm": KARRAS, "unipc": KARRAS, "dpm-adaptive": KARRAS}
+# Each sampler walks the spacing `sample` gives it (its registry entry's): DDPM and DDIM uniform
+# in t from t = 1 (their papers'), the others Karras et al.'s rho = 7 spacing from sigma 80. As
+# (spacing, sigma_max); sigma_max None: the walk starts at t = 1. The adaptive solver uses only
+# the walk's two ends.
+SPACING = {name: (entry.spacing, SIGMA_MAX if entry.spacing in ("karras", "log-snr") else None)
+           for name, entry in SAMPLERS.items()}
 NFES = (3, 4, 5, 7, 10, 20, 50)
 ADAPTIVE_RTOLS = (0.4, 0.2, 0.1, 0.05)
 # Time spacings and clipping, with DDPM and DDIM beside them: (sampler, spacing, sigma_max, clip)
@@ -60,6 +60,13 @@ DOCS = ROOT / "docs"
 def steps_for(sampler: str, nfe: int) -> int:
     """The most steps whose network evaluations fit in nfe (the registry says what a step costs)."""
     return max(steps for steps in range(1, nfe + 1) if evaluations(sampler, steps) <= nfe)
+
+
+def repeats_a_column(sampler: str, nfe: int) -> bool:
+    """Whether a count the sampler cannot use spends what another column already measures (Heun at
+    4 evaluations is Heun at 3); such a cell is neither measured nor shown."""
+    spent = evaluations(sampler, steps_for(sampler, nfe))
+    return spent != nfe and spent in NFES
 
 
 def cell_key(cell: dict) -> tuple:
@@ -127,10 +134,8 @@ def table(cells: list[dict], run: str, samples: int, precision: str, guidance: f
           floor: dict | None = None) -> str:
     mine = [c for c in cells if c["run"] == run and c["samples"] == samples and c["precision"] == precision
             and c.get("guidance", 1.0) == guidance]
-    main = {(c["sampler"], c["nfe"]): c for c in mine if is_main(c) and c["nfe"] is not None}
-    # A count a sampler cannot use repeats a smaller one (Heun at 4 is Heun at 3): shown once.
-    main = {key: c for key, c in main.items() if c["evaluations"] == c["nfe"]
-            or (c["sampler"], round(c["evaluations"])) not in main}
+    main = {(c["sampler"], c["nfe"]): c for c in mine
+            if is_main(c) and c["nfe"] is not None and not repeats_a_column(c["sampler"], c["nfe"])}
     columns = sorted({n for _, n in main} | set(NFES))
     lines = ["FID (classifier features; lower is better), by network evaluations (a count a sampler cannot "
              "use is left out):", ""]
@@ -200,12 +205,7 @@ def cells_to_measure(args, base: dict) -> list[dict]:
         if SAMPLERS[sampler].adaptive:
             todo += [{**common, "nfe": None, "rtol": rtol} for rtol in args.rtol]
             continue
-        used = set()
-        for nfe in sorted(args.nfe):
-            spent = evaluations(sampler, steps_for(sampler, nfe))
-            if spent == nfe or spent not in used:  # Heun at 4 evaluations is Heun at 3: skipped
-                todo.append({**common, "nfe": nfe})
-            used.add(spent)
+        todo += [{**common, "nfe": nfe} for nfe in sorted(args.nfe) if not repeats_a_column(sampler, nfe)]
     return todo
 
 
@@ -242,10 +242,6 @@ def main() -> None:
     parser.add_argument("--rtol", nargs="+", type=float, default=list(ADAPTIVE_RTOLS), help="dpm-adaptive's tolerances")
     parser.add_argument("--results", type=Path, default=DOCS / "samplers_results.jsonl")
     args = parser.parse_args()
-    missing = set(SAMPLERS) - set(SPACING)
-    if missing:
-        parser.error(f"no time spacing chosen for {', '.join(sorted(missing))}: add it to SPACING")
-
     run = trained_run(args)
     model = load_run(run)
     if not args.no_compile:

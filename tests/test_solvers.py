@@ -237,6 +237,8 @@ def test_adaptive_dpm_solver_keeps_to_its_evaluation_cap():
         SAMPLERS["dpm-adaptive"](denoiser, x[:2], times, max_evaluations=3)
     with pytest.raises(ValueError, match="order of dpm-adaptive must be 2 or 3"):
         SAMPLERS["dpm-adaptive"](denoiser, x[:2], times, order=4)
+    with pytest.raises(ValueError, match="give it at least 2 steps"):  # one step: nothing to solve down to
+        SAMPLERS["dpm-adaptive"](denoiser, x[:2], sampling_times(denoiser.schedule, 1, "karras"))
     with pytest.raises(ValueError, match="spends the evaluations its tolerance needs"):
         evaluations("dpm-adaptive", 10)
 

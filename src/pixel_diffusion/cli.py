@@ -59,8 +59,8 @@ OPTIONS = {
     "device": (("--device",), dict(default="auto", help="cpu, cuda, cuda:1, ... (default: auto, a GPU when there is one)")),
     "seed": (("--seed",), dict(type=int, default=0, help="seed; image k depends only on (seed, k) (default: 0)")),
     "no_progress": (("--no-progress",), dict(action="store_true", help="no progress bars (default: shown)")),
-    "sampler": (("--sampler",), dict(help="sampler (default: {default_sampler}); one of {samplers}")),
-    "steps": (("--steps",), dict(type=_positive_int, help="sampling steps (default: {default_steps})")),
+    "sampler": (("--sampler",), dict(help="sampler (default: {default}); one of {samplers}")),
+    "steps": (("--steps",), dict(type=_positive_int, help="sampling steps (default: {default})")),
     "guidance": (("--guidance",), dict(type=float, default=1.0,
                                        help="classifier-free guidance scale for labelled runs (default: 1, none)")),
     "label": (("--label",), dict(type=int, help="class to draw, for runs trained with labels or clusters (default: every class)")),
@@ -72,14 +72,13 @@ def _add(command, *names: str, **changes) -> None:
     (`seed={"default": None}`)."""
     from .samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS
 
-    defaults = {"sampler": DEFAULT_SAMPLER, "steps": DEFAULT_STEPS}  # the library's, read from the registry's module
+    defaults = {"sampler": DEFAULT_SAMPLER, "steps": DEFAULT_STEPS}  # the library's, beside the registry
     for name in names:
         flags, keywords = OPTIONS[name]
         keywords = {**({"default": defaults[name]} if name in defaults else {}), **keywords, **changes.get(name, {})}
         if "help" in keywords:
             keywords["help"] = (keywords["help"].replace("{samplers}", ", ".join(SAMPLERS))
-                                .replace("{default_sampler}", str(keywords.get("default")))
-                                .replace("{default_steps}", str(keywords.get("default"))))
+                                .replace("{default}", str(keywords.get("default"))))
         command.add_argument(*flags, **keywords)
 
 

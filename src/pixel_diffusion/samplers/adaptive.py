@@ -62,7 +62,10 @@ def solver_step(eps_at, y: Tensor, lam: Tensor, h: Tensor, order: int, eps: Tens
     return two, three, eps
 
 
-def _check(order, rtol, atol, h_init, max_evaluations) -> None:
+def _check(walk_length, order, rtol, atol, h_init, max_evaluations) -> None:
+    if walk_length < 3:  # one step's walk has no noise level below its start to solve down to
+        raise ValueError("dpm-adaptive solves from a walk's first time to its last noise level; "
+                         "give it at least 2 steps (--steps)")
     if order not in (2, 3):
         raise ValueError(f"order of dpm-adaptive must be 2 or 3; got {order!r}")
     for name, value in (("rtol", rtol), ("atol", atol), ("h_init", h_init)):
@@ -93,8 +96,8 @@ def dpm_adaptive(denoiser, x: Tensor, times, *, labels=None, noise=None, callbac
     report["capped"]). `report`, when given, receives per-image lists: "evaluations" (the final
     estimate included), "accepted" and "rejected" steps. `callback(round, x, image)` is called on
     each round of attempts, with every image at its own time."""
-    _check(order, rtol, atol, h_init, max_evaluations)
     times = check_times(times)
+    _check(len(times), order, rtol, atol, h_init, max_evaluations)
     schedule, n, device = denoiser.schedule, x.shape[0], x.device
     spent = torch.zeros(n, dtype=torch.long)
 
