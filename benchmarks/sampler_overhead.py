@@ -5,7 +5,9 @@ evaluations x one forward pass).
     python benchmarks/sampler_overhead.py --run RUN --batch-sizes 64 128 256 512 --threads 1 2
 
 First the network alone: the run's EMA denoiser under bf16 autocast (compiled unless
---no-compile) on a batch of noise at mid-walk times, for every batch size and thread count,
+--no-compile, with dynamic=False: a static graph for each batch size it meets; the adaptive
+walk's batch shrinks as its images finish, and the graph torch.compile makes for a dynamic batch
+ran 10 to 40% slower a call than the static ones on this CPU) on a batch of noise at mid-walk times, for every batch size and thread count,
 median of --repeats timings of --calls calls each; the fastest per image is kept. Then every
 sampler draws one batch of that size with --steps steps (the `sample` a user calls: noise
 streams, the solver's arithmetic, the callbacks) with those threads, one untimed call first,
@@ -97,7 +99,7 @@ def main() -> None:
 
     model = load_run(args.run)
     if not args.no_compile:
-        model.denoiser.net.compile()
+        model.denoiser.net.compile(dynamic=False)  # a static graph per batch size (see the docstring)
     forward = {}
     for threads in args.threads:
         torch.set_num_threads(threads)
@@ -120,7 +122,7 @@ def main() -> None:
     command = "python benchmarks/sampler_overhead.py " + " ".join(sys.argv[1:])
     lines = [f"<!-- written by: {command.strip()} -->",
              f"Run `{args.run.name}`; {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-             f"torch {torch.__version__}, bf16 autocast, {'eager' if args.no_compile else 'compiled'} network.", "",
+             f"torch {torch.__version__}, bf16 autocast, {'eager' if args.no_compile else 'compiled (dynamic=False)'} network.", "",
              "The network alone, ms per image (median of "
              f"{args.repeats} timings of {args.calls} calls; spread min-max):", "",
              "| threads | batch | ms per image | spread |", "|---:|---:|---:|---:|"]

@@ -6,6 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from pixel_diffusion.diffusers_io import their_name_to_ours
 from pixel_diffusion.networks import (
     NETWORKS,
     build_network,
@@ -171,37 +172,13 @@ TUTORIAL_MNIST = dict(
 )
 
 
-def _their_key_to_ours(key: str, levels: int) -> str:
-    rules = [
-        (r"^conv_in\.", "stem."),
-        (r"^time_embedding\.", "embedding."),
-        (r"^conv_norm_out\.", "head.0."),
-        (r"^conv_out\.", "head.2."),
-        (r"^down_blocks\.(\d+)\.resnets\.(\d+)\.", r"down.\1.\2.block."),
-        (r"^down_blocks\.(\d+)\.attentions\.(\d+)\.", r"down.\1.\2.attention."),
-        (r"^down_blocks\.(\d+)\.downsamplers\.0\.conv\.", r"downsample.\1.op."),
-        (r"^mid_block\.resnets\.0\.", "middle.0.block."),
-        (r"^mid_block\.attentions\.0\.", "middle.0.attention."),
-        (r"^mid_block\.resnets\.1\.", "middle.1.block."),
-        (r"^up_blocks\.(\d+)\.resnets\.(\d+)\.", r"up.\1.\2.block."),
-        (r"^up_blocks\.(\d+)\.attentions\.(\d+)\.", r"up.\1.\2.attention."),
-    ]
-    for pattern, replacement in rules:
-        key = re.sub(pattern, replacement, key)
-    # diffusers upsamples at the end of up block k; we upsample at the start of up level k + 1.
-    key = re.sub(r"^up_blocks\.(\d+)\.upsamplers\.0\.conv\.", lambda m: f"upsample.{int(m.group(1)) + 1}.conv.", key)
-    for theirs, ours in (("time_emb_proj", "emb_proj"), ("conv_shortcut", "shortcut"), ("group_norm", "norm"), ("to_out.0", "to_out")):
-        key = key.replace(theirs, ours)
-    return key
-
-
 def test_ddpm_mnist_equals_diffusers_unet2dmodel_given_the_same_weights():
     diffusers = pytest.importorskip("diffusers")
     torch.manual_seed(3)
     theirs = diffusers.UNet2DModel(**TUTORIAL_MNIST).eval()
     ours = build_network(network_config("ddpm-mnist")).eval()
     assert parameter_count(ours) == parameter_count(theirs)
-    mapped = {_their_key_to_ours(k, 3): v for k, v in theirs.state_dict().items()}
+    mapped = {their_name_to_ours(k): v for k, v in theirs.state_dict().items()}
     ours.load_state_dict(mapped, strict=True)
     x = torch.randn(4, 1, 28, 28)
     timesteps = torch.tensor([0, 10, 500, 999])
@@ -224,7 +201,7 @@ def test_ddpm_64_has_diffusers_parameter_count():
     )
     ours = build_network(network_config("ddpm-64"))
     assert parameter_count(ours) == parameter_count(theirs)
-    shapes = {_their_key_to_ours(k, 6): tuple(v.shape) for k, v in theirs.state_dict().items()}
+    shapes = {their_name_to_ours(k): tuple(v.shape) for k, v in theirs.state_dict().items()}
     assert shapes == {k: tuple(v.shape) for k, v in ours.state_dict().items()}
 
 

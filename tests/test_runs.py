@@ -224,3 +224,36 @@ def test_curves_draw_the_logged_metrics_registry(monkeypatch, tmp_path):
     log = logbook.RunLog(tmp_path)
     log.truncate(2)
     assert [r["step"] for r in logbook.read_records(tmp_path)] == [1, 2]
+
+
+def test_every_png_carries_how_it_was_made_and_info_draws_it_again(tmp_path, capsys):
+    import shlex
+
+    from PIL import Image
+
+    from pixel_diffusion.viz import read_parameters
+
+    first = tmp_path / "first"
+    assert main(["sample", "--run", str(RELEASE), "--n", "3", "--sampler", "dpmpp-2m", "--steps", "3", "--seed", "5",
+                 "--guidance", "1.5", "--eta", "0.3", "--no-progress", "--out", str(first)]) == 0
+    made = read_parameters(first / "00002.png")
+    assert (made["sampler"], made["steps"], made["spacing"], made["seed"], made["index"], made["guidance"],
+            made["eta"]) == ("dpmpp-2m", 3, "karras", 5, 2, 1.5, 0.3)
+    assert made["step"] == 6 and made["checkpoint"].endswith("step-0000006") and made["drawn_label"] in range(3)
+    assert read_parameters(first / "grid.png")["images"] == 3
+    capsys.readouterr()
+    assert main(["info", str(first / "00002.png")]) == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert line.startswith("reproduce: pixel-diffusion sample ")
+    again = tmp_path / "again"
+    command = shlex.split(line.removeprefix("reproduce: pixel-diffusion ").split("  (image")[0])
+    assert main(command + ["--no-progress", "--out", str(again)]) == 0
+    assert np.array_equal(np.asarray(Image.open(again / "00002.png")), np.asarray(Image.open(first / "00002.png")))
+
+    assert main(["show", "forward", "--run", str(RELEASE), "--n", "2", "--out", str(tmp_path / "f.png")]) == 0
+    assert read_parameters(tmp_path / "f.png")["kind"] == "forward"
+    Image.new("L", (4, 4)).save(tmp_path / "plain.png")
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "plain.png")]) == 2
+    err = capsys.readouterr().err
+    assert "carries no pixel-diffusion parameters" in err and err.count("\n") == 1

@@ -7,7 +7,8 @@ import torch
 from pixel_diffusion import schedules
 from pixel_diffusion.schedules import SCHEDULES, log_snr, make_schedule, sampling_times, time_at_log_snr
 
-ALL = {name: factory() for name, factory in SCHEDULES.items() if name != "uniform-mixing"}
+ALL = {name: factory() for name, factory in SCHEDULES.items() if name not in ("uniform-mixing", "betas")}
+ALL["betas"] = schedules.betas(torch.linspace(1e-4, 0.05, 300).tolist())  # a table needs its values
 ALL["linear-200"] = schedules.linear(200, 1e-4, 0.02)
 ALL["linear-100"] = schedules.linear(100, 1e-4, 0.04)
 FINE = torch.linspace(0, 1, 20001, dtype=torch.float64)
@@ -141,6 +142,21 @@ def test_time_at_log_snr_inverts_log_snr():
     for s in ALL.values():
         t = torch.linspace(max(s.t_min, 1e-3), 1, 50, dtype=torch.float64)
         torch.testing.assert_close(time_at_log_snr(s, log_snr(s, t)), t, rtol=0, atol=1e-8)
+
+
+def test_discrete_inverse_matches_bisection_everywhere():
+    # The discrete schedules invert their table exactly; any other schedule bisects. Both answers
+    # agree on and off the grid, and both clamp targets beyond the schedule's range to [0, 1].
+    class Bisected:  # the same rates, not a DiscreteSchedule, so time_at_log_snr bisects
+        def __init__(self, schedule):
+            self.rates, self.num_steps, self.t_min, self.noise = schedule.rates, None, schedule.t_min, "gaussian"
+
+    for s in (schedules.linear(), schedules.cosine(), schedules.linear(num_steps=100, beta_end=0.04)):
+        t = torch.rand(200, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        targets = torch.cat([log_snr(s, t), torch.tensor([60.0, -60.0], dtype=torch.float64)])
+        exact, bisected = time_at_log_snr(s, targets), time_at_log_snr(Bisected(s), targets)
+        torch.testing.assert_close(exact, bisected, rtol=0, atol=1e-12)
+        assert exact[-1] == 1 and exact[-2] < s.t_min
 
 
 def test_bad_arguments_say_what_is_allowed():

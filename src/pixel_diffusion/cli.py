@@ -52,7 +52,8 @@ def _numbers(kind):
 
 # The options that several commands share, defined once: (flags, argparse keywords).
 OPTIONS = {
-    "run": (("--run",), dict(type=Path, required=True, help="run directory written by train, or a checkpoint folder")),
+    "run": (("--run",), dict(type=Path, required=True, help="run directory written by train, a checkpoint folder, "
+                                                       "or a diffusers pipeline folder")),
     "checkpoint": (("--checkpoint",), dict(type=_checkpoint, default="latest",
                                            help="latest, best (kept by KID during training) or a step number (default: latest)")),
     "weights": (("--weights",), dict(choices=("ema", "model"), default="ema", help="which weights (default: ema)")),
@@ -169,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="pixel-diffusion", description="Denoising diffusion models of images, in pixel space.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for add in (_train_command, _sample_command, _classifier_command, _evaluate_command, _show_command, _demo_command):
+    for add in (_train_command, _sample_command, _classifier_command, _evaluate_command, _show_command, _export_command,
+                _info_command, _demo_command):
         add(commands)
     return parser
 
@@ -297,6 +299,35 @@ def _show_command(commands) -> None:
     show.set_defaults(handler=run_show)
 
 
+def _export_command(commands) -> None:
+    export = commands.add_parser(
+        "export", help="write a trained run in another library's format",
+        description="Write a run's model as a diffusers pipeline folder (unet/, scheduler/, model_index.json and a "
+        "model card) that DDPMPipeline and DDIMPipeline load; networks UNet2DModel cannot express are refused.")
+    _add(export, "run", "checkpoint", "weights")
+    export.add_argument("--format", choices=("diffusers",), default="diffusers", help="the format (default: diffusers)")
+    export.add_argument("--out", type=Path, required=True, help="the new pipeline folder (must not exist)")
+    export.set_defaults(handler=run_export, device="cpu")
+
+
+def _info_command(commands) -> None:
+    info = commands.add_parser("info", help="how an image was made: the parameters its PNG carries",
+                               description="Print the generation parameters that sample and show write into every "
+                               "PNG (run, checkpoint, sampler, steps, spacing, seed, image index, label, guidance), "
+                               "and the sample command that draws the image again.")
+    info.add_argument("file", type=Path, help="a PNG written by pixel-diffusion sample or show")
+    info.set_defaults(handler=run_info)
+
+
+def run_export(args) -> None:
+    from .runs import export_diffusers
+
+    run = _load(args)
+    out = export_diffusers(run, args.out)
+    print(f"diffusers pipeline of {run.checkpoint} ({run.weights} weights) in {out}; "
+          f"load it with DDIMPipeline.from_pretrained({str(out)!r})")
+
+
 def _demo_command(commands) -> None:
     demo = commands.add_parser(
         "demo",
@@ -356,10 +387,9 @@ GRID_IMAGES = 100  # sample's grid.png shows the first so many images
 
 def run_sample(args) -> None:
     import numpy as np
-    from PIL import Image
 
     from .samplers import get_sampler
-    from .viz import image_grid
+    from .viz import write_samples
 
     run = _load(args)
     options = _walk_options(args)  # checked before any progress bar is drawn
@@ -370,25 +400,44 @@ def run_sample(args) -> None:
                         progress=not args.no_progress, report=report, **options)
     base = args.run if run.directory is None else run.directory
     out = args.out or base / f"samples-{args.sampler}-{args.steps}"
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".samples.npz.tmp.npz"
-    np.savez(tmp, images=images)
-    tmp.replace(out / "samples.npz")
-    shown = images[:GRID_IMAGES]  # a grid a person can look at; every image is in samples.npz (and a PNG)
-    scale = max(1, 64 // images.shape[1])
-    image_grid(shown, columns=int(np.ceil(np.sqrt(len(shown)))), scale=scale).save(out / "grid.png")
-    if not args.no_png:
-        for k, image in enumerate(images):
-            Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(out / f"{k:05d}.png")
+    entry = get_sampler(args.sampler)
+    made = {"command": "sample", "run": str(args.run), "checkpoint": str(run.checkpoint), "step": run.step,
+            "weights": run.weights, "sampler": args.sampler, "steps": args.steps, "seed": args.seed,
+            "label": args.label, "guidance": args.guidance, "precision": args.precision,
+            **options, "spacing": None if entry.adaptive else options["spacing"] or entry.spacing}
+    drawn = labels if labels is not None else run.spec.drawn_clusters(args.n, args.seed)  # classes or clusters
+    write_samples(out, images, made, drawn, grid_images=GRID_IMAGES, pngs=not args.no_png)
     guided = (labels is not None or run.spec.on_clusters) and args.guidance != 1
     spent = np.asarray(report["evaluations"]) * (2 if guided else 1)  # guidance runs the network twice
-    entry = get_sampler(args.sampler)
     if entry.adaptive:
         walk, each = "adaptive", f"{spent.mean():.1f} network evaluations each ({spent.min()} to {spent.max()})"
     else:
-        spacing = options["spacing"] or entry.spacing
-        walk, each = f"{args.steps} steps, {spacing} spacing", f"{spent[0]} network evaluations each"
+        walk, each = f"{args.steps} steps, {made['spacing']} spacing", f"{spent[0]} network evaluations each"
     print(f"{len(images)} images ({args.sampler}, {walk}, {each}) in {out}")
+
+
+def run_info(args) -> None:
+    import json
+
+    from .viz import read_parameters
+
+    made = read_parameters(args.file)
+    print(json.dumps(made, indent=2, sort_keys=True))
+    if made.get("command") == "sample" and isinstance(made.get("index"), int):
+        print(f"reproduce: pixel-diffusion sample {_sample_flags(made)}  (image {made['index']} of its output)")
+
+
+def _sample_flags(made: dict) -> str:
+    """The sample command line that draws an image again, from the parameters its PNG carries."""
+    import shlex
+
+    name = Path(str(made.get("checkpoint"))).name
+    flags = {"run": made.get("run"), "checkpoint": name if name == "best" or name.startswith("step-") else "latest",
+             "n": made["index"] + 1}
+    flags.update({k: made.get(k) for k in ("weights", "sampler", "steps", "seed", "label", "guidance", "precision")})
+    flags.update({k: v for k, v in made.items() if k in ("spacing", "sigma_max", "eta") or k in _sampler_options()})
+    words = [f"--{k.replace('_', '-')} {shlex.quote(str(v))}" for k, v in flags.items() if v is not None]
+    return " ".join(words + (["--no-clip"] if "clip" in made and made["clip"] is None else []))
 
 
 def run_train_classifier(args) -> None:
@@ -478,13 +527,15 @@ def run_show(args) -> None:
         from .samplers import get_sampler
 
         get_sampler(given["sampler"])
+    made = {"command": "show", "kind": args.kind, "run": str(args.run), **given}
     if picture.of_model:
         run = _load(args)
         drawn = picture.draw(run, **given)
         base = run.directory or args.run
+        made.update(checkpoint=str(run.checkpoint), step=run.step, weights=run.weights)
     else:
         drawn, base = picture.draw(args.run, **given), args.run
-    print(save_picture(drawn, args.out or base / f"show-{args.kind}.{picture.suffix}"))
+    print(save_picture(drawn, args.out or base / f"show-{args.kind}.{picture.suffix}", made))
 
 
 def run_demo(args) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import checkpoints
+from . import checkpoints, diffusers_io
 from .checkpoints import CheckpointError
 from .clusters import draw_clusters
 from .data import DataConfig, Normalisation, load_images
@@ -52,6 +52,7 @@ class ModelSpec:
     num_classes: int | None = None  # labels 0..K-1 (K is the "no label" index)
     class_names: tuple[str, ...] = ()
     label_prior: tuple[float, ...] | None = None  # a run on clusters: each cluster's share of the data
+    clip: bool = True  # samplers clip the image estimate to the data range (diffusers' clip_sample)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -70,7 +71,7 @@ class ModelSpec:
             "noise_input": self.noise_input, "normalisation": dataclasses.asdict(self.normalisation),
             "channels": self.channels, "image_size": list(self.image_size), "num_classes": self.num_classes,
             "class_names": list(self.class_names),
-            "label_prior": None if self.label_prior is None else list(self.label_prior),
+            "label_prior": None if self.label_prior is None else list(self.label_prior), "clip": self.clip,
         }
 
     @classmethod
@@ -97,6 +98,9 @@ class ModelSpec:
             raise _field_error(where, "channels", "1 or 3", channels)
         normalisation = get("normalisation", dict, "an object")
         prior = get("label_prior", list, "a list of shares", optional=True)
+        clip = data.get("clip", True)
+        if not isinstance(clip, bool):
+            raise _field_error(where, "clip", "true or false", clip)
         for name, registry in (("prediction", PREDICTIONS), ("noise_input", NOISE_INPUTS)):
             if get(name, str, "one of " + ", ".join(registry)) not in registry:
                 raise _field_error(where, name, "one of " + ", ".join(registry), data[name])
@@ -118,7 +122,7 @@ class ModelSpec:
                 channels=channels, image_size=tuple(size),
                 num_classes=get("num_classes", int, "an integer or null", optional=True),
                 class_names=tuple(get("class_names", list, "a list of names", optional=True) or ()),
-                label_prior=None if prior is None else tuple(float(p) for p in prior),
+                label_prior=None if prior is None else tuple(float(p) for p in prior), clip=clip,
             )
         except (TypeError, ValueError) as error:
             raise CheckpointError(f"{where}: {str(error).splitlines()[0]}") from None
@@ -174,7 +178,7 @@ def sample_images(
         if spec.num_classes is None:
             raise ValueError("this run was trained without labels; drop --label")
         denoiser = Guided(denoiser, guidance, spec.num_classes)
-    options.setdefault("clip", spec.data_range(device))
+    options.setdefault("clip", spec.data_range(device) if spec.clip else None)
     with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         x = sample(denoiser, spec.shape, n, sampler=sampler, steps=steps, seed=seed, labels=labels,
                    batch_size=batch_size, progress=progress, device=device, **options)
@@ -291,6 +295,8 @@ def load_run(run_dir: Path, checkpoint: str | int = "latest", weights: str = "em
         raise ValueError(f"weights must be ema or model; got {weights!r}")
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {device} asked for, but this machine has no CUDA GPU; use --device cpu")
+    if diffusers_io.is_pipeline_folder(run_dir):
+        return _load_pipeline(Path(run_dir), checkpoint, torch.device(device))
     folder = find_checkpoint(run_dir, checkpoint)
     run_root = folder.parent.parent if folder.parent.name == checkpoints.CHECKPOINTS else None
     if run_root is not None and not (run_root / "config.json").exists():
@@ -308,3 +314,69 @@ def load_run(run_dir: Path, checkpoint: str | int = "latest", weights: str = "em
     return Run(spec.build_denoiser(net.eval().to(device)), spec, folder, weights, device,
                step=state.get("step") if isinstance(state, dict) else None, directory=run_root,
                training=training if isinstance(training, dict) else {})
+
+
+def _load_pipeline(folder: Path, checkpoint, device: torch.device) -> Run:
+    """A diffusers pipeline folder (diffusers_io) as a Run: one set of weights, no training record."""
+    if str(checkpoint) != "latest":
+        raise ValueError(f"{folder} is a diffusers pipeline folder with one set of weights; drop --checkpoint")
+    description, state = diffusers_io.read_pipeline(folder)
+    spec = ModelSpec.from_dict(description, f"{folder} (diffusers pipeline)")
+    net = build_network(spec.network)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as error:
+        raise CheckpointError(f"{folder}: the UNet's weights do not fit its config.json "
+                              f"({str(error).splitlines()[0][:100]})") from None
+    return Run(spec.build_denoiser(net.eval().to(device)), spec, folder, "model", device)
+
+
+def export_diffusers(run: Run, out: Path) -> Path:
+    """Write `run`'s model as a diffusers pipeline folder (diffusers_io.write_pipeline) with a model card."""
+    diffusers_io.write_pipeline(out, run.spec.to_dict(), run.spec.network, run.denoiser.net.state_dict(),
+                                model_card(run, Path(out).name))
+    return Path(out)
+
+
+def model_card(run: Run, name: str) -> str:
+    """The README.md of an exported pipeline: Hugging Face front matter, how it was trained, how to use it."""
+    about, spec = run.describe(), run.spec
+    kind = "colour" if spec.channels == 3 else "grayscale"
+    labels = (f"Class-conditional: labels 0..{spec.num_classes - 1} ({', '.join(map(spec.class_label, range(spec.num_classes)))}), "
+              f"label {spec.num_classes} meaning none; pass `class_labels` to the UNet (the stock pipelines pass none)."
+              if spec.num_classes else "Unconditional.")
+    rows = [("preset", about["preset"]), ("training data", about["data"]), ("optimiser steps", about["step"]),
+            ("weights", about["weights"]), ("network", about["network"]),
+            ("schedule", f"{spec.schedule} {spec.schedule_options if spec.schedule != 'betas' else '(table)'}"),
+            ("prediction", spec.prediction), ("image size", f"{spec.image_size[0]}x{spec.image_size[1]}, {kind}")]
+    table = "\n".join(f"| {k} | {v} |" for k, v in rows if v is not None)
+    return f"""---
+library_name: diffusers
+pipeline_tag: unconditional-image-generation
+tags:
+- pytorch
+- diffusers
+- unconditional-image-generation
+- pixel-diffusion
+---
+
+# {name}
+
+A denoising diffusion model of {spec.image_size[0]}x{spec.image_size[1]} {kind} images, trained with
+pixel-diffusion and exported as a diffusers pipeline. {labels}
+
+| | |
+|---|---|
+{table}
+
+## Use
+
+```python
+from diffusers import DDIMPipeline
+
+pipeline = DDIMPipeline.from_pretrained("{name}")
+images = pipeline(batch_size=16, num_inference_steps=50).images
+```
+
+or, with any of pixel-diffusion's samplers: `pixel-diffusion sample --run {name} --sampler dpmpp-2m --steps 10`.
+"""

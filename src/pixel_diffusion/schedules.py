@@ -100,6 +100,19 @@ def cosine(num_steps: int = 1000, offset: float = 0.008, max_beta: float = 0.999
     return DiscreteSchedule(betas)
 
 
+def scaled_linear(num_steps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> DiscreteSchedule:
+    """sqrt(beta) evenly spaced from sqrt(beta_start) to sqrt(beta_end) (Rombach et al. 2022's latent
+    diffusion schedule; diffusers' "scaled_linear")."""
+    _check_steps(num_steps)
+    root = torch.linspace(beta_start**0.5, beta_end**0.5, num_steps, dtype=torch.float64)
+    return DiscreteSchedule(root**2)
+
+
+def betas(values) -> DiscreteSchedule:
+    """A table of betas given one by one (diffusers' trained_betas, or any schedule stored as its table)."""
+    return DiscreteSchedule(torch.as_tensor(values, dtype=torch.float64))
+
+
 @dataclass(frozen=True)
 class ContinuousCosine:
     """The Keras DDIM example's schedule: the angle of (alpha, sigma) moves linearly in t from
@@ -191,6 +204,8 @@ def sigmoid(
 SCHEDULES = {
     "linear": linear,
     "cosine": cosine,
+    "scaled-linear": scaled_linear,
+    "betas": betas,
     "continuous-cosine": continuous_cosine,
     "sigmoid": sigmoid,
     "uniform-mixing": uniform_mixing,
@@ -211,8 +226,11 @@ def log_snr(schedule: Schedule, t) -> Tensor:
 
 
 def time_at_log_snr(schedule: Schedule, target: Tensor, iterations: int = 60) -> Tensor:
-    """Invert lambda(t) by bisection on [0, 1] (every schedule here has lambda decreasing in t)."""
+    """Invert lambda(t) on [0, 1]: exactly on a discrete schedule's table, else by bisection (every
+    schedule here has lambda decreasing in t)."""
     target = _times(target)
+    if isinstance(schedule, DiscreteSchedule):
+        return _discrete_time_at_log_snr(schedule, target)
     lo, hi = torch.zeros_like(target), torch.ones_like(target)
     for _ in range(iterations):
         mid = (lo + hi) / 2
@@ -220,6 +238,16 @@ def time_at_log_snr(schedule: Schedule, target: Tensor, iterations: int = 60) ->
         lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
     return (lo + hi) / 2
 
+
+
+def _discrete_time_at_log_snr(schedule: DiscreteSchedule, target: Tensor) -> Tensor:
+    # alpha^2 = sigmoid(lambda), so -log alpha^2 = softplus(-lambda); rates() interpolates
+    # log alpha^2 linearly in t, and the table is strictly decreasing (every beta > 0).
+    rising = -schedule.log_alpha_sq.to(device=target.device, dtype=target.dtype)  # (T + 1,) increasing
+    wanted = torch.nn.functional.softplus(-target)
+    lower = (torch.searchsorted(rising, wanted.contiguous()) - 1).clamp(0, schedule.num_steps - 1)
+    frac = (wanted - rising[lower]) / (rising[lower + 1] - rising[lower])
+    return ((lower + frac.clamp(0, 1)) / schedule.num_steps).clamp(0, 1)
 
 # ---- sampling times ---------------------------------------------------------------------------
 # Each returns n + 1 float64 times, strictly decreasing, ending at 0 (the clean image).

@@ -9,6 +9,7 @@ picture's own. To add a picture, write the function here and add its entry.
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+from PIL.PngImagePlugin import PngInfo
 
 from .data import from_model_range
 from .diffusion import add_noise, forward_chain
@@ -169,18 +171,62 @@ def curves(run_dir) -> Image.Image:
     return Image.open(io.BytesIO(buffer.getvalue()))
 
 
-def save_picture(picture, out: Path) -> Path:
-    """Write a picture (or a list of frames, as a GIF) atomically."""
+PNG_KEY = "pixel-diffusion"  # the PNG text chunk that holds how an image was made, as JSON
+
+
+def save_picture(picture, out: Path, parameters: dict | None = None) -> Path:
+    """Write a picture (or a list of frames, as a GIF) atomically; a PNG carries `parameters`
+    (how it was made) in its text chunk, for `read_parameters` and `pixel-diffusion info`."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp{out.suffix}")
     if isinstance(picture, list):
         duration = picture[0].info.get("duration", 400)
         picture[0].save(tmp, save_all=True, append_images=picture[1:], duration=duration, loop=0)
+    elif parameters is not None and out.suffix.lower() == ".png":
+        chunk = PngInfo()
+        chunk.add_text(PNG_KEY, json.dumps(parameters, sort_keys=True))
+        picture.save(tmp, pnginfo=chunk)
     else:
         picture.save(tmp)
     tmp.replace(out)
     return out
+
+
+def write_samples(out: Path, images: np.ndarray, parameters: dict, labels=None, *, grid_images: int = 100,
+                  pngs: bool = True) -> None:
+    """What `sample` writes: samples.npz with every image, grid.png with the first `grid_images`
+    (a grid a person can look at), and a PNG per image carrying `parameters`, its index and the
+    label it was drawn with."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / ".samples.npz.tmp.npz"
+    np.savez(tmp, images=images)
+    tmp.replace(out / "samples.npz")
+    shown = images[:grid_images]
+    grid = image_grid(shown, columns=int(np.ceil(np.sqrt(len(shown)))), scale=max(1, 64 // images.shape[1]))
+    save_picture(grid, out / "grid.png", {**parameters, "images": len(shown)})
+    for k, image in enumerate(images if pngs else ()):
+        save_picture(Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image), out / f"{k:05d}.png",
+                     {**parameters, "index": k, "drawn_label": None if labels is None else int(labels[k])})
+
+
+def read_parameters(path: Path) -> dict:
+    """The parameters a PNG written by `sample` or `show` carries."""
+    try:
+        with Image.open(path) as image:
+            text = getattr(image, "text", {}).get(PNG_KEY)
+    except (OSError, ValueError) as error:  # missing, unreadable or not an image
+        raise ValueError(f"{path} cannot be read as an image ({str(error).splitlines()[0][:80]})") from None
+    if text is None:
+        raise ValueError(f"{path} carries no {PNG_KEY} parameters; the PNGs that sample and show write do")
+    try:
+        parameters = json.loads(text)
+    except json.JSONDecodeError:
+        parameters = None
+    if not isinstance(parameters, dict):
+        raise ValueError(f"{path}: its {PNG_KEY} text chunk is not a JSON object")
+    return parameters
 
 
 # ---- pictures of a trained model ----------------------------------------------------------------

@@ -191,13 +191,16 @@ ATTENTIONS = {"full": Attention, "linear": LinearAttention}
 class Downsample(nn.Module):
     def __init__(self, channels: int, kind: str):
         super().__init__()
+        self.kind = kind
         if kind == "avgpool":
             self.op = nn.AvgPool2d(2)
         else:
-            kernel = {"conv": 3, "conv4": 4}[kind]
-            self.op = nn.Conv2d(channels, channels, kernel, stride=2, padding=1)
+            kernel = {"conv": 3, "conv4": 4, "conv-asym": 3}[kind]
+            self.op = nn.Conv2d(channels, channels, kernel, stride=2, padding=0 if kind == "conv-asym" else 1)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.kind == "conv-asym":  # one row and column of zeros after the image (original DDPM)
+            x = F.pad(x, (0, 1, 0, 1))
         return self.op(x)
 
 
@@ -220,7 +223,8 @@ class Upsample(nn.Module):
         return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
 
 
-DOWNSAMPLES = ("conv", "conv4", "avgpool")  # strided 3x3 conv, strided 4x4 conv, 2x2 average pool
+# strided 3x3 conv, strided 4x4 conv, 2x2 average pool, strided 3x3 conv padded after the image only
+DOWNSAMPLES = ("conv", "conv4", "avgpool", "conv-asym")
 UPSAMPLES = ("nearest", "bilinear", "transposed")  # nearest + 3x3 conv, bilinear, 4x4 transposed conv
 
 

@@ -64,9 +64,10 @@ class UNetConfig:
     block: str = "resnet"  # resnet | convnext
     norm: str = "group"  # group | batch | layer
     groups: int = 32
+    norm_eps: float = 1e-5  # epsilon of every GroupNorm
     activation: str = "silu"  # silu | gelu
     dropout: float = 0.0
-    downsample: str = "conv"  # conv (3x3, stride 2) | conv4 (4x4, stride 2) | avgpool
+    downsample: str = "conv"  # conv (3x3, stride 2) | conv4 (4x4, stride 2) | avgpool | conv-asym (pad 0, 1)
     upsample: str = "nearest"  # nearest (+ 3x3 conv) | bilinear | transposed (4x4)
     down_after_last: bool = False
     skip_stem_and_downsamples: bool = True
@@ -205,6 +206,9 @@ class UNet(nn.Module):
             nn.init.zeros_(out.weight)
             nn.init.zeros_(out.bias)
         self.head = nn.Sequential(*head, out)
+        for module in self.modules():
+            if isinstance(module, nn.GroupNorm):
+                module.eps = c.norm_eps
 
     def check_input(self, x: Tensor, labels: Tensor | None) -> None:
         c = self.config

@@ -178,7 +178,7 @@ def sample(
     with tqdm(total=total, unit=unit, desc=desc, disable=not progress) as bar:
 
         def step_callback(i, x_t, image):
-            bar.update(0 if walk.adaptive else 1)
+            bar.update(1)
             if callback is not None:
                 callback(i, x_t, image)
 
@@ -187,8 +187,8 @@ def sample(
             noise = ImageNoise.from_seed(seed, indices, getattr(denoiser.schedule, "noise", "gaussian"))
             x = noise(torch.empty(len(indices), *shape, device=device))
             batch_labels = None if labels is None else labels[start : start + len(indices)].to(device)
-            if walk.adaptive:
-                x = walk(denoiser, x, times, labels=batch_labels, noise=noise, callback=step_callback, report=report,
+            if walk.adaptive:  # its bar moves by images; the walk forms its estimates only for a caller's callback
+                x = walk(denoiser, x, times, labels=batch_labels, noise=noise, callback=callback, report=report,
                          **options)
                 bar.update(len(indices))
                 bar.set_postfix(evaluations=f"{sum(report['evaluations']) / len(report['evaluations']):.1f}")
