@@ -368,3 +368,24 @@ def test_hugging_face_dataset_from_a_local_folder(tmp_path):
     assert np.array_equal(data.images.permute(0, 2, 3, 1).numpy(), images) and data.labels.tolist() == [0, 1, 1, 0]
     with pytest.raises(ValueError, match="could not fetch the dataset 'nobody/nothing'.*local folder"):
         open_source(DataConfig("hf:nobody/nothing"))
+
+
+def test_image_folder_dataset_takes_labels_from_sub_folders_and_splits_from_train_and_test(tmp_path):
+    pytest.importorskip("datasets")
+    made = {}
+    for split, count in (("train", 3), ("test", 2)):
+        for kind in ("cat", "dog"):
+            (tmp_path / split / kind).mkdir(parents=True)
+            for k in range(count):
+                image = _rgb(12, 12)
+                Image.fromarray(image).save(tmp_path / split / kind / f"{k}.png")
+                made.setdefault(split, []).append((kind, image))
+    train = _load(f"imagefolder:{tmp_path}")
+    test = _load(f"imagefolder:{tmp_path}", hf_split="test")
+    for data, split in ((train, "train"), (test, "test")):
+        assert len(data.images) == len(made[split]) and data.class_names == ["cat", "dog"]
+        pixels = {data.images[i].permute(1, 2, 0).numpy().tobytes(): data.class_names[int(data.labels[i])]
+                  for i in range(len(data.images))}
+        assert pixels == {image.tobytes(): kind for kind, image in made[split]}  # every image with its folder's label
+    with pytest.raises(ValueError, match="imagefolder:.*no such folder"):
+        open_source(DataConfig(f"imagefolder:{tmp_path / 'missing'}"))

@@ -189,7 +189,8 @@ def _train_command(commands) -> None:
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config fields to override")
     train.add_argument("--preset", help="named configuration (default: chosen for --data by its channels, sizes and "
                        f"labels, and said; mnist without --data); one of {', '.join(PRESETS)}")
-    train.add_argument("--data", help="data source: a folder, .npz/.npy, idx file, CIFAR folder, hf:NAME, mnist-5k or digits (default: the preset's)")
+    train.add_argument("--data", help="data source: a folder, .npz/.npy, idx file, CIFAR folder, hf:NAME, imagefolder:DIR, "
+                       "mnist-5k or digits (default: the preset's)")
     train.add_argument("--out", type=Path, help="run directory (default: runs/PRESET)")
     budget = train.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=_positive_int, help="train for this many optimiser steps (default: the preset's budget)")

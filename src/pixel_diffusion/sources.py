@@ -263,18 +263,29 @@ def list_image_files(folder: Path, class_folders: bool) -> tuple[list[Path], lis
 # ---- Hugging Face datasets --------------------------------------------------------------------
 
 
-def read_hf_dataset(name: str, split: str, image_column: str | None, label_column: str | None):
-    """A Hugging Face dataset (hub name or a folder written by save_to_disk): (dataset, image
-    column, labels or None). Images are decoded one at a time, on access."""
+def read_hf_dataset(name: str, split: str, image_column: str | None, label_column: str | None,
+                    image_folder: bool = False):
+    """A Hugging Face dataset (hub name, a folder written by save_to_disk, or with `image_folder`
+    a folder read by datasets' imagefolder builder: labels from sub-folders, splits from train/ and
+    test/ folders): (dataset, image column, labels or None, class names). Images are decoded one
+    at a time, on access."""
     if importlib.util.find_spec("datasets") is None:
         raise ValueError("Hugging Face datasets need the 'datasets' package: pip install 'pixel-diffusion[hf]'")
     import datasets
 
     local = Path(name)
+    if image_folder and not local.is_dir():
+        raise ValueError(f"imagefolder:{name}: no such folder; give a folder of images (class sub-folders optional)")
     saved = any((local / f).exists() for f in ("dataset_info.json", "state.json", "dataset_dict.json"))
     try:
-        loaded = datasets.load_from_disk(name) if local.is_dir() and saved else datasets.load_dataset(name, split=split)
+        if image_folder:
+            loaded = datasets.load_dataset("imagefolder", data_dir=name, split=split)
+        else:
+            loaded = datasets.load_from_disk(name) if local.is_dir() and saved else datasets.load_dataset(name, split=split)
     except Exception as error:  # offline, missing or malformed: the library raises many kinds
+        if image_folder:
+            raise ValueError(f"imagefolder:{name} could not be read as an image folder dataset "
+                             f"({type(error).__name__}: {str(error).splitlines()[0][:100] if str(error) else ''})") from None
         raise ValueError(
             f"could not fetch the dataset {name!r} ({type(error).__name__}); with no network, download it "
             "elsewhere and pass its local folder (written by datasets' save_to_disk), or export the images "
@@ -294,7 +305,8 @@ def read_hf_dataset(name: str, split: str, image_column: str | None, label_colum
     elif label_column not in features:
         raise ValueError(f"dataset {name!r} has no column {label_column!r}; it has {list(features)}")
     labels = None if label_column is None else np.asarray(loaded[label_column], np.int64)
-    return loaded, image_column, labels
+    names = list(getattr(features.get(label_column), "names", None) or [])
+    return loaded, image_column, labels, names
 
 
 # ---- sources ---------------------------------------------------------------------------------
@@ -323,8 +335,11 @@ def _builtin(config) -> Source:
 
 def _hf(config) -> Source:
     spec = config.source
-    dataset, column, labels = read_hf_dataset(spec[3:], config.hf_split, config.hf_image_column, config.hf_label_column)
-    return Source(spec, len(dataset), lambda i: decode_image(dataset[i][column], config.alpha), lambda i: f"{spec}[{i}]", labels)
+    folder = spec.startswith("imagefolder:")
+    dataset, column, labels, names = read_hf_dataset(spec.split(":", 1)[1], config.hf_split, config.hf_image_column,
+                                                     config.hf_label_column, image_folder=folder)
+    return Source(spec, len(dataset), lambda i: decode_image(dataset[i][column], config.alpha), lambda i: f"{spec}[{i}]",
+                  labels, names)
 
 
 def _path(config) -> Path:
@@ -379,6 +394,8 @@ class SourceKind:
 SOURCES: dict[str, SourceKind] = {
     "builtin": SourceKind(lambda spec, path: spec in BUILTINS, _builtin, f"a built-in set ({', '.join(BUILTINS)})"),
     "hf": SourceKind(lambda spec, path: spec.startswith("hf:"), _hf, "hf:NAME, a Hugging Face dataset"),
+    "imagefolder": SourceKind(lambda spec, path: spec.startswith("imagefolder:"), _hf,
+                              "imagefolder:DIR, a folder read by Hugging Face datasets' imagefolder builder"),
     "arrays": SourceKind(lambda spec, path: path.is_file() and path.suffix.lower() in (".npz", ".npy"), _arrays,
                          "a .npz/.npy file"),
     "idx": SourceKind(lambda spec, path: path.is_file() and "idx3" in path.name, _idx_file, "an MNIST idx file"),
