@@ -379,3 +379,26 @@ def test_bf16_sampling_stays_close_to_fp32(tmp_path):
     assert np.abs(full - half).mean() < 3.0 and not np.array_equal(full, half)
     with pytest.raises(ValueError, match="unknown sampling precision"):
         run.sample(1, steps=2, progress=False, precision="fp8")
+
+
+def test_one_trainer_per_run_and_a_lock_left_by_a_killed_process_is_taken_over(tmp_path, capsys):
+    run = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom pixel_diffusion.checkpoints import run_lock\n"
+         "with run_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(600)\n", str(run)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        command = ["train", "--preset", "mnist", "--data", "digits", "--steps", "1", "--out", str(run), "--no-progress",
+                   *TINY]
+        capsys.readouterr()
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert f"is being trained by process {holder.pid} on " in err and " since " in err and err.count("\n") == 1
+        assert [p.name for p in run.iterdir()] == [".lock"]  # refused before anything was written
+    finally:
+        holder.kill()  # as a crash would: no clean release of the holder record
+        holder.wait()
+    assert main(command) == 0
+    assert f"taking over the lock left by process {holder.pid}" in capsys.readouterr().out
+    assert latest_checkpoint(run) is not None and (run / ".lock").read_text() == ""

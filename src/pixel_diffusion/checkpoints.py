@@ -8,6 +8,7 @@
                                                 state.json, model.json (the model description)
     runs/NAME/checkpoints/best/                 the weights KID selection kept, and model.json
     runs/NAME/checkpoints/latest                the newest checkpoint's folder name
+    runs/NAME/.lock                             held by the one process that trains the run
 
 Tensors are stored as safetensors and everything else as JSON, so loading never executes code
 from a file. Every write goes to a temporary name and is renamed into place: a crash mid-write
@@ -16,10 +17,13 @@ leaves the previous checkpoint and `latest` as they were.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import socket
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -28,6 +32,7 @@ from safetensors.torch import load_file, save_file
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
+LOCK = ".lock"  # held (flock) by the process that trains the run; it names its holder
 
 
 class CheckpointError(ValueError):
@@ -60,6 +65,45 @@ def read_json(path: Path):
         raise CheckpointError(f"{path} is missing") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise CheckpointError(f"{path} is not valid JSON ({error})") from None
+
+
+# ---- one trainer per run ------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def run_lock(run: Path, say=print):
+    """Hold RUN/.lock exclusively while training: a second trainer is refused with a line naming
+    the holder (host, process id, since when). The lock is an flock, which the system releases
+    when its process ends however it ends; a holder record left by a killed process is taken over,
+    and said so. Readers (sample, evaluate, show) never take it."""
+    try:
+        import fcntl
+    except ImportError:  # no flock on this system: train unlocked
+        yield
+        return
+    run = Path(run)
+    run.mkdir(parents=True, exist_ok=True)
+    with open(run / LOCK, "a+") as f:
+        f.seek(0)
+        recorded = f.read().strip()
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise ValueError(f"{run} is being trained by {recorded or 'another process'}; wait for it to finish, "
+                             "stop it, or train into another --out") from None
+        if recorded:
+            say(f"{run}: taking over the lock left by {recorded}, which no longer runs")
+        f.seek(0)
+        f.truncate()
+        f.write(f"process {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.seek(0)
+            f.truncate()  # a clean exit leaves no holder record
+            f.flush()
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 # ---- optimiser state as tensors + JSON --------------------------------------------------------

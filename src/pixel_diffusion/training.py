@@ -396,6 +396,12 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
     """Train (or continue training) the run in `run_dir`; returns the last checkpoint folder."""
     run_dir = Path(run_dir)
     accelerator = make_engine(config)
+    main = accelerator.is_main_process
+    with checkpoints.run_lock(run_dir) if main else contextlib.nullcontext():  # before anything is written
+        return _train(config, run_dir, accelerator)
+
+
+def _train(config: TrainConfig, run_dir: Path, accelerator) -> Path:
     main, world, device = accelerator.is_main_process, accelerator.num_processes, accelerator.device
     prepared = prepare_data(config, run_dir, world, main)
     model = build_model(config, prepared)
