@@ -163,6 +163,9 @@ def test_a_bin_whose_pickle_holds_code_is_refused_without_running_it(tmp_path):
     with pytest.raises(CheckpointError, match="refused because loading it could run code"):
         load_run(folder)
     assert not marker.exists()
+    (folder / "diffusion_pytorch_model.bin").write_bytes(b"PK\x03\x04 cut short")  # a truncated file: unreadable
+    with pytest.raises(CheckpointError, match="diffusion_pytorch_model.bin cannot be read"):
+        load_run(folder)
 
 
 @pytest.mark.parametrize("where, field, value, says", [
@@ -172,6 +175,9 @@ def test_a_bin_whose_pickle_holds_code_is_refused_without_running_it(tmp_path):
     ("unet", "attention_head_dim", 24, "attention_head_dim = 24"),
     ("scheduler", "variance_type", "learned_range", "variance_type = 'learned_range'"),
     ("scheduler", "beta_schedule", "laplace", "beta_schedule = 'laplace'"),
+    ("unet", "down_block_types", "DownBlock2D", "a list of block types"),  # fields of the wrong kind
+    ("unet", "layers_per_block", "two", "a field has a value of the wrong kind"),
+    ("scheduler", "num_train_timesteps", "many", "num_steps must be a positive integer; got 'many'"),
 ])
 def test_what_cannot_be_mapped_is_refused_naming_the_field(tmp_path, where, field, value, says):
     arguments, schedule = CASES["attention-grayscale"]

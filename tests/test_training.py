@@ -402,3 +402,12 @@ def test_one_trainer_per_run_and_a_lock_left_by_a_killed_process_is_taken_over(t
     assert main(command) == 0
     assert f"taking over the lock left by process {holder.pid}" in capsys.readouterr().out
     assert latest_checkpoint(run) is not None and (run / ".lock").read_text() == ""
+
+
+def test_a_run_folder_that_cannot_be_written_is_one_line(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert main(["train", "--preset", "mnist", "--data", "digits", "--steps", "1", "--out", str(blocker / "run"),
+                 "--no-progress", *TINY]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot train into {blocker / 'run'}" in err and err.count("\n") == 1

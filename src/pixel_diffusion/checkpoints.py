@@ -82,8 +82,12 @@ def run_lock(run: Path, say=print):
         yield
         return
     run = Path(run)
-    run.mkdir(parents=True, exist_ok=True)
-    with open(run / LOCK, "a+") as f:
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+        handle = open(run / LOCK, "a+")
+    except OSError as error:
+        raise ValueError(f"cannot train into {run} ({error.strerror or error}); choose a folder you can write") from None
+    with handle as f:
         f.seek(0)
         recorded = f.read().strip()
         try:

@@ -34,9 +34,9 @@ Tensor = torch.Tensor
 
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 OUR_SPEC = "pixel_diffusion_model.json"  # the full model description, in folders exported from here
-DIFFUSERS_VERSION = "0.27.0"  # the oldest release whose folder format this writes
+DIFFUSERS_VERSION = "0.27.0"  # written as _diffusers_version (the folders load in diffusers 0.42, tested)
 PREDICTIONS = {"epsilon": "noise", "v_prediction": "velocity", "sample": "image"}
-SCHEDULE_NAMES = {"linear": "linear", "scaled_linear": "scaled-linear", "squaredcos_cap_v2": "cosine"}
+SCHEDULE_NAMES = {"linear": "linear", "scaled_linear": "scaled-linear"}  # theirs -> ours, with start and end
 
 # Their parameter names -> ours. diffusers upsamples at the end of up block k, we at the start of
 # up level k + 1; the old attention names (query, key, value, proj_attn) are renamed as diffusers does.
@@ -118,9 +118,11 @@ def _read_weights(unet_dir: Path) -> dict[str, Tensor]:
         with warnings.catch_warnings():  # torch's note on pickle protocols is not the user's concern
             warnings.simplefilter("ignore", UserWarning)
             state = torch.load(pickled, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as error:
+    except pickle.UnpicklingError as error:  # what the weights-only unpickler says of anything but tensors
         raise CheckpointError(f"{pickled} holds more than tensors ({str(error).splitlines()[0][:80]}); it is refused "
                               "because loading it could run code; save the model with safetensors") from None
+    except (RuntimeError, EOFError, ValueError, AttributeError) as error:  # truncated or not a torch file
+        raise CheckpointError(f"{pickled} cannot be read ({str(error).splitlines()[0][:80]})") from None
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise CheckpointError(f"{pickled} is not a dictionary of tensors")
     return state
@@ -136,11 +138,11 @@ def read_pipeline(folder: Path) -> tuple[dict, dict[str, Tensor]]:
     unet_dir, scheduler_file = layout
     unet = checkpoints.read_json(unet_dir / "config.json")
     scheduler = checkpoints.read_json(scheduler_file)
-    network, flip, classes = unet_config(unet, str(unet_dir / "config.json"))
+    network, flip, classes = _checked(unet_config, unet, str(unet_dir / "config.json"))
     spec = {"network": config_to_dict(network), "noise_input": "timestep",
             "normalisation": {"kind": "minus-one-one"}, "channels": network.in_channels,
             "image_size": _image_size(unet.get("sample_size"), str(unet_dir / "config.json")),
-            "num_classes": classes, **scheduler_fields(scheduler, str(scheduler_file))}
+            "num_classes": classes, **_checked(scheduler_fields, scheduler, str(scheduler_file))}
     if (Path(folder) / OUR_SPEC).is_file():
         spec = checkpoints.read_json(Path(folder) / OUR_SPEC)
     state = {their_name_to_ours(k): v for k, v in _read_weights(unet_dir).items()}
@@ -152,6 +154,16 @@ def read_pipeline(folder: Path) -> tuple[dict, dict[str, Tensor]]:
     if table is not None and table.shape[0] < wanted:  # a "no label" row for a model trained without one
         state["label_embedding.weight"] = torch.cat([table, table.new_zeros(wanted - table.shape[0], table.shape[1])])
     return spec, state
+
+
+def _checked(read, config: dict, where: str):
+    """`read(config, where)`, with a field of the wrong type said in one line."""
+    try:
+        return read(config, where)
+    except CheckpointError:
+        raise
+    except (TypeError, ValueError, AttributeError) as error:
+        raise CheckpointError(f"{where}: a field has a value of the wrong kind ({str(error).splitlines()[0][:120]})") from None
 
 
 def _image_size(value, where: str) -> list[int]:
@@ -194,12 +206,14 @@ def unet_config(unet: dict, where: str = "unet config") -> tuple[UNetConfig, boo
         if given != value and not (name == "mid_block_type" and given is None):
             raise _refuse(where, name, given, expected)
     widths = unet.get("block_out_channels", [224, 448, 672, 896])
-    down = list(unet.get("down_block_types", ["DownBlock2D"] + ["AttnDownBlock2D"] * 3))
-    up = list(unet.get("up_block_types", ["AttnUpBlock2D"] * 3 + ["UpBlock2D"]))
+    down = unet.get("down_block_types", ["DownBlock2D"] + ["AttnDownBlock2D"] * 3)
+    up = unet.get("up_block_types", ["AttnUpBlock2D"] * 3 + ["UpBlock2D"])
     if not isinstance(widths, list) or not widths or not all(isinstance(w, int) and w > 0 for w in widths):
         raise _refuse(where, "block_out_channels", widths, "a list of positive widths")
     for name, types, allowed in (("down_block_types", down, ("DownBlock2D", "AttnDownBlock2D")),
                                  ("up_block_types", up, ("UpBlock2D", "AttnUpBlock2D"))):
+        if not isinstance(types, list):
+            raise _refuse(where, name, types, "a list of block types")
         bad = [t for t in types if t not in allowed]
         if bad or len(types) != len(widths):
             raise _refuse(where, name, bad[0] if bad else types, f"{len(widths)} of {' or '.join(allowed)}")
@@ -367,8 +381,11 @@ def write_pipeline(out: Path, spec: dict, config, state: dict[str, Tensor], card
     if out.exists():
         raise ValueError(f"{out} exists; choose a new --out folder")
     unet, scheduler = unet2d_config(config, spec), scheduler_config(spec)  # refuse before writing anything
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as error:
+        raise ValueError(f"cannot write into {out.parent} ({error.strerror or error})") from None
     try:
         checkpoints.write_json(staging / "model_index.json", {
             "_class_name": "DDPMPipeline", "_diffusers_version": DIFFUSERS_VERSION,

@@ -239,7 +239,6 @@ def time_at_log_snr(schedule: Schedule, target: Tensor, iterations: int = 60) ->
     return (lo + hi) / 2
 
 
-
 def _discrete_time_at_log_snr(schedule: DiscreteSchedule, target: Tensor) -> Tensor:
     # alpha^2 = sigmoid(lambda), so -log alpha^2 = softplus(-lambda); rates() interpolates
     # log alpha^2 linearly in t, and the table is strictly decreasing (every beta > 0).
@@ -248,6 +247,7 @@ def _discrete_time_at_log_snr(schedule: DiscreteSchedule, target: Tensor) -> Ten
     lower = (torch.searchsorted(rising, wanted.contiguous()) - 1).clamp(0, schedule.num_steps - 1)
     frac = (wanted - rising[lower]) / (rising[lower + 1] - rising[lower])
     return ((lower + frac.clamp(0, 1)) / schedule.num_steps).clamp(0, 1)
+
 
 # ---- sampling times ---------------------------------------------------------------------------
 # Each returns n + 1 float64 times, strictly decreasing, ending at 0 (the clean image).

@@ -46,7 +46,8 @@ def _fractions(order: int) -> tuple[float, float | None]:
 
 def first_point(y: Tensor, lam: Tensor, h: Tensor, eps: Tensor, order: int) -> tuple[Tensor, Tensor]:
     """u1 = y - s~(s1) phi(r1 h) eps at s1 = lambda + r1 h: (u1, s1)."""
-    r1, s1 = _fractions(order)[0], lam + _fractions(order)[0] * h
+    r1 = _fractions(order)[0]
+    s1 = lam + r1 * h
     return y - _column(torch.exp(-s1) * torch.expm1(r1 * h), y) * eps, s1
 
 
