@@ -5,8 +5,9 @@
     runs/NAME/samples/step-NNNNNNN.png          previews from fixed noise
     runs/NAME/checkpoints/step-NNNNNNN/         model.safetensors, ema.safetensors,
                                                 optimizer.safetensors, optimizer.json,
-                                                state.json, model.json (the model description)
-    runs/NAME/checkpoints/best/                 the weights KID selection kept, and model.json
+                                                state.json, model.json (the model description),
+                                                manifest.json (each file's size and SHA-256)
+    runs/NAME/checkpoints/best/                 the weights KID selection kept, model.json, manifest.json
     runs/NAME/checkpoints/latest                the newest checkpoint's folder name
     runs/NAME/.lock                             held by the one process that trains the run
 
@@ -18,6 +19,8 @@ leaves the previous checkpoint and `latest` as they were.
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import json
 import os
 import shutil
@@ -140,6 +143,46 @@ def step_name(step: int) -> str:
     return f"step-{step:07d}"
 
 
+MANIFEST = "manifest.json"  # every other file of a checkpoint folder: its size and SHA-256
+
+
+def _digest(path: Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+def write_manifest(folder: Path) -> None:
+    """Record every file of `folder` (size, SHA-256) in its manifest; written last, before the
+    folder is renamed into place."""
+    files = sorted(p for p in Path(folder).iterdir() if p.is_file() and p.name != MANIFEST)
+    write_json(Path(folder) / MANIFEST, {"files": {p.name: {"bytes": p.stat().st_size, "sha256": _digest(p)}
+                                                   for p in files}})
+
+
+def verify_checkpoint(folder: Path) -> None:
+    """Check a checkpoint folder against its manifest: a missing, resized or altered file is a
+    one-line CheckpointError. A folder from before manifests passes unchecked."""
+    folder = Path(folder)
+    if not (folder / MANIFEST).exists():
+        return
+    manifest = read_json(folder / MANIFEST)
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict):
+        raise CheckpointError(f"{folder} is damaged: its {MANIFEST} lists no files")
+    for name, expected in files.items():
+        path = folder / name
+        if not path.is_file():
+            raise CheckpointError(f"{folder} is damaged: {name} is missing")
+        if not isinstance(expected, dict) or path.stat().st_size != expected.get("bytes"):
+            raise CheckpointError(f"{folder} is damaged: {name} has {path.stat().st_size} bytes, its manifest says "
+                                  f"{expected.get('bytes') if isinstance(expected, dict) else '?'}")
+        if _digest(path) != expected.get("sha256"):
+            raise CheckpointError(f"{folder} is damaged: {name} differs from its manifest's SHA-256")
+
+
 def save_checkpoint(
     run: Path,
     step: int,
@@ -167,16 +210,46 @@ def save_checkpoint(
         write_json(tmp / "state.json", {**state, "step": step})
         if description is not None:  # the model description, so the folder loads on its own
             write_json(tmp / "model.json", description)
+        write_manifest(tmp)
         if final.exists():  # the same step written again (a resumed run's final save)
             shutil.rmtree(final)
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(tmp, ignore_errors=True)
+        if _disk_full(error):
+            raise _no_space(run, final.name, model, ema, optimizer) from None
         raise
-    atomic_write_text(folder / LATEST, final.name + "\n")
+    try:
+        atomic_write_text(folder / LATEST, final.name + "\n")
+    except OSError as error:
+        if _disk_full(error):
+            raise _no_space(run, final.name, model, ema, optimizer) from None
+        raise
     for old in list_checkpoints(run)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _disk_full(error: BaseException) -> bool:
+    # Python's writes raise OSError(ENOSPC); safetensors' own writer says "os error 28" in its message.
+    return (isinstance(error, OSError) and error.errno == errno.ENOSPC) or (
+        isinstance(error, SafetensorError) and f"os error {errno.ENOSPC})" in str(error))
+
+
+def _no_space(run: Path, name: str, *weights_and_optimizer) -> CheckpointError:
+    """The disk filled while writing checkpoint `name`: what it needs against what is free."""
+    def tensor_bytes(value) -> int:
+        if isinstance(value, torch.Tensor):
+            return value.numel() * value.element_size()
+        return sum(map(tensor_bytes, value.values() if isinstance(value, dict) else
+                       value if isinstance(value, (list, tuple)) else ()))
+
+    needed = sum(map(tensor_bytes, weights_and_optimizer))
+    free = shutil.disk_usage(Path(run) / CHECKPOINTS).free
+    kept = latest_checkpoint(run)
+    return CheckpointError(f"no space left on the disk of {run} to write checkpoint {name}: it needs about "
+                           f"{needed / 1e6:.1f} MB and {free / 1e6:.1f} MB are free; "
+                           + (f"{kept.name} is kept, intact, as the newest" if kept else "no checkpoint was written yet"))
 
 
 BEST = "best"
@@ -193,6 +266,7 @@ def save_best(run: Path, step: int, *, model: dict, ema: dict, metrics: dict, de
         write_json(tmp / "state.json", {**metrics, "step": step})
         if description is not None:
             write_json(tmp / "model.json", description)
+        write_manifest(tmp)
         old = folder / BEST
         if old.exists():
             retired = folder / f".best.old.{os.getpid()}"
@@ -232,6 +306,27 @@ def latest_checkpoint(run: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def newest_first(run: Path) -> list[Path]:
+    """The run's checkpoint folders to resume from, in turn: the one `latest` names, then the
+    others from the newest down."""
+    found = list_checkpoints(run)[::-1]
+    latest = latest_checkpoint(run)
+    return ([latest] if latest is not None else []) + [p for p in found if p != latest]
+
+
+def newest_intact(run: Path, besides: Path | None = None) -> Path | None:
+    """The newest checkpoint folder (other than `besides`) that passes its manifest, or None."""
+    for folder in newest_first(run):
+        if folder == besides:
+            continue
+        try:
+            verify_checkpoint(folder)
+        except CheckpointError:
+            continue
+        return folder
+    return None
+
+
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
     if not path.exists():
         raise CheckpointError(f"{path} is missing")
@@ -249,6 +344,7 @@ def load_checkpoint(folder: Path) -> dict:
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"no checkpoint at {folder}")
+    verify_checkpoint(folder)
     return {
         "model": _load_tensors(folder / "model.safetensors"),
         "ema": _load_tensors(folder / "ema.safetensors"),

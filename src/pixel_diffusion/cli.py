@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from . import __version__
@@ -580,6 +581,8 @@ def main(argv=None) -> int:
     from .training import TrainingError
 
     args = build_parser().parse_args(argv)
+    previous, warnings.formatwarning = warnings.formatwarning, lambda message, *where, **_: (
+        f"pixel-diffusion {args.command}: warning: {message}\n")  # one line, no source location
     try:
         args.handler(args)
     except (ValueError, FileNotFoundError) as error:
@@ -591,4 +594,6 @@ def main(argv=None) -> int:
     except KeyboardInterrupt as error:
         print(f"pixel-diffusion {args.command}: interrupted{': ' + str(error) if str(error) else ''}", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = previous
     return 0

@@ -35,6 +35,7 @@ RESUMABLE_FIELDS = BUDGET_FIELDS + (
     "channels_last",
     "fused_optimizer",
     "threads",
+    "skip_nonfinite",
 )
 
 
@@ -62,6 +63,7 @@ class TrainConfig:
     lr_decay: str = "constant"  # constant | cosine (to min_lr_ratio * lr at the end of the budget)
     min_lr_ratio: float = 0.0
     grad_clip: float | None = 1.0
+    skip_nonfinite: int = 0  # skip a step whose loss or gradients are not finite, stop after this many in a row
     batch_size: int = 128
     accumulation: int = 1  # micro-batches per optimiser step (batch_size is split among them)
     ema_decay: float = 0.999
@@ -123,6 +125,9 @@ class TrainConfig:
             raise ValueError(f"ema_decay must lie in [0, 1); got {self.ema_decay}")
         if not 0 <= self.label_dropout < 1:
             raise ValueError(f"label_dropout must lie in [0, 1); got {self.label_dropout}")
+        if not isinstance(self.skip_nonfinite, int) or isinstance(self.skip_nonfinite, bool) or self.skip_nonfinite < 0:
+            raise ValueError(f"skip_nonfinite must be 0 (stop at the first non-finite step) or how many to skip in a "
+                             f"row; got {self.skip_nonfinite!r}")
         if not isinstance(self.clusters, int) or isinstance(self.clusters, bool) or self.clusters < 0:
             raise ValueError(f"clusters must be 0 (none) or a positive number of clusters; got {self.clusters!r}")
         if self.clusters and self.conditional:

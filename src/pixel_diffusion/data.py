@@ -214,6 +214,7 @@ class ImageData:
     flip: bool = False
     class_names: list[str] = field(default_factory=list)
     read: Callable[[int], np.ndarray] | None = None
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (item, why) of every item left out
 
     def __len__(self) -> int:
         return len(self.train) + len(self.validation)
@@ -252,11 +253,15 @@ class ImageData:
                 yield self.normalisation.to_model(self.uint8(chosen)), None if self.labels is None else self.labels[chosen]
 
 
+class SkippedItems(UserWarning):
+    """Items of a data source left out (undecodable, too small, ...); the message names the first few."""
+
+
 def _summarise_skipped(skipped: list[tuple[str, str]], total: int) -> None:
     if skipped:
         shown = "; ".join(f"{name} ({reason})" for name, reason in skipped[:5])
         more = f"; and {len(skipped) - 5} more" if len(skipped) > 5 else ""
-        warnings.warn(f"skipped {len(skipped)} of {total} items: {shown}{more}", stacklevel=3)
+        warnings.warn(f"skipped {len(skipped)} of {total} items: {shown}{more}", SkippedItems, stacklevel=3)
 
 
 def _refit(kept: list[int], arrays: list[np.ndarray], config: DataConfig, skipped: list, source: Source):
@@ -345,4 +350,5 @@ def load_images(config: DataConfig, *, progress: bool = True) -> ImageData:
         mean = total_sum / count
         std = np.sqrt(np.maximum(total_sq / count - mean**2, 1e-12))
         normalisation = Normalisation("standardise", tuple(map(float, mean)), tuple(map(float, std)))
-    return ImageData(images, labels, normalisation, channels, size, train, validation, config.flip, source.class_names, read)
+    return ImageData(images, labels, normalisation, channels, size, train, validation, config.flip, source.class_names, read,
+                     skipped)

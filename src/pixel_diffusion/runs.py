@@ -301,13 +301,11 @@ def load_run(run_dir: Path, checkpoint: str | int = "latest", weights: str = "em
     run_root = folder.parent.parent if folder.parent.name == checkpoints.CHECKPOINTS else None
     if run_root is not None and not (run_root / "config.json").exists():
         run_root = None
+    _check_intact(folder, run_root)
     spec = read_spec(folder, run_root)
-    net = build_network(spec.network)
-    try:
-        net.load_state_dict(checkpoints.load_weights(folder / f"{weights}.safetensors"))
-    except RuntimeError as error:  # the weights are of another network than the description's
-        raise CheckpointError(f"{folder / (weights + '.safetensors')} does not fit the network its model "
-                              f"description names ({str(error).splitlines()[0][:100]})") from None
+    tensors = checkpoints.load_weights(folder / f"{weights}.safetensors")
+    net = _build(spec, folder, {k: tuple(v.shape) for k, v in tensors.items()})
+    net.load_state_dict(tensors)
     state = checkpoints.read_json(folder / "state.json")
     training = checkpoints.read_json(run_root / "config.json").get("train", {}) if run_root else {}
     device = torch.device(device)
@@ -316,18 +314,44 @@ def load_run(run_dir: Path, checkpoint: str | int = "latest", weights: str = "em
                training=training if isinstance(training, dict) else {})
 
 
+def _build(spec: ModelSpec, folder: Path, shapes: dict[str, tuple[int, ...]]) -> torch.nn.Module:
+    """The network a model description names, built first without memory (on the meta device) and
+    checked against the shapes of the weights to load into it, so that a description that does not
+    fit them is one line before anything is allocated."""
+    try:
+        with torch.device("meta"):
+            wanted = {k: tuple(v.shape) for k, v in build_network(spec.network).state_dict().items()}
+        if wanted != shapes:
+            differ = sorted(set(wanted) ^ set(shapes)) or [k for k in wanted if wanted[k] != shapes[k]]
+            raise CheckpointError(f"{folder}: the weights do not fit the network its model description names "
+                                  f"({len(differ)} tensors differ, first {differ[0]})")
+        return build_network(spec.network)
+    except CheckpointError:
+        raise
+    except (TypeError, ValueError, RuntimeError, ZeroDivisionError, IndexError, KeyError) as error:
+        raise CheckpointError(f"{folder}: its model description names a network that cannot be built "
+                              f"({str(error).splitlines()[0][:120] if str(error) else type(error).__name__})") from None
+
+
+def _check_intact(folder: Path, run_root: Path | None) -> None:
+    """Refuse a damaged checkpoint folder in one line that names the newest intact one."""
+    try:
+        checkpoints.verify_checkpoint(folder)
+    except CheckpointError as error:
+        other = checkpoints.newest_intact(run_root, besides=folder) if run_root is not None else None
+        hint = (f"; the newest intact checkpoint is {other.name} (--checkpoint {int(other.name.split('-')[1])})"
+                if other is not None else "; the run has no intact checkpoint")
+        raise CheckpointError(f"{error}{hint}") from None
+
+
 def _load_pipeline(folder: Path, checkpoint, device: torch.device) -> Run:
     """A diffusers pipeline folder (diffusers_io) as a Run: one set of weights, no training record."""
     if str(checkpoint) != "latest":
         raise ValueError(f"{folder} is a diffusers pipeline folder with one set of weights; drop --checkpoint")
     description, state = diffusers_io.read_pipeline(folder)
     spec = ModelSpec.from_dict(description, f"{folder} (diffusers pipeline)")
-    net = build_network(spec.network)
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as error:
-        raise CheckpointError(f"{folder}: the UNet's weights do not fit its config.json "
-                              f"({str(error).splitlines()[0][:100]})") from None
+    net = _build(spec, folder, {k: tuple(v.shape) for k, v in state.items()})
+    net.load_state_dict(state)
     return Run(spec.build_denoiser(net.eval().to(device)), spec, folder, "model", device)
 
 

@@ -158,9 +158,15 @@ def cluster_labels_of(config: TrainConfig, data: ImageData, run_dir: Path, main:
     return labels
 
 
+SKIPPED = "skipped.txt"  # in the run: every data item left out, `item<TAB>why` a line
+
+
 def prepare_data(config: TrainConfig, run_dir: Path, world: int, main: bool) -> TrainingData:
     """Phase 2: decode the data, attach labels or clusters, check the batch fits."""
     data = load_images(config.data, progress=config.progress and main)
+    if main and data.skipped:  # the warning names the first few; the run keeps them all
+        checkpoints.atomic_write_text(run_dir / SKIPPED, "".join(f"{name}\t{why}\n" for name, why in data.skipped))
+        print(f"{run_dir / SKIPPED} lists all {len(data.skipped)} items left out, and why")
     if config.conditional and data.labels is None:
         raise ValueError(f"conditional training needs labels, and {config.data.source!r} has none")
     num_classes = int(data.labels.max()) + 1 if config.conditional else None
@@ -213,15 +219,23 @@ def build_model(config: TrainConfig, prepared: TrainingData) -> Model:
 def resume(config: TrainConfig, run_dir: Path, model: Model) -> tuple[int, float]:
     """Phase 4: load the newest checkpoint into the model, if there is one. Returns (step,
     training seconds before this process)."""
-    latest = checkpoints.latest_checkpoint(run_dir)
-    if latest is None:
+    candidates = checkpoints.newest_first(run_dir)
+    if not candidates:
         return 0, 0.0
     saved = checkpoints.read_json(run_dir / "config.json")
-    changed = differences(saved.get("train", {}), config.to_dict())
+    changed = differences(saved.get("train", {}) if isinstance(saved, dict) else {}, config.to_dict())
     if changed:
         raise ValueError(f"{run_dir} was trained with other settings ({', '.join(changed)} differ); "
                          "resume with the same settings or choose another --out")
-    state = checkpoints.load_checkpoint(latest)
+    for folder in candidates:  # the newest intact one; a damaged one is said and passed over
+        try:
+            state = checkpoints.load_checkpoint(folder)
+            break
+        except checkpoints.CheckpointError as error:
+            print(f"{run_dir}: not resuming from {folder.name}: {error}")
+    else:
+        raise checkpoints.CheckpointError(f"{run_dir}: every checkpoint is damaged; move {run_dir / checkpoints.CHECKPOINTS} "
+                              "aside to train from the start")
     model.net.load_state_dict(state["model"])
     model.ema.net.load_state_dict(state["ema"])
     model.optimizer.load_state_dict(state["optimizer"])
@@ -310,6 +324,7 @@ class Loop:
     prepared: TrainingData
     denoiser: torch.nn.Module
     run_dir: Path
+    nonfinite: int = 0  # non-finite steps in a row (skip_nonfinite)
 
     def batch_of(self, step: int) -> torch.Tensor:
         """This process's item indices for `step` (its share of the global batch)."""
@@ -350,20 +365,41 @@ def train_step(loop: Loop, step: int, lr: float) -> tuple[float, torch.Tensor | 
         with accelerator.autocast():
             loss = config.loss(loop.denoiser, x, labels, generator=generator).mean() / config.accumulation
         if not torch.isfinite(loss):
-            kept = checkpoints.latest_checkpoint(loop.run_dir)
-            raise TrainingError(
-                f"the loss became {loss.item()} at step {step + 1}; training stopped. "
-                + (f"The last good checkpoint, {kept.name}, is kept. " if kept else "No checkpoint was written yet. ")
-                + "Try a lower lr, grad_clip, or fp32.")
+            _non_finite(loop, step, f"the loss became {loss.item()}")
         with accelerator.no_sync(model.net) if k < config.accumulation - 1 else contextlib.nullcontext():
             accelerator.backward(loss)
         step_loss += loss.item()
     if config.grad_clip:
         norm = accelerator.clip_grad_norm_(model.net.parameters(), config.grad_clip)
+    if config.skip_nonfinite and config.precision != "fp16":  # fp16's loss scaler skips such steps itself
+        grads = [p.grad.isfinite().all() for p in model.net.parameters() if p.grad is not None]
+        if grads and not bool(torch.stack(grads).all()):  # one synchronisation, whatever the device
+            _non_finite(loop, step, "the gradients became non-finite")
+    loop.nonfinite = 0
     model.optimizer.step()
     model.optimizer.zero_grad(set_to_none=True)
     model.ema.update(accelerator.unwrap_model(model.net), step + 1)
     return step_loss, norm
+
+
+class SkippedStep(Exception):
+    """A step left out for a non-finite loss or gradient (skip_nonfinite); the loop logs it."""
+
+
+def _non_finite(loop: Loop, step: int, what: str) -> None:
+    # Today's stop at the first one, or (skip_nonfinite=N) skip it as a loss scaler would, and
+    # stop after N in a row; the last good checkpoint stays.
+    config = loop.config
+    loop.model.optimizer.zero_grad(set_to_none=True)
+    loop.nonfinite += 1
+    if loop.nonfinite <= config.skip_nonfinite:
+        raise SkippedStep(f"{what}; step skipped ({loop.nonfinite} in a row of at most {config.skip_nonfinite})")
+    kept = checkpoints.latest_checkpoint(loop.run_dir)
+    in_a_row = f" ({loop.nonfinite} steps in a row)" if config.skip_nonfinite else ""
+    raise TrainingError(
+        f"{what} at step {step + 1}{in_a_row}; training stopped. "
+        + (f"The last good checkpoint, {kept.name}, is kept. " if kept else "No checkpoint was written yet. ")
+        + "Try a lower lr, grad_clip, or fp32" + ("." if config.skip_nonfinite else ", or skip_nonfinite=N."))
 
 
 class Window:
@@ -447,11 +483,16 @@ def _train(config: TrainConfig, run_dir: Path, accelerator) -> Path:
         last, window = None, Window()
         while (fraction := budget.fraction(step, lambda: agreed(elapsed()))) < 1:
             lr = learning_rate(config, step, budget.total, None if budget.total is not None else fraction)
-            loss, norm = train_step(loop, step, lr)
+            try:
+                loss, norm = train_step(loop, step, lr)
+            except SkippedStep as skipped:
+                loss = None
+                log.write({"step": step + 1, "skipped": str(skipped)})
             step += 1
-            window.add(loss, norm)
+            if loss is not None:
+                window.add(loss, norm)
             bar.advance(step, elapsed())
-            if step % config.log_every == 0 or step == budget.total:
+            if window.steps and (step % config.log_every == 0 or step == budget.total):
                 record = window.record(loop, step, lr, elapsed())
                 bar.show(record)
                 log.write(record)

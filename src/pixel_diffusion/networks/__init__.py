@@ -215,8 +215,30 @@ def config_from_dict(data: dict):
     unknown = sorted(set(data) - names)
     if unknown:
         raise ValueError(f"unknown {kind} config fields {unknown}; expected some of {sorted(names)}")
+    for f in dataclasses.fields(config_class):
+        if f.name in data and not _of_type(data[f.name], f.type):
+            raise ValueError(f"{kind} config field {f.name!r} must be {f.type}; got {data[f.name]!r}")
     tuples = {k: tuple(v) for k, v in data.items() if isinstance(v, list)}
     return config_class(**{**data, **tuples})
+
+
+def _of_type(value, annotation: str) -> bool:
+    """Whether a JSON value fits a config field's annotation (int, float, bool, str, their tuples,
+    `| None`); an int is a float, a bool is neither."""
+    def fits(kind: str, v) -> bool:
+        if kind == "None":
+            return v is None
+        if kind.startswith("tuple["):
+            items = [t.strip() for t in kind[6:-1].split(",")]
+            if not isinstance(v, (list, tuple)):
+                return False
+            if items[-1] == "...":
+                return all(fits(items[0], x) for x in v)
+            return len(v) == len(items) and all(fits(t, x) for t, x in zip(items, v))
+        allowed = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}[kind]
+        return isinstance(v, allowed) and (kind == "bool" or not isinstance(v, bool))
+
+    return any(fits(kind.strip(), value) for kind in annotation.split("|"))
 
 
 def build_network(config) -> nn.Module:
