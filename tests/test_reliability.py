@@ -5,6 +5,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -270,3 +271,24 @@ def test_any_image_bytes_decode_or_are_refused_with_a_reason(tmp_path_factory, p
         assert str(error) and "\n" not in str(error)
     else:
         assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[-1] in (1, 3)
+
+
+def test_a_second_trainer_is_refused_and_the_first_trains_on_unharmed(tmp_path, capsys):
+    run = tmp_path / "run"
+    argv = ["train", "--preset", "mnist", "--steps", "300", "--checkpoint-every", "20", "--out", str(run), "--no-progress",
+            *TINY]
+    first = subprocess.Popen([sys.executable, "-m", "pixel_diffusion", *argv], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "metrics.jsonl").exists() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        capsys.readouterr()
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"is being trained by process {first.pid} on " in err and err.count("\n") == 1
+    finally:
+        _, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0, stderr
+    assert [p.name for p in checkpoints.list_checkpoints(run)] == ["step-0000260", "step-0000280", "step-0000300"]
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == list(range(1, 301))
