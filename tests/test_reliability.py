@@ -63,7 +63,17 @@ def test_every_checkpoint_carries_a_manifest_of_its_files(whole):
         checkpoints.verify_checkpoint(folder)
 
 
-def test_a_flipped_byte_in_any_file_is_caught_by_every_command(whole, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory):
+    from pixel_diffusion.data import DataConfig
+    from pixel_diffusion.features import train_classifier
+
+    folder = tmp_path_factory.mktemp("classifier") / "digits"
+    train_classifier(DataConfig("digits"), folder, epochs=1, progress=False)
+    return folder
+
+
+def test_a_flipped_byte_in_any_file_is_caught_by_every_command(whole, classifier, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(whole, run)
     newest = latest_checkpoint(run)
@@ -73,7 +83,10 @@ def test_a_flipped_byte_in_any_file_is_caught_by_every_command(whole, tmp_path, 
         with pytest.raises(CheckpointError, match=f"is damaged: {file.name} differs"):
             load_checkpoint(newest)
         for command in (["sample", "--n", "1", "--steps", "2", "--no-progress", "--out", str(tmp_path / "s")],
-                        ["show", "grid", "--n", "1", "--steps", "2", "--out", str(tmp_path / "g.png")]):
+                        ["show", "grid", "--n", "1", "--steps", "2", "--out", str(tmp_path / "g.png")],
+                        ["evaluate", "--n", "4", "--steps", "2", "--no-progress", "--classifier", str(classifier),
+                         "--cache", str(tmp_path / "cache")],
+                        ["export", "--out", str(tmp_path / "exported")]):
             capsys.readouterr()
             assert main([command[0], "--run", str(run), *command[1:]]) == 2, (file.name, command[0])
             err = capsys.readouterr().err
@@ -287,6 +300,10 @@ def test_a_second_trainer_is_refused_and_the_first_trains_on_unharmed(tmp_path, 
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert f"is being trained by process {first.pid} on " in err and err.count("\n") == 1
+        while latest_checkpoint(run) is None and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert main(["sample", "--run", str(run), "--n", "2", "--steps", "2", "--no-progress",
+                     "--out", str(tmp_path / "meanwhile")]) == 0  # readers take no lock
     finally:
         _, stderr = first.communicate(timeout=300)
     assert first.returncode == 0, stderr
