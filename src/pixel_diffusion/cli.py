@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for add in (_train_command, _sample_command, _classifier_command, _evaluate_command, _show_command, _export_command,
-                _info_command, _demo_command):
+                _info_command, _serve_command, _demo_command):
         add(commands)
     return parser
 
@@ -321,6 +321,34 @@ def _info_command(commands) -> None:
     info.set_defaults(handler=run_info)
 
 
+def _serve_command(commands) -> None:
+    serve = commands.add_parser("serve", help="a web page to generate, edit and watch training in a browser",
+                                description="Serve a page (and its JSON API) for every run in --runs; it binds "
+                                "127.0.0.1, this machine only, unless --host says otherwise. Needs pixel-diffusion[web].")
+    serve.add_argument("--runs", type=Path, default=Path("runs"), help="folder of runs (default: runs)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    serve.add_argument("--port", type=_positive_int, default=7860, help="port (default: 7860)")
+    _add(serve, "device")
+    serve.set_defaults(handler=run_serve)
+
+
+def run_serve(args) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("fastapi") is None or importlib.util.find_spec("uvicorn") is None:
+        raise ValueError("the web page needs FastAPI and uvicorn: pip install 'pixel-diffusion[web]'")
+    if not args.runs.is_dir():
+        raise ValueError(f"--runs {args.runs} is not a folder; give the folder your runs are in")
+    import uvicorn
+
+    from .web.server import create_app
+
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"listening on {args.host}: anyone who can reach this machine can use the page and its models")
+    print(f"pixel-diffusion: http://{args.host}:{args.port}/ serves the runs in {args.runs}")
+    uvicorn.run(create_app(args.runs, _device(args.device)), host=args.host, port=args.port, log_level="warning")
+
+
 def run_export(args) -> None:
     from .runs import export_diffusers
 
@@ -390,6 +418,7 @@ GRID_IMAGES = 100  # sample's grid.png shows the first so many images
 def run_sample(args) -> None:
     import numpy as np
 
+    from .runs import generation_parameters
     from .samplers import get_sampler
     from .viz import write_samples
 
@@ -403,10 +432,8 @@ def run_sample(args) -> None:
     base = args.run if run.directory is None else run.directory
     out = args.out or base / f"samples-{args.sampler}-{args.steps}"
     entry = get_sampler(args.sampler)
-    made = {"command": "sample", "run": str(args.run), "checkpoint": str(run.checkpoint), "step": run.step,
-            "weights": run.weights, "sampler": args.sampler, "steps": args.steps, "seed": args.seed,
-            "label": args.label, "guidance": args.guidance, "precision": args.precision,
-            **options, "spacing": None if entry.adaptive else options["spacing"] or entry.spacing}
+    made = generation_parameters(run, str(args.run), sampler=args.sampler, steps=args.steps, seed=args.seed,
+                                 label=args.label, guidance=args.guidance, precision=args.precision, options=options)
     drawn = labels if labels is not None else run.spec.drawn_clusters(args.n, args.seed)  # classes or clusters
     write_samples(out, images, made, drawn, grid_images=GRID_IMAGES, pngs=not args.no_png)
     guided = (labels is not None or run.spec.on_clusters) and args.guidance != 1
@@ -421,25 +448,12 @@ def run_sample(args) -> None:
 def run_info(args) -> None:
     import json
 
-    from .viz import read_parameters
+    from .viz import read_parameters, reproduce_command
 
     made = read_parameters(args.file)
     print(json.dumps(made, indent=2, sort_keys=True))
     if made.get("command") == "sample" and isinstance(made.get("index"), int):
-        print(f"reproduce: pixel-diffusion sample {_sample_flags(made)}  (image {made['index']} of its output)")
-
-
-def _sample_flags(made: dict) -> str:
-    """The sample command line that draws an image again, from the parameters its PNG carries."""
-    import shlex
-
-    name = Path(str(made.get("checkpoint"))).name
-    flags = {"run": made.get("run"), "checkpoint": name if name == "best" or name.startswith("step-") else "latest",
-             "n": made["index"] + 1}
-    flags.update({k: made.get(k) for k in ("weights", "sampler", "steps", "seed", "label", "guidance", "precision")})
-    flags.update({k: v for k, v in made.items() if k in ("spacing", "sigma_max", "eta") or k in _sampler_options()})
-    words = [f"--{k.replace('_', '-')} {shlex.quote(str(v))}" for k, v in flags.items() if v is not None]
-    return " ".join(words + (["--no-clip"] if "clip" in made and made["clip"] is None else []))
+        print(f"reproduce: {reproduce_command(made)}  (image {made['index']} of its output)")
 
 
 def run_train_classifier(args) -> None:
@@ -542,36 +556,17 @@ def run_show(args) -> None:
 
 def run_demo(args) -> None:
     from .config import apply_overrides
-    from .data import load_builtin, to_model_range
     from .presets import preset
     from .runs import load_run
     from .training import train
-    from .viz import denoising_trajectory, forward_strip, image_grid
+    from .viz import demo_pictures
 
     start = time.perf_counter()
     config = apply_overrides(preset("mnist"), {"steps": None, "minutes": args.minutes, "seed": args.seed,
                                               "checkpoint_every": 250, "preview_every": 250,
                                               "progress": not args.no_progress})
     train(config, args.out)
-    run = load_run(args.out)
-    written = {}
-
-    # 20 DDPM steps: on a briefly trained model the stochastic walk beats the ODE solvers (docs/samplers.md).
-    # Each sample's cluster is drawn by its share of the data (the preset trains on 50 clusters).
-    images = run.sample(64, sampler="ddpm", steps=20, seed=args.seed, progress=not args.no_progress)
-    written["samples (DDPM, 20 steps)"] = args.out / "demo_samples.png"
-    image_grid(images, columns=8, scale=2).save(written["samples (DDPM, 20 steps)"])
-
-    x = to_model_range(load_builtin("mnist-5k")[0])
-    spread = x[:: len(x) // 4][:4]  # the subset is sorted by label: four different digits
-    written["forward process"] = args.out / "demo_forward_process.png"
-    forward_strip(run.denoiser.schedule, spread, [0, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0], seed=args.seed).save(
-        written["forward process"]
-    )
-
-    written["denoising trajectory"] = args.out / "demo_trajectory.png"
-    denoising_trajectory(run, n=3, steps=10, seed=args.seed).save(written["denoising trajectory"])
-
+    written = demo_pictures(load_run(args.out), args.out, seed=args.seed, progress=not args.no_progress)
     print(f"demo done in {(time.perf_counter() - start) / 60:.1f} minutes")
     for what, path in written.items():
         print(f"  {what:26s} {path}")

@@ -238,6 +238,16 @@ class Run:
         }
 
 
+def generation_parameters(run: Run, named: str, *, sampler: str, steps: int, seed: int, label: int | None,
+                          guidance: float, precision: str, options: dict) -> dict:
+    """How a set of samples was drawn, as every PNG of it carries it (`pixel-diffusion info`)."""
+    entry = get_sampler(sampler)
+    return {"command": "sample", "run": named, "checkpoint": str(run.checkpoint), "step": run.step,
+            "weights": run.weights, "sampler": sampler, "steps": steps, "seed": seed, "label": label,
+            "guidance": guidance, "precision": precision,
+            **options, "spacing": None if entry.adaptive else options.get("spacing") or entry.spacing}
+
+
 def is_checkpoint_folder(path: Path) -> bool:
     path = Path(path)
     return (path / "state.json").is_file() and any((path / f"{w}.safetensors").is_file() for w in WEIGHTS)

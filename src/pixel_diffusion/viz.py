@@ -19,7 +19,7 @@ import torch
 from PIL import Image, ImageDraw
 from PIL.PngImagePlugin import PngInfo
 
-from .data import from_model_range
+from .data import from_model_range, load_builtin, to_model_range
 from .diffusion import add_noise, forward_chain
 from .editing import inpaint, mask_from_spec, restore, slerp
 from .logbook import LOGGED, read_records
@@ -184,13 +184,27 @@ def save_picture(picture, out: Path, parameters: dict | None = None) -> Path:
         duration = picture[0].info.get("duration", 400)
         picture[0].save(tmp, save_all=True, append_images=picture[1:], duration=duration, loop=0)
     elif parameters is not None and out.suffix.lower() == ".png":
-        chunk = PngInfo()
-        chunk.add_text(PNG_KEY, json.dumps(parameters, sort_keys=True))
-        picture.save(tmp, pnginfo=chunk)
+        tmp.write_bytes(png_bytes(picture, parameters))
     else:
         picture.save(tmp)
     tmp.replace(out)
     return out
+
+
+def png_bytes(picture: Image.Image, parameters: dict | None = None) -> bytes:
+    """A picture as PNG bytes, carrying `parameters` in its text chunk: the bytes `sample` writes
+    and the web page serves for the same image."""
+    chunk = PngInfo()
+    if parameters is not None:
+        chunk.add_text(PNG_KEY, json.dumps(parameters, sort_keys=True))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG", pnginfo=chunk)
+    return buffer.getvalue()
+
+
+def as_picture(image: np.ndarray) -> Image.Image:
+    """uint8 (H, W, C) with C = 1 or 3 as a PIL image."""
+    return Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
 
 
 def write_samples(out: Path, images: np.ndarray, parameters: dict, labels=None, *, grid_images: int = 100,
@@ -207,8 +221,29 @@ def write_samples(out: Path, images: np.ndarray, parameters: dict, labels=None, 
     grid = image_grid(shown, columns=int(np.ceil(np.sqrt(len(shown)))), scale=max(1, 64 // images.shape[1]))
     save_picture(grid, out / "grid.png", {**parameters, "images": len(shown)})
     for k, image in enumerate(images if pngs else ()):
-        save_picture(Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image), out / f"{k:05d}.png",
-                     {**parameters, "index": k, "drawn_label": None if labels is None else int(labels[k])})
+        save_picture(as_picture(image), out / f"{k:05d}.png", image_parameters(parameters, k, labels))
+
+
+def image_parameters(parameters: dict, k: int, labels=None) -> dict:
+    """What image k of a sampled set carries: the set's parameters, its index and its label."""
+    return {**parameters, "index": k, "drawn_label": None if labels is None else int(labels[k])}
+
+
+def reproduce_command(made: dict) -> str:
+    """The `pixel-diffusion sample` command that draws a sampled image again, from the parameters
+    its PNG carries (image k of a seed is the same whatever --n)."""
+    import shlex
+
+    from .samplers import SAMPLERS
+
+    name = Path(str(made.get("checkpoint"))).name
+    flags = {"run": made.get("run"), "checkpoint": name if name == "best" or name.startswith("step-") else "latest",
+             "n": made["index"] + 1}
+    flags.update({k: made.get(k) for k in ("weights", "sampler", "steps", "seed", "label", "guidance", "precision")})
+    walk_options = {"spacing", "sigma_max"} | {k for entry in SAMPLERS.values() for k in entry.options if k != "clip"}
+    flags.update({k: v for k, v in made.items() if k in walk_options})
+    words = [f"--{k.replace('_', '-')} {shlex.quote(str(v))}" for k, v in flags.items() if v is not None]
+    return " ".join(["pixel-diffusion sample", *words] + (["--no-clip"] if "clip" in made and made["clip"] is None else []))
 
 
 def read_parameters(path: Path) -> dict:
@@ -321,6 +356,25 @@ def inpainting(run, *, n: int = 4, input: str | None = None, mask: str = "right-
     rows = [np.concatenate([images[k : k + 1], shown[k : k + 1], filled[k * variations : (k + 1) * variations]])
             for k in range(len(images))]
     return rows_with_titles(rows, ["input, mask, inpainted"] * len(rows), scale=_scale(images))
+
+
+def demo_pictures(run, out: Path, *, seed: int = 0, progress: bool = True) -> dict[str, Path]:
+    """What `pixel-diffusion demo` draws of its freshly trained digits run: samples, the forward
+    process on four digits, and a denoising trajectory; {what: file}."""
+    written = {}
+    # 20 DDPM steps: on a briefly trained model the stochastic walk beats the ODE solvers (docs/samplers.md).
+    # Each sample's cluster is drawn by its share of the data (the preset trains on 50 clusters).
+    images = run.sample(64, sampler="ddpm", steps=20, seed=seed, progress=progress)
+    written["samples (DDPM, 20 steps)"] = out / "demo_samples.png"
+    image_grid(images, columns=8, scale=2).save(written["samples (DDPM, 20 steps)"])
+    x = to_model_range(load_builtin("mnist-5k")[0])
+    spread = x[:: len(x) // 4][:4]  # the subset is sorted by label: four different digits
+    written["forward process"] = out / "demo_forward_process.png"
+    forward_strip(run.denoiser.schedule, spread, [0, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0], seed=seed).save(
+        written["forward process"])
+    written["denoising trajectory"] = out / "demo_trajectory.png"
+    denoising_trajectory(run, n=3, steps=10, seed=seed).save(written["denoising trajectory"])
+    return written
 
 
 @dataclass(frozen=True)
