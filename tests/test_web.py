@@ -128,7 +128,7 @@ def test_uploads_are_limited_and_decoded_by_the_guarded_decoder(client):
 def test_restore_and_inpaint_return_their_variations(client):
     restored = finished(client, client.post("/api/restore", data={"run": "digits", "strength": "0.6", "variations": "3",
                                                                  "steps": "10"}, files={"image": ("d.png", png_of())}).json())
-    assert restored["state"] == "done" and len(restored["images"]) == 3
+    assert restored["state"] == "done" and len(restored["images"]) == 3 and restored["step"] == restored["total"] == 10
     mask = io.BytesIO()
     Image.fromarray(np.tile(np.array([0, 255], np.uint8).repeat(4), (8, 1))).save(mask, format="PNG")  # right half
     original = np.asarray(Image.open(io.BytesIO(png_of())).convert("L"))

@@ -22,6 +22,7 @@ import asyncio
 import base64
 import json
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +118,20 @@ class Runs:
                 "training": lock.is_file() and bool(lock.read_text().strip())}
 
 
+class Previews:
+    """The callback of a walk: progress on every step, a PNG of the image estimate at most four
+    times a second (encoding one each step would slow the walk)."""
+
+    def __init__(self, job: Job, run, total: int | None):
+        self.job, self.run, self.total, self.last = job, run, total, 0.0
+
+    def __call__(self, i, x_t, image) -> None:
+        now = time.monotonic()
+        due = now - self.last >= 0.25 or (self.total is not None and i + 1 == self.total)
+        self.last = now if due else self.last
+        self.job.advance(i + 1, self.total, _picture_png(self.run, image) if due else None)
+
+
 def _picture_png(run, image: torch.Tensor) -> bytes:
     """The image estimate of a walk, (B, C, H, W) in model range, as one PNG grid."""
     pixels = run.spec.normalisation.to_uint8(image.float().clamp(-10, 10))
@@ -130,13 +145,10 @@ def _generate_work(run, folder: Path, request: Generate, labels):
     total = None if get_sampler(request.sampler).adaptive else request.steps
 
     def work(job: Job) -> list[bytes]:
-        def callback(i, x_t, image):
-            job.advance(i + 1, total, _picture_png(run, image))
-
         job.advance(0, total)
         images = run.sample(request.n, sampler=request.sampler, steps=request.steps, seed=request.seed, labels=labels,
                             guidance=request.guidance, batch_size=64, precision=request.precision, progress=False,
-                            callback=callback, **options)
+                            callback=Previews(job, run, total), **options)
         made = generation_parameters(run, str(folder), sampler=request.sampler, steps=request.steps, seed=request.seed,
                                      label=request.label, guidance=request.guidance, precision=request.precision,
                                      options=options)
@@ -184,7 +196,13 @@ def create_app(runs: Path, device: str = "cpu") -> FastAPI:
 
     @app.get("/api/runs")
     def list_runs():
-        return {"runs": [folder.summary(name) for name in folder.names()]}
+        listed = []
+        for name in folder.names():
+            try:
+                listed.append(folder.summary(name))
+            except ValueError as error:  # a damaged run is listed with why, and the others still are
+                listed.append({"name": name, "kind": "run", "checkpoints": [], "training": False, "error": one_line(error)})
+        return {"runs": listed}
 
     @app.get("/api/runs/{name}")
     def one_run(name: str):
@@ -289,10 +307,10 @@ def _edit_api(app: FastAPI, runs: Runs, queue: JobQueue) -> None:
         x = _model_input(loaded, await _upload(image, loaded, "image"))
 
         def work(job: Job) -> list[bytes]:
-            job.advance(0, round(steps * strength))
+            job.advance(0, steps)
             out = restore(loaded.denoiser, x, strength=strength, steps=steps, variations=variations, seed=seed,
                           clip=loaded.spec.data_range(loaded.device),
-                          callback=lambda i, x_t, est: job.advance(i + 1, None, _picture_png(loaded, est)))
+                          callback=Previews(job, loaded, steps))
             made = {"command": "restore", "run": run, "checkpoint": str(loaded.checkpoint), "strength": strength,
                     "steps": steps, "seed": seed}
             return [png_bytes(as_picture(img), {**made, "index": k}) for k, img in enumerate(loaded.spec.normalisation.to_uint8(out))]
@@ -312,7 +330,7 @@ def _edit_api(app: FastAPI, runs: Runs, queue: JobQueue) -> None:
         def work(job: Job) -> list[bytes]:
             job.advance(0, steps)
             out = inpaint(loaded.denoiser, x.repeat_interleave(variations, 0), m, steps=steps, resample=resample, seed=seed,
-                          callback=lambda i, x_t, est: job.advance(i + 1, None, _picture_png(loaded, est)))
+                          callback=Previews(job, loaded, steps))
             made = {"command": "inpaint", "run": run, "checkpoint": str(loaded.checkpoint), "steps": steps,
                     "resample": resample, "seed": seed}
             return [png_bytes(as_picture(img), {**made, "index": k}) for k, img in enumerate(loaded.spec.normalisation.to_uint8(out))]

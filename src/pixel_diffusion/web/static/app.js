@@ -51,8 +51,8 @@ function describe(run) {
   $("training").hidden = !run.training;
   $("label").innerHTML = "";
   option($("label"), "", "any");
-  if (run.classes && !run.on_clusters) {
-    for (let k = 0; k < run.classes; k++) option($("label"), k, run.class_names[k] ?? k);
+  for (let k = 0; k < (run.classes || 0); k++) {
+    option($("label"), k, run.on_clusters ? `cluster ${k}` : run.class_names[k] ?? k);  // "any": by their share
   }
   const curves = run.curves || { loss: [], kid: [] };
   plot($("loss"), curves.loss, "training loss", true);
