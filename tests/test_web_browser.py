@@ -4,11 +4,13 @@ the images, downloads one and finds its parameters in it, then draws an inpainti
 
 import io
 import json
+import os
 import shutil
 import socket
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -60,6 +62,14 @@ def browser():
     driver.quit()
 
 
+SHOTS = os.environ.get("PIXEL_DIFFUSION_SCREENSHOTS")  # a folder: each view is saved there (docs/web.md's pictures)
+
+
+def shot(browser, name: str) -> None:
+    if SHOTS:
+        browser.save_screenshot(str(Path(SHOTS) / f"web_{name}.png"))
+
+
 def test_generate_watch_download_and_inpaint_in_a_browser(server, browser, tmp_path):
     browser.get(server)
     wait = WebDriverWait(browser, 60)
@@ -89,6 +99,7 @@ def test_generate_watch_download_and_inpaint_in_a_browser(server, browser, tmp_p
         made = json.loads(Image.open(io.BytesIO(response.read())).text[PNG_KEY])
     assert (made["sampler"], made["steps"], made["seed"], made["index"]) == ("ddpm", 1000, 5, 3)
     assert links[3].get_attribute("download").endswith("00003.png")
+    shot(browser, "generate")
 
     picture = tmp_path / "digit.png"
     picture.write_bytes(png_of(size=64))
@@ -101,3 +112,8 @@ def test_generate_watch_download_and_inpaint_in_a_browser(server, browser, tmp_p
     wait.until(lambda d: "inpaint" in d.find_element(By.ID, "status").text and "done" in d.find_element(By.ID, "status").text)
     assert len(browser.find_elements(By.CSS_SELECTOR, "#results img")) == 4
     assert browser.find_element(By.ID, "error").text == ""
+    shot(browser, "inpaint")
+    browser.find_element(By.ID, "restore-go").click()
+    wait.until(lambda d: "restore" in d.find_element(By.ID, "status").text and "done" in d.find_element(By.ID, "status").text)
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#results img")) == 4
+    shot(browser, "restore")

@@ -139,7 +139,7 @@ async function generate(event) {
 
 // ---- restore and inpaint ------------------------------------------------------------------------
 
-const mask = { drawing: false, image: null, painted: null };
+const mask = { drawing: false, image: null, painted: null, last: null };
 
 function showUpload(file) {
   upload = file;
@@ -163,11 +163,15 @@ function redraw() {
 }
 
 function paint(event) {
+  // A stroke from the last point to this one, so that a quick drag leaves no gaps.
   if (!mask.drawing || !mask.painted) return;
   const box = $("mask").getBoundingClientRect();
+  const point = [event.clientX - box.left, event.clientY - box.top];
+  const from = mask.last || point;
   const g = mask.painted.getContext("2d");
-  g.fillStyle = "#fff"; g.beginPath();
-  g.arc(event.clientX - box.left, event.clientY - box.top, 12, 0, 2 * Math.PI); g.fill();
+  g.strokeStyle = "#fff"; g.lineWidth = 24; g.lineCap = "round";
+  g.beginPath(); g.moveTo(...from); g.lineTo(...point); g.stroke();
+  mask.last = point;
   redraw();
 }
 
@@ -205,6 +209,6 @@ window.addEventListener("DOMContentLoaded", async () => {
   $("clear-mask").addEventListener("click", clearMask);
   $("mask").addEventListener("mousedown", (e) => { mask.drawing = true; paint(e); });
   $("mask").addEventListener("mousemove", paint);
-  window.addEventListener("mouseup", () => { mask.drawing = false; });
+  window.addEventListener("mouseup", () => { mask.drawing = false; mask.last = null; });
   try { await loadSamplers(); await loadRuns(); } catch (error) { showError(error); }
 });
