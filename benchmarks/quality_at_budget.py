@@ -15,7 +15,8 @@ FID, KID, and the share of samples the classifier calls with confidence > 0.9 (a
 class-conditional run draws the classes in turn, without guidance, and with `--guidance` too).
 The same measures of as many real training images give each one's floor. Writes a table, and
 FID and the confident share against training minutes, to docs/ (performance_quality.md and
-performance_fid.png, or performance_cifar10_*) and keeps the runs in --out.
+performance_fid.png, or performance_cifar10_*; `--tag` adds a suffix, so that a second sampler's
+scores of the same runs sit beside the first's) and keeps the runs in --out.
 """
 
 from __future__ import annotations
@@ -132,10 +133,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--spacing", default="uniform")
     parser.add_argument("--guidance", type=float, nargs="*", default=[], help="also score conditional runs at these scales")
+    parser.add_argument("--tag", default="", help="a suffix for the files written to docs/ (another sampler's scores beside the first)")
     parser.add_argument("--out", type=Path, help="runs (default: runs/quality_at_budget, or runs/quality_at_budget-cifar10)")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs")
     args = parser.parse_args()
     recipes, prefix = BENCHMARKS[args.dataset]
+    prefix += f"_{args.tag}" if args.tag else ""
     args.recipes = args.recipes or list(recipes)
     out = args.out or ROOT / "runs" / ("quality_at_budget" + ("" if args.dataset == "mnist" else f"-{args.dataset}"))
 
@@ -177,7 +180,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     command = "python benchmarks/quality_at_budget.py " + " ".join(sys.argv[1:])
-    quality = "performance_quality.md" if args.dataset == "mnist" else f"{prefix}_quality.md"
+    quality = "performance_quality.md" if args.dataset == "mnist" and not args.tag else f"{prefix}_quality.md"
     (args.docs / quality).write_text(f"<!-- written by: {command.strip()} -->\n{text}\n")
     plot(curves, recipes, args.docs / f"{prefix}_fid.png")
 

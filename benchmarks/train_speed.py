@@ -66,6 +66,7 @@ COLOUR = {
     "cifar-labml": ("cifar-labml", {"data.source": CIFAR}, "the labml.ai DDPM: labml-cifar U-Net (4.2M), fp32, batch 128"),
     "cifar10-fp32": ("cifar10", {"data.source": CIFAR, "precision": "fp32", "fused_optimizer": False},
                      "patch-cifar (2x2 patches, 64/128, attention at 8x8), fp32, AdamW"),
+    "cifar10-cl": ("cifar10", {"data.source": CIFAR, "channels_last": True}, "+ bf16, fused AdamW, channels_last"),
     "cifar10": ("cifar10", {"data.source": CIFAR}, "the `cifar10` preset as shipped (bf16, fused AdamW)"),
 }
 COLOUR_64 = {

@@ -215,3 +215,24 @@ def test_docs_table_lists_every_network_with_its_parameter_count():
         row = next((line for line in docs.splitlines() if line.startswith(f"| `{name}` |")), None)
         assert row is not None, f"{name} missing from docs/networks.md"
         assert f"{parameter_count(net):,}" in row, "docs/networks.md is stale: run benchmarks/network_costs.py"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("tokens", [64, 256, 257])
+def test_attention_by_either_route_is_the_fused_kernels_with_its_gradients(dtype, tokens):
+    # The plain two-product route (taken for bf16 on a CPU up to 256 tokens) must compute what
+    # PyTorch's fused kernel computes, forward and backward, whichever route `attend` takes.
+    from pixel_diffusion.networks.layers import attend, product_attention
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(3, 2, tokens, 16, dtype=dtype, requires_grad=True) for _ in range(3))
+    weights = torch.randn(3, 2, tokens, 16, dtype=dtype)
+    results = []
+    for f in (torch.nn.functional.scaled_dot_product_attention, product_attention, attend):
+        out = f(q, k, v)
+        grads = torch.autograd.grad((out.float() * weights.float()).sum(), (q, k, v))
+        results.append([out.float(), *(g.float() for g in grads)])
+    tolerance = 2e-2 if dtype == torch.bfloat16 else 1e-5
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert a.shape == b.shape and torch.allclose(a, b, atol=tolerance * max(1.0, a.abs().max().item()), rtol=0)

@@ -139,6 +139,21 @@ def attention_heads(channels: int, head_channels: int) -> int:
     return heads
 
 
+def product_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """softmax(q k^T / sqrt(d)) v as two matrix products; q, k, v are (..., tokens, d)."""
+    weights = (q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5).softmax(-1)  # (..., tokens, tokens)
+    return weights @ v
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Scaled dot-product attention by the faster route: two plain products for bf16 on a CPU at
+    up to 256 tokens (PyTorch's fused CPU kernel trains 3-4x slower there; benchmarks/attention.py),
+    the fused kernel everywhere else."""
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.shape[-2] <= 256:
+        return product_attention(q, k, v)
+    return F.scaled_dot_product_attention(q, k, v)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention over pixels with a residual connection (diffusers' Attention
     block of UNet2DModel): norm -> q, k, v -> softmax(q k^T / sqrt(d)) v -> out."""
@@ -154,7 +169,7 @@ class Attention(nn.Module):
         b, c, h, w = x.shape
         tokens = self.norm(x).flatten(2).transpose(1, 2)  # (B, HW, C)
         q, k, v = (proj(tokens).view(b, h * w, self.heads, -1).transpose(1, 2) for proj in (self.to_q, self.to_k, self.to_v))
-        out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, HW, C / heads)
+        out = attend(q, k, v)  # (B, heads, HW, C / heads)
         out = self.to_out(out.transpose(1, 2).reshape(b, h * w, c))
         return x + out.transpose(1, 2).reshape(b, c, h, w)
 
