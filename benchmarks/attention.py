@@ -4,7 +4,8 @@
     python benchmarks/attention.py --repeats 7 --batch 64
 
 The shapes are read from the networks (forward hooks on every full-attention block at the
-network's preset resolution): tokens, heads and channels per head. Each shape is timed forward
+network's preset resolution): tokens, heads and channels per head, and two probes either side
+of the 256-token limit of `layers.attend`. Each shape is timed forward
 and backward (q, k and v need gradients, as in training) in float32 and in bf16, by
 `F.scaled_dot_product_attention` and by `layers.product_attention` (softmax(q k^T / sqrt(d)) v
 as two products); the time is the median of `--repeats` rounds of `--iterations` steps, with the
@@ -28,6 +29,8 @@ from pixel_diffusion.networks.layers import Attention, product_attention
 
 # network: (input channels, side) at its preset's resolution
 NETWORKS = {"patch-cifar": (3, 32), "patch-64": (3, 64), "ddpm-mnist": (1, 28), "labml-cifar": (3, 32)}
+# Shapes no network has, either side of `layers.attend`'s limit of 256 tokens.
+PROBES = {(256, 2, 64): "(the limit)", (1024, 2, 64): "(past the limit)"}
 ROUTES = {"fused": F.scaled_dot_product_attention, "products": product_attention}
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "performance_attention.md"
 
@@ -49,6 +52,7 @@ def attention_shapes() -> dict[tuple[int, int, int], list[str]]:
             net(torch.randn(1, channels, side, side), torch.tensor([500.0]))
         for hook in hooks:
             hook.remove()
+    shapes.update({shape: [label] for shape, label in PROBES.items() if shape not in shapes})
     return dict(sorted(shapes.items()))
 
 

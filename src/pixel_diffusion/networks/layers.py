@@ -147,8 +147,8 @@ def product_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 
 def attend(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """Scaled dot-product attention by the faster route: two plain products for bf16 on a CPU at
-    up to 256 tokens (PyTorch's fused CPU kernel trains 3-4x slower there; benchmarks/attention.py),
-    the fused kernel everywhere else."""
+    up to 256 tokens (PyTorch's fused CPU kernel trains slower there, up to 9x at 49 tokens;
+    benchmarks/attention.py), the fused kernel everywhere else."""
     if q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.shape[-2] <= 256:
         return product_attention(q, k, v)
     return F.scaled_dot_product_attention(q, k, v)
