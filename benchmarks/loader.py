@@ -17,7 +17,6 @@ rewrites the loader section of docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import tempfile
 import time
@@ -28,6 +27,8 @@ import torch
 from PIL import Image
 
 from pixel_diffusion.data import IMAGE_SUFFIXES, DataConfig, load_images
+
+from common import cpu_name
 
 
 def write_folder(folder: Path, count: int, size: int) -> None:
@@ -57,16 +58,6 @@ class _PerItem(torch.utils.data.Dataset):
     def __getitem__(self, i):
         x = self.images[i].float() / 127.5 - 1
         return x.flip(-1) if torch.rand(()) < 0.5 else x
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def timed(fn) -> float:

@@ -13,7 +13,9 @@ same seeds (`--sampler`, `--steps`; `--curve-samples` for the intermediate ones,
 the last) and scored with the data set's classifier features against all of its training images:
 FID, KID, and the share of samples the classifier calls with confidence > 0.9 (a
 class-conditional run draws the classes in turn, without guidance, and with `--guidance` too).
-The same measures of as many real training images give each one's floor. Writes a table, and
+The same measures of as many real training images give each one's floor. With `--inception` the
+last samples (and the floor) are also scored in the standard FID and KID, the TF-Inception's
+features against all training images (benchmarks/inception_floor.py caches them). Writes a table, and
 FID and the confident share against training minutes, to docs/ (performance_quality.md and
 performance_fid.png, or performance_cifar10_*; `--tag` adds a suffix, so that a second sampler's
 scores of the same runs sit beside the first's) and keeps the runs in --out.
@@ -34,7 +36,7 @@ from pixel_diffusion.presets import preset
 from pixel_diffusion.runs import load_run
 from pixel_diffusion.training import train
 
-from common import DATASETS, ROOT, Scorer, nearest_training_distance, training_images
+from common import DATASETS, ROOT, InceptionScorer, Scorer, nearest_training_distance, training_images
 
 # name: (preset, checkpoint every so many steps, overrides)
 RECIPES = {"ours": ("mnist", 300, {}), "ours-conditional": ("mnist-conditional", 300, {}),
@@ -67,7 +69,7 @@ def checkpoint_minutes(run: Path, step: int) -> float:
 
 
 def score_run(run: Path, scorer: Scorer, *, sampler: str, steps: int, spacing: str, samples: int,
-              curve_samples: int, last_only: bool = False, guidance: float = 1.0) -> list[dict]:
+              curve_samples: int, last_only: bool = False, guidance: float = 1.0, inception=None) -> list[dict]:
     folders = sorted(run.glob("checkpoints/step-*"), key=lambda p: int(p.name.split("-")[1]))
     folders = folders[-1:] if last_only else folders
     rows = []
@@ -86,6 +88,9 @@ def score_run(run: Path, scorer: Scorer, *, sampler: str, steps: int, spacing: s
             images = trained.sample(n, sampler=sampler, steps=steps, spacing=spacing, seed=0, guidance=guidance,
                                     labels=trained.sample_labels(n), batch_size=250, precision="bf16", progress=False)
             scores = scorer(images)
+            np.savez(saved, images=images, scores=np.array(json.dumps(scores)))
+        if inception is not None and k == len(folders) - 1 and "inception_fid" not in scores:
+            scores.update(inception(images))  # the last checkpoint's samples in the standard FID too
             np.savez(saved, images=images, scores=np.array(json.dumps(scores)))
         rows.append({"step": step, "minutes": minutes, "n": n, **scores, "images": images})
         print(f"{run.name} step {step} ({minutes:.1f} min{', guidance ' + str(guidance) if guided else ''}): FID {scores['fid']:.2f}, KID {scores['kid']:.4f}, "
@@ -118,7 +123,8 @@ def plot(curves: dict[str, list[dict]], recipes: dict, path: Path) -> None:
 
 def row(label: str, name: str, last: dict, batch: int | None, distance: float) -> str:
     seen = f"{last['step']} | {last['step'] * batch:,}" if batch else "- | -"
-    return (f"| {label} | {name} | {seen} | {last['fid']:.2f} | {last['kid']:.4f} | {last['confidence']:.1%} | "
+    standard = f" {last['inception_fid']:.2f} | {last['inception_kid']:.4f} |" if "inception_fid" in last else ""
+    return (f"| {label} | {name} | {seen} |{standard} {last['fid']:.2f} | {last['kid']:.4f} | {last['confidence']:.1%} | "
             f"{last.get('class_balance', float('nan')):.3f} | {last['precision']:.2f} | {last['recall']:.2f} | {distance:.2f} |")
 
 
@@ -133,6 +139,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--spacing", default="uniform")
     parser.add_argument("--guidance", type=float, nargs="*", default=[], help="also score conditional runs at these scales")
+    parser.add_argument("--inception", action="store_true",
+                        help="also score the last samples in the standard FID and KID (TF-Inception features, all training images)")
     parser.add_argument("--tag", default="", help="a suffix for the files written to docs/ (another sampler's scores beside the first)")
     parser.add_argument("--out", type=Path, help="runs (default: runs/quality_at_budget, or runs/quality_at_budget-cifar10)")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs")
@@ -146,14 +154,18 @@ def main() -> None:
 
     runs = {name: train_recipe(recipes, name, args.minutes, out) for name in args.recipes}
     scorer = Scorer(args.dataset)
+    inception = InceptionScorer(args.dataset) if args.inception else None
     score = dict(sampler=args.sampler, steps=args.steps, spacing=args.spacing, samples=args.samples,
-                 curve_samples=args.curve_samples)
+                 curve_samples=args.curve_samples, inception=inception)
     curves = {name: score_run(run, scorer, **score) for name, run in runs.items()}
     nearest = lambda images: nearest_training_distance(images, dataset=args.dataset)  # noqa: E731
     real = scorer.real(args.samples)
-    lines = [f"| recipe | preset | steps in {args.minutes:g} min | images seen | FID | KID | confident > 0.9 | "
-             "class balance | precision | recall | nearest training image |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-             row(f"real training images ({args.samples}, the floor)", "-", {"step": 0, **scorer(real)}, None,
+    floor = {"step": 0, **scorer(real), **(inception(real) if inception else {})}
+    standard = " FID (Inception) | KID (Inception) |" if inception else ""
+    lines = [f"| recipe | preset | steps in {args.minutes:g} min | images seen |{standard} FID | KID | confident > 0.9 | "
+             "class balance | precision | recall | nearest training image |",
+             "|---|---|---:|---:|" + "---:|" * (9 if inception else 7),
+             row(f"real training images ({args.samples}, the floor)", "-", floor, None,
                  nearest_training_distance(training_images(args.dataset)[: args.samples], exclude_self=True, dataset=args.dataset))]
     for name, rows in curves.items():
         last, config = rows[-1], preset(recipes[name][0])
@@ -168,6 +180,9 @@ def main() -> None:
                 image_grid(guided["images"][:80][np.argsort(np.arange(80) % 10, kind="stable")], columns=8, scale=2).save(
                     args.docs / f"{prefix}_{name}-guidance-{scale:g}_samples.png")
         image_grid(grid, columns=8, scale=2).save(args.docs / f"{prefix}_{name}_samples.png")
+    if inception:
+        lines += ["", "FID and KID (Inception): the standard measures, in the TF-Inception's pool features (docs/metrics.md), "
+                  "against all training images; FID, KID and the rest without the word: the data set's classifier's features."]
     lines += ["", "Class balance: the entropy of the shares of the classes the classifier assigns to the samples, divided by "
               "that of the uniform distribution (1: every class equally often). Nearest training image: the median pixel "
               "distance (L2, pixels in [0, 1]) from a sample to the closest training image; the floor row gives it "

@@ -162,7 +162,7 @@ def test_empty_or_missing_sources_stop_with_a_clear_error(tmp_path):
             _load(tmp_path)
     Image.fromarray(_rgb(8, 8)).save(tmp_path / "a.png")
     Image.fromarray(_rgb(9, 9)).save(tmp_path / "b.png")
-    with pytest.raises(ValueError, match="differ in size.*set data.image_size"):
+    with pytest.raises(ValueError, match="differ in size.*data.image_size"):
         with pytest.warns(UserWarning):
             _load(tmp_path)
 

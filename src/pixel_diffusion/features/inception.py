@@ -1,28 +1,31 @@
 """The InceptionV3 used for FID (Szegedy et al. 2016; Heusel et al. 2017), as in the TensorFlow FID
-code and pytorch-fid: parameter names and shapes follow torchvision's Inception3 with 1008
-classes and no auxiliary head, so the standard FID weights file (pt_inception-2015-12-05) loads
-strictly. The FID variant averages without the padded zeros in blocks 5b-7b and max-pools in 7c.
+code (TTUR), StyleGAN's and EDM's `fid.py`, clean-fid's "legacy_tensorflow" and pytorch-fid:
+parameter names and shapes follow torchvision's Inception3 without the auxiliary head and the
+logits, so both standard weights files map onto it (features/inception_weights.py). The FID
+variant averages without the padded zeros in blocks 5b-7b and max-pools in 7c.
 
-Weights are found, in order: the `weights` argument, the PIXEL_DIFFUSION_INCEPTION environment
-variable, the cache (~/.cache/pixel-diffusion/pt_inception-2015-12-05-6726825d.pth), or a
-download checked against its SHA-256 prefix. The file is a pickle of tensors, read with
-torch.load(weights_only=True), which executes no code.
+Images go in as uint8 and are prepared as the reference code does (`PREPROCESSING["tf1"]`): cast
+to float on 0..255, resized to 299x299 with TensorFlow 1's legacy bilinear resize (the source
+pixel of output pixel i is i * in / out, neighbours clamped at the edge), mapped by
+(x - 128) / 128. pytorch-fid resizes [0, 1] images with half-pixel bilinear interpolation and maps
+by 2x - 1 (`PREPROCESSING["pytorch-fid"]`); on 32x32 images the two give pool features about 25%
+apart, so only the first gives FIDs that stand beside published ones.
 """
 
 from __future__ import annotations
 
-import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
-WEIGHTS_URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{WEIGHTS_NAME}"
-WEIGHTS_SHA256_PREFIX = "6726825d"
-ENVIRONMENT = "PIXEL_DIFFUSION_INCEPTION"
+from .inception_weights import find_weights, read_weights
+
+SIZE = 299
 
 
 class BasicConv2d(nn.Module):
@@ -34,11 +37,19 @@ class BasicConv2d(nn.Module):
         self.bn = nn.BatchNorm2d(cout, eps=0.001)
 
     def forward(self, x):
-        return F.relu(self.bn(self.conv(x)))
+        return F.relu(self.bn(self.conv(x)), inplace=True)
+
+    def fold(self) -> None:
+        """Fold the (inference) BatchNorm into the convolution: one operation instead of two."""
+        self.conv, self.bn = fuse_conv_bn_eval(self.conv, self.bn), nn.Identity()
 
 
 def _avg_pool(x):  # TensorFlow's average pool leaves the padding out of the mean
     return F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+
+
+def _max_pool(x):  # between the stem's convolutions
+    return F.max_pool2d(x, 3, stride=2)
 
 
 class InceptionA(nn.Module):
@@ -148,7 +159,7 @@ class InceptionE(nn.Module):
 
 
 class FIDInception(nn.Module):
-    """Images (B, 3, H, W) in [0, 1] -> 2048 pool features and 1008 logits."""
+    """Prepared images (B, 3, 299, 299) -> 2048 pool features (B, 2048)."""
 
     def __init__(self):
         super().__init__()
@@ -168,83 +179,153 @@ class FIDInception(nn.Module):
         self.Mixed_7a = InceptionD(768)
         self.Mixed_7b = InceptionE(1280, max_pool=False)
         self.Mixed_7c = InceptionE(2048, max_pool=True)
-        self.fc = nn.Linear(2048, 1008)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)  # as pytorch-fid
-        x = 2 * x - 1
-        x = F.max_pool2d(self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x))), 3, stride=2)
-        x = F.max_pool2d(self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x)), 3, stride=2)
-        for block in (self.Mixed_5b, self.Mixed_5c, self.Mixed_5d, self.Mixed_6a, self.Mixed_6b, self.Mixed_6c,
-                      self.Mixed_6d, self.Mixed_6e, self.Mixed_7a, self.Mixed_7b, self.Mixed_7c):
-            x = block(x)
-        features = x.mean(dim=(2, 3))  # (B, 2048)
-        return features, self.fc(features)
+    def layers(self) -> list:
+        """The network as a sequence, (B, 3, 299, 299) in, (B, 2048, 8, 8) out."""
+        return [self.Conv2d_1a_3x3, self.Conv2d_2a_3x3, self.Conv2d_2b_3x3, _max_pool, self.Conv2d_3b_1x1,
+                self.Conv2d_4a_3x3, _max_pool, self.Mixed_5b, self.Mixed_5c, self.Mixed_5d, self.Mixed_6a, self.Mixed_6b,
+                self.Mixed_6c, self.Mixed_6d, self.Mixed_6e, self.Mixed_7a, self.Mixed_7b, self.Mixed_7c]
 
-
-def find_weights(weights: str | Path | None = None, *, download: bool = True) -> Path:
-    """The FID weights file: given, from the environment, cached, or downloaded with a checksum."""
-    for candidate in (weights, os.environ.get(ENVIRONMENT)):
-        if candidate:
-            path = Path(candidate).expanduser()
-            if not path.is_file():
-                raise ValueError(f"FID Inception weights not found at {path}")
-            return path
-    cached = Path.home() / ".cache" / "pixel-diffusion" / WEIGHTS_NAME
-    if cached.is_file():
-        return cached
-    where = (f"put {WEIGHTS_NAME} (from {WEIGHTS_URL}) at {cached}, or point {ENVIRONMENT} "
-             "or --inception-weights at it")
-    if not download:
-        raise ValueError(f"the FID Inception weights are missing; {where}")
-    try:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        torch.hub.download_url_to_file(WEIGHTS_URL, str(cached), hash_prefix=WEIGHTS_SHA256_PREFIX, progress=True)
-    except Exception as error:  # no network, refused, or a corrupt download (hash mismatch)
-        cached.unlink(missing_ok=True)
-        raise ValueError(f"could not download the FID Inception weights ({type(error).__name__}); {where}") from None
-    return cached
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers():
+            x = layer(x)
+        return x.float().mean(dim=(2, 3))  # (B, 2048)
 
 
-def load_inception(weights: str | Path | None = None, *, download: bool = True) -> FIDInception:
+# ---- preparing uint8 images -------------------------------------------------------------------------
+
+
+def legacy_resize_matrix(size_in: int, size_out: int) -> torch.Tensor:
+    """(size_out, size_in) weights of TensorFlow 1's ResizeBilinear (align_corners=False, no
+    half-pixel centres): output i reads source i * scale in float32, scale = in / out, between
+    floor and floor + 1, the upper one clamped to the last pixel."""
+    source = torch.arange(size_out, dtype=torch.float32) * torch.tensor(size_in / size_out, dtype=torch.float32)
+    lower = source.floor()
+    fraction = source - lower
+    lower = lower.long().clamp(max=size_in - 1)
+    upper = (lower + 1).clamp(max=size_in - 1)
+    weights = torch.zeros(size_out, size_in)
+    weights[torch.arange(size_out), lower] += 1 - fraction
+    weights[torch.arange(size_out), upper] += fraction
+    return weights
+
+
+def tf1_preprocess(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> (B, 3, 299, 299): the TF FID graph's resize on 0..255, (x - 128) / 128."""
+    x = images.float()
+    if x.shape[-2:] != (SIZE, SIZE):
+        rows = legacy_resize_matrix(x.shape[-2], SIZE).to(x.device)
+        columns = legacy_resize_matrix(x.shape[-1], SIZE).to(x.device)
+        x = torch.einsum("oh,bchw,pw->bcop", rows, x, columns)
+    return (x - 128) / 128
+
+
+def pytorch_fid_preprocess(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> (B, 3, 299, 299) as pytorch-fid: [0, 1], half-pixel bilinear, 2x - 1."""
+    x = F.interpolate(images.float() / 255, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
+    return 2 * x - 1
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    fn: object  # uint8 (B, 3, H, W) -> float (B, 3, 299, 299)
+    description: str
+
+
+# name -> how uint8 images become the network's input; "tf1" is the reference code's.
+PREPROCESSING = {
+    "tf1": Preprocessing(tf1_preprocess, "TensorFlow 1 legacy bilinear resize on 0..255, (x - 128) / 128: the standard FID"),
+    "pytorch-fid": Preprocessing(pytorch_fid_preprocess, "pytorch-fid's half-pixel bilinear resize on [0, 1], 2x - 1"),
+}
+
+
+# ---- the network with the standard weights ----------------------------------------------------------
+
+
+def load_inception(weights: str | Path | None = None) -> FIDInception:
     """The FID Inception with the standard weights, loaded strictly and without running code."""
-    path = find_weights(weights, download=download)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(f"{path} is not a weights file of plain tensors ({str(error).splitlines()[0][:80]})") from None
+    path = find_weights(weights)
     net = FIDInception()
-    # Files saved before BatchNorm counted batches lack num_batches_tracked; those are not weights.
-    expected = {k for k in net.state_dict() if not k.endswith("num_batches_tracked")}
-    given = {k for k in state if not k.endswith("num_batches_tracked")}
-    if expected != given:
-        missing, extra = sorted(expected - given)[:3], sorted(given - expected)[:3]
+    expected = {k: v for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
+    state = read_weights(path, expected)
+    missing, extra = sorted(set(expected) - set(state))[:3], sorted(set(state) - set(expected))[:3]
+    if missing or extra:
         raise ValueError(f"{path} is not the FID Inception's weights (missing {missing}, unexpected {extra})")
-    defaults = net.state_dict()
-    state = {**{k: v for k, v in defaults.items() if k.endswith("num_batches_tracked")}, **state}
-    net.load_state_dict(state, strict=True)
+    wrong = [k for k, v in expected.items() if tuple(state[k].shape) != tuple(v.shape)][:3]
+    if wrong:
+        raise ValueError(f"{path} is not the FID Inception's weights (shapes differ at {wrong})")
+    counters = {k: v for k, v in net.state_dict().items() if k.endswith("num_batches_tracked")}
+    net.load_state_dict({**counters, **{k: v.float() for k, v in state.items()}}, strict=True)
     return net.eval()
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether the device multiplies bf16 in hardware (AVX-512 BF16 or AMX on a CPU)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    probes = [getattr(torch.cpu, name, lambda: False) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return device.type == "cpu" and any(probe() for probe in probes)
+
+
+# The extractor's arithmetic: "auto" takes bf16 where the device has it in hardware.
+PRECISIONS = ("auto", "fp32", "bf16")
+# In bf16, this many of the network's first layers (of `FIDInception.layers()`) stay in float32.
+BF16_FLOAT32_LAYERS = 0
+
+
 class InceptionFeatures:
-    """2048 pool features of the FID Inception (no class probabilities)."""
+    """2048 pool features of the FID Inception (no class probabilities). For speed the network runs
+    with each BatchNorm folded into its convolution and in the channels-last layout (both exact to
+    float32 rounding) and, with precision bf16, under bf16 autocast (docs/metrics.md measures the
+    speed and what each costs in FID)."""
 
-    key = "inception-fid-2015-12-05"
-
-    def __init__(self, weights: str | Path | None = None, device: str | torch.device = "cpu"):
-        self.net = load_inception(weights).to(device)
-        self.device = device
+    def __init__(self, weights: str | Path | None = None, device: str | torch.device = "cpu", *, preprocess: str = "tf1",
+                 precision: str = "auto", batch_size: int = 50, channels_last: bool = True, fold: bool = True,
+                 float32_layers: int = BF16_FLOAT32_LAYERS):
+        if preprocess not in PREPROCESSING:
+            raise ValueError(f"unknown Inception preprocessing {preprocess!r}; expected one of {', '.join(PREPROCESSING)}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown Inception precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+        self.device = torch.device(device)
+        if precision == "auto":
+            precision = "bf16" if native_bf16(self.device) else "fp32"
+        self.net = load_inception(weights)
+        if fold:
+            for module in self.net.modules():
+                if isinstance(module, BasicConv2d):
+                    module.fold()
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.net = self.net.to(self.device, memory_format=self.memory_format)
+        self.preprocess, self.precision, self.batch_size = preprocess, precision, batch_size
+        self.float32_layers = float32_layers if precision == "bf16" else 0
+        stem = f"-float32-{self.float32_layers}" if self.float32_layers else ""
+        self.key = f"inception-2015-12-05-{preprocess}-{precision}{stem}"
 
     @torch.no_grad()
-    def __call__(self, images: np.ndarray, batch_size: int = 50) -> tuple[np.ndarray, None]:
-        """uint8 (N, H, W, C) -> (features (N, 2048), None); grayscale is repeated to 3 channels."""
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, None]:
+        """uint8 (N, H, W, C) -> (features (N, 2048) float32, None); grayscale is repeated to 3 channels."""
         from tqdm.auto import tqdm
 
         images = np.asarray(images)
+        if images.ndim != 4 or images.shape[-1] not in (1, 3) or images.dtype != np.uint8:
+            raise ValueError(f"the Inception takes uint8 images (N, H, W, 1 or 3); got {images.dtype} {images.shape}")
+        prepare = PREPROCESSING[self.preprocess].fn
         features = []
-        for start in tqdm(range(0, len(images), batch_size), desc="Inception features", disable=len(images) <= batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).permute(0, 3, 1, 2).float() / 255
-            if x.shape[1] == 1:
-                x = x.expand(-1, 3, -1, -1)
-            features.append(self.net(x.to(self.device))[0].double().cpu())
+        batches = range(0, len(images), self.batch_size)
+        for start in tqdm(batches, desc="Inception features", disable=len(batches) <= 1):
+            x = torch.from_numpy(np.ascontiguousarray(images[start : start + self.batch_size])).to(self.device)
+            x = x.permute(0, 3, 1, 2).expand(-1, 3, -1, -1)  # (B, 3, H, W); one channel is repeated
+            x = prepare(x).contiguous(memory_format=self.memory_format)
+            features.append(self.features(x).cpu())
         return torch.cat(features).numpy(), None
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Prepared images (B, 3, 299, 299) -> (B, 2048) float32; in bf16, the first
+        `float32_layers` layers of the network stay in float32."""
+        layers = self.net.layers()
+        for layer in layers[: self.float32_layers]:
+            x = layer(x)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            for layer in layers[self.float32_layers :]:
+                x = layer(x)
+        return x.float().mean(dim=(2, 3))
