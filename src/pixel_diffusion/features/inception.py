@@ -211,13 +211,14 @@ def legacy_resize_matrix(size_in: int, size_out: int) -> torch.Tensor:
 
 
 def tf1_preprocess(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, 3, H, W) -> (B, 3, 299, 299): the TF FID graph's resize on 0..255, (x - 128) / 128."""
-    x = images.float()
-    if x.shape[-2:] != (SIZE, SIZE):
-        rows = legacy_resize_matrix(x.shape[-2], SIZE).to(x.device)
-        columns = legacy_resize_matrix(x.shape[-1], SIZE).to(x.device)
-        x = torch.einsum("oh,bchw,pw->bcop", rows, x, columns)
-    return (x - 128) / 128
+    """uint8 (B, 3, H, W) -> (B, 3, 299, 299): the TF FID graph's resize on 0..255, (x - 128) / 128
+    (the shift taken before the resize, which keeps constants, and the scale inside its weights)."""
+    x = images.float() - 128
+    if x.shape[-2:] == (SIZE, SIZE):
+        return x / 128
+    rows = legacy_resize_matrix(x.shape[-2], SIZE).to(x.device) / 128
+    columns = legacy_resize_matrix(x.shape[-1], SIZE).to(x.device)
+    return torch.einsum("oh,bchw,pw->bcop", rows, x, columns)
 
 
 def pytorch_fid_preprocess(images: torch.Tensor) -> torch.Tensor:
@@ -270,7 +271,7 @@ def native_bf16(device: torch.device) -> bool:
 # The extractor's arithmetic: "auto" takes bf16 where the device has it in hardware.
 PRECISIONS = ("auto", "fp32", "bf16")
 # In bf16, this many of the network's first layers (of `FIDInception.layers()`) stay in float32.
-BF16_FLOAT32_LAYERS = 0
+BF16_FLOAT32_LAYERS = 5  # through Conv2d_3b_1x1: FID within 0.5% of float32 (docs/metrics.md)
 
 
 class InceptionFeatures:
@@ -298,6 +299,10 @@ class InceptionFeatures:
         self.net = self.net.to(self.device, memory_format=self.memory_format)
         self.preprocess, self.precision, self.batch_size = preprocess, precision, batch_size
         self.float32_layers = float32_layers if precision == "bf16" else 0
+        if precision == "bf16":  # cast once: autocast would cast every weight again at every batch
+            for layer in self.net.layers()[self.float32_layers :]:
+                if isinstance(layer, nn.Module):
+                    layer.to(torch.bfloat16)
         stem = f"-float32-{self.float32_layers}" if self.float32_layers else ""
         self.key = f"inception-2015-12-05-{preprocess}-{precision}{stem}"
 
@@ -325,7 +330,7 @@ class InceptionFeatures:
         layers = self.net.layers()
         for layer in layers[: self.float32_layers]:
             x = layer(x)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            for layer in layers[self.float32_layers :]:
-                x = layer(x)
+        x = x.to(torch.bfloat16 if self.precision == "bf16" else torch.float32)
+        for layer in layers[self.float32_layers :]:
+            x = layer(x)
         return x.float().mean(dim=(2, 3))

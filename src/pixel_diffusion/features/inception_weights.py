@@ -26,7 +26,7 @@ from importlib import metadata
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 ENVIRONMENT = "PIXEL_DIFFUSION_INCEPTION"
@@ -233,10 +233,15 @@ def read_weights(path: Path, expected: dict[str, torch.Tensor]) -> dict[str, tor
     if _is_torchscript(path):
         return _convert_archive(path, expected)
     if path.suffix == ".safetensors":
+        converted = path == cache_dir() / CONVERTED_NAME
         try:
+            with safe_open(path, "pt") as file:
+                source = (file.metadata() or {}).get("source_sha256")
+            if converted and source != ARCHIVE_SHA256:
+                raise ValueError(f"converted from {source}, not from the pinned archive")
             return load_file(path)
         except (SafetensorError, OSError, ValueError) as error:
-            if path == cache_dir() / CONVERTED_NAME and installed_archive() is not None:  # a damaged cache: convert again
+            if converted and installed_archive() is not None:  # a damaged or foreign cache: convert again
                 path.unlink(missing_ok=True)
                 return _convert_archive(installed_archive(), expected)
             raise ValueError(f"{path} is not a safetensors file ({str(error).splitlines()[0][:80]})") from None
