@@ -11,7 +11,8 @@ recursively, such as the 50,000 CIFAR-10 JPEGs), then measures, several times ea
     reader (files decoded again), and from a torch DataLoader over a per-item Dataset on the same
     cache (the reference).
 Prints median and spread (min..max) in images per second, and the ratios to the references, and
-rewrites the loader section of docs/benchmarks.md.
+rewrites the loader section of docs/benchmarks.md. Streaming from tar shards, with workers, is
+measured by benchmarks/stream.py.
 """
 
 from __future__ import annotations

@@ -180,9 +180,13 @@ def test_a_folder_of_mixed_sizes_is_fitted_to_mixed_sizes_to(tmp_path):
     assert data.size == (32, 32) and len(data) == 4
     assert torch.equal(data.images[0], _load(one, image_size=32).images[0])  # the same fit as image_size=32
     assert _load(one, mixed_sizes_to=32).size == (40, 40)  # one size: kept as it is
-    with pytest.warns(UserWarning, match="skipped 1 of 5"):
+    with pytest.warns(UserWarning, match="skipped 1 of 5"):  # decoded first, then read item by item
+        item_by_item = _load(photos, mixed_sizes_to=32, max_cache_bytes=0, stream="no")
+    assert item_by_item.images is None and not item_by_item.streamed
+    assert torch.equal(item_by_item.uint8(np.arange(4)), data.images)
+    with pytest.warns(UserWarning, match="skipped 1 of 5"):  # streamed: its sample meets the small one
         streamed = _load(photos, mixed_sizes_to=32, max_cache_bytes=0)
-    assert streamed.images is None and torch.equal(streamed.uint8(np.arange(4)), data.images)
+    assert streamed.streamed and torch.equal(streamed.uint8([0, 1, 2, 4]), data.images)
 
 
 def test_resizing_is_antialiased(tmp_path):

@@ -9,170 +9,25 @@ import warnings
 from pathlib import Path
 
 from . import __version__
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line and status 2, never a traceback
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
-def _checkpoint(text: str) -> str:
-    if text in ("latest", "best") or text.removeprefix("step-").isdigit():
-        return text
-    raise argparse.ArgumentTypeError(f"expected latest, best or a step number, got {text!r}")
-
-
-def _numbers(kind):
-    def parse(text: str):
-        try:
-            return tuple(kind(part) for part in text.split(","))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 1,2,5; got {text!r}") from None
-    return parse
-
-
-# The options that several commands share, defined once: (flags, argparse keywords).
-OPTIONS = {
-    "run": (("--run",), dict(type=Path, required=True, help="run directory written by train, a checkpoint folder, "
-                                                       "or a diffusers pipeline folder")),
-    "checkpoint": (("--checkpoint",), dict(type=_checkpoint, default="latest",
-                                           help="latest, best (kept by KID during training) or a step number (default: latest)")),
-    "weights": (("--weights",), dict(choices=("ema", "model"), default="ema", help="which weights (default: ema)")),
-    "device": (("--device",), dict(default="auto", help="cpu, cuda, cuda:1, ... (default: auto, a GPU when there is one)")),
-    "seed": (("--seed",), dict(type=int, default=0, help="seed; image k depends only on (seed, k) (default: 0)")),
-    "no_progress": (("--no-progress",), dict(action="store_true", help="no progress bars (default: shown)")),
-    "sampler": (("--sampler",), dict(help="sampler (default: {default}); one of {samplers}")),
-    "steps": (("--steps",), dict(type=_positive_int, help="sampling steps (default: {default})")),
-    "guidance": (("--guidance",), dict(type=float, default=1.0,
-                                       help="classifier-free guidance scale for labelled runs (default: 1, none)")),
-    "label": (("--label",), dict(type=int, help="class to draw, for runs trained with labels or clusters (default: every class)")),
-}
-
-
-def _add(command, *names: str, **changes) -> None:
-    """Add the shared options `names` to a command; `changes` replaces keywords of one option
-    (`seed={"default": None}`)."""
-    from .samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS
-
-    defaults = {"sampler": DEFAULT_SAMPLER, "steps": DEFAULT_STEPS}  # the library's, beside the registry
-    for name in names:
-        flags, keywords = OPTIONS[name]
-        keywords = {**({"default": defaults[name]} if name in defaults else {}), **keywords, **changes.get(name, {})}
-        if "help" in keywords:
-            keywords["help"] = (keywords["help"].replace("{samplers}", ", ".join(SAMPLERS))
-                                .replace("{default}", str(keywords.get("default"))))
-        command.add_argument(*flags, **keywords)
-
-
-def _add_walk_arguments(command) -> None:
-    """The sampling walk's options, shared by sample and evaluate."""
-    from .samplers import SAMPLERS, samplers_with_option
-    from .schedules import SPACINGS
-
-    with_eta = samplers_with_option("eta")
-    defaults = {}
-    for name in with_eta:
-        defaults.setdefault(SAMPLERS[name].options["eta"], []).append(name)
-    said = "; ".join(f"{value:g} for {', '.join(names)}" for value, names in defaults.items())
-    own = {}
-    for name, entry in SAMPLERS.items():
-        own.setdefault(entry.spacing, []).append(name)
-    said_spacing = "; ".join(f"{spacing} for {', '.join(names)}" for spacing, names in own.items())
-    command.add_argument("--spacing", help=f"time spacing, one of {', '.join(SPACINGS)} (default: the sampler's own, {said_spacing})")
-    command.add_argument("--sigma-max", type=_positive_float,
-                         help="karras and log-snr spacings: start at this EDM noise level sigma/alpha (default: 80; inf for the schedule's t = 1)")
-    command.add_argument("--eta", type=float, help=f"noise per step in [0, 1] for {', '.join(with_eta)} (default: {said})")
-    command.add_argument("--no-clip", action="store_true",
-                         help="leave the image estimate unclipped at each step (default: clipped to the data range; docs/samplers.md measures both)")
-    for name, (kind, takers) in _sampler_options().items():
-        said = ", ".join(f"{n} {SAMPLERS[n].options[name]}" for n in takers)
-        command.add_argument(f"--{name.replace('_', '-')}", type=_yes_no if kind is bool else kind, dest=f"walk_{name}", metavar=name.upper(),
-                             help=f"{name.replace('_', ' ')} of the {', '.join(takers)} samplers (default: {said})")
-
-
-def _sampler_options() -> dict[str, tuple[type, list[str]]]:
-    """The walks' own numeric and yes/no options, read from the sampler registry (eta and
-    clip have flags of their own): name -> (type, the samplers taking it)."""
-    from .samplers import SAMPLERS
-
-    found: dict[str, tuple[type, list[str]]] = {}
-    for sampler, entry in SAMPLERS.items():
-        for name, default in entry.options.items():
-            if name not in ("eta", "clip") and type(default) in (int, float, bool):
-                found.setdefault(name, (type(default), []))[1].append(sampler)
-    return found
-
-
-def _yes_no(text: str) -> bool:
-    if text.lower() not in ("true", "false", "yes", "no", "1", "0"):
-        raise argparse.ArgumentTypeError(f"expected true or false; got {text!r}")
-    return text.lower() in ("true", "yes", "1")
-
-
-def _walk_options(args) -> dict:
-    from .samplers import get_sampler, samplers_with_option
-
-    get_sampler(args.sampler)  # an unknown name is refused before sampling starts
-    options = {"spacing": args.spacing}
-    if args.sigma_max is not None:
-        options["sigma_max"] = args.sigma_max
-    if args.eta is not None:
-        if "eta" not in get_sampler(args.sampler).options:
-            raise ValueError(f"--eta is an option of the {', '.join(samplers_with_option('eta'))} samplers, not of {args.sampler}")
-        if not 0 <= args.eta <= 1:  # checked here, before the run is loaded and a progress bar drawn
-            raise ValueError(f"--eta must lie in [0, 1] (0: deterministic, 1: the full posterior noise); got {args.eta:g}")
-        options["eta"] = args.eta
-    if args.no_clip:
-        options["clip"] = None
-    for name, (_, takers) in _sampler_options().items():
-        value = getattr(args, f"walk_{name}", None)
-        if value is None:
-            continue
-        if args.sampler not in takers:
-            raise ValueError(f"--{name.replace('_', '-')} is an option of the {', '.join(takers)} samplers, not of {args.sampler}")
-        options[name] = value
-    return options
-
-
-def _device(name: str) -> str:
-    import torch
-
-    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
-
-
-def _load(args):
-    """The run that --run, --checkpoint, --weights and --device name."""
-    from .runs import load_run
-
-    return load_run(args.run, checkpoint=args.checkpoint, weights=args.weights, device=_device(args.device))
+from .cli_args import (
+    Parser,
+    add_options,
+    add_walk_arguments,
+    device_of,
+    load_named_run,
+    numbers,
+    positive_float,
+    positive_int,
+    walk_options,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="pixel-diffusion", description="Denoising diffusion models of images, in pixel space.")
+    parser = Parser(prog="pixel-diffusion", description="Denoising diffusion models of images, in pixel space.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for add in (_train_command, _sample_command, _classifier_command, _evaluate_command, _show_command, _export_command,
-                _info_command, _serve_command, _demo_command):
+                _info_command, _pack_command, _serve_command, _demo_command):
         add(commands)
     return parser
 
@@ -191,16 +46,16 @@ def _train_command(commands) -> None:
     train.add_argument("--preset", help="named configuration (default: chosen for --data by its channels, sizes and "
                        f"labels, and said; mnist without --data); one of {', '.join(PRESETS)}")
     train.add_argument("--data", help="data source: a folder, .npz/.npy, idx file, CIFAR folder, hf:NAME, imagefolder:DIR, "
-                       "mnist-5k or digits (default: the preset's)")
+                       "tar shards ('DIR/train-{0000..0009}.tar', streamed), mnist-5k or digits (default: the preset's)")
     train.add_argument("--out", type=Path, help="run directory (default: runs/PRESET)")
     budget = train.add_mutually_exclusive_group()
-    budget.add_argument("--steps", type=_positive_int, help="train for this many optimiser steps (default: the preset's budget)")
-    budget.add_argument("--epochs", type=_positive_int, help="train for this many passes over the data")
-    budget.add_argument("--minutes", type=_positive_float, help="train for this many minutes of wall-clock time")
+    budget.add_argument("--steps", type=positive_int, help="train for this many optimiser steps (default: the preset's budget)")
+    budget.add_argument("--epochs", type=positive_int, help="train for this many passes over the data")
+    budget.add_argument("--minutes", type=positive_float, help="train for this many minutes of wall-clock time")
     train.add_argument("--config", type=Path, help="JSON or TOML file of config fields, applied after the preset (default: none)")
     train.add_argument("--resume", action="store_true", help="require an existing checkpoint in --out to continue from (default: continue if there is one)")
-    train.add_argument("--checkpoint-every", type=_positive_int, help="steps between checkpoints (default: the preset's)")
-    _add(train, "seed", "device", "no_progress", seed={"default": None, "help": "random seed (default: the preset's, 0)"},
+    train.add_argument("--checkpoint-every", type=positive_int, help="steps between checkpoints (default: the preset's)")
+    add_options(train, "seed", "device", "no_progress", seed={"default": None, "help": "random seed (default: the preset's, 0)"},
          device={"default": None})
     train.set_defaults(handler=run_train)
 
@@ -208,14 +63,14 @@ def _train_command(commands) -> None:
 def _sample_command(commands) -> None:
     sample = commands.add_parser("sample", help="draw images from a trained run",
                                  description="Draw images from a trained run (its newest checkpoint and EMA weights by default).")
-    _add(sample, "run", "checkpoint", "weights", "sampler", "steps")
-    _add_walk_arguments(sample)
-    sample.add_argument("--n", type=_positive_int, default=64, help="number of images (default: 64; grid.png shows the first 100)")
-    _add(sample, "seed", "label", "guidance", label={"help": "class to draw, for runs trained with labels (default: none)"})
-    sample.add_argument("--batch-size", type=_positive_int, default=64, help="images per batch (default: 64)")
+    add_options(sample, "run", "checkpoint", "weights", "sampler", "steps")
+    add_walk_arguments(sample)
+    sample.add_argument("--n", type=positive_int, default=64, help="number of images (default: 64; grid.png shows the first 100)")
+    add_options(sample, "seed", "label", "guidance", label={"help": "class to draw, for runs trained with labels (default: none)"})
+    sample.add_argument("--batch-size", type=positive_int, default=64, help="images per batch (default: 64)")
     sample.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                         help="network arithmetic: bf16 autocast is about twice as fast on CPUs with AMX (default: fp32)")
-    _add(sample, "device", "no_progress")
+    add_options(sample, "device", "no_progress")
     sample.add_argument("--out", type=Path, help="output folder (default: RUN/samples-SAMPLER-STEPS)")
     sample.add_argument("--no-png", action="store_true", help="write only samples.npz and the grid, not one PNG per image")
     sample.set_defaults(handler=run_sample)
@@ -230,13 +85,13 @@ def _classifier_command(commands) -> None:
     )
     classifier.add_argument("--data", required=True, help="labelled data source: mnist-5k, digits, idx files, CIFAR, a .npz with labels, class folders")
     classifier.add_argument("--out", type=Path, required=True, help="folder for the classifier")
-    classifier.add_argument("--epochs", type=_positive_int, default=8, help="passes over the data (default: 8)")
-    classifier.add_argument("--image-size", type=_positive_int, help="square side to resize to (default: the data's)")
+    classifier.add_argument("--epochs", type=positive_int, default=8, help="passes over the data (default: 8)")
+    classifier.add_argument("--image-size", type=positive_int, help="square side to resize to (default: the data's)")
     classifier.add_argument("--class-folders", action="store_true", help="image folders: sub-folders are the classes")
     classifier.add_argument("--flip", action="store_true", help="mirror training images at random (photos; not digits)")
     classifier.add_argument("--no-reject-class", action="store_true",
                             help="no 'not a data image' class trained on corrupted images (default: trained)")
-    _add(classifier, "no_progress")
+    add_options(classifier, "no_progress")
     classifier.set_defaults(handler=run_train_classifier)
 
 
@@ -250,7 +105,7 @@ def _evaluate_command(commands) -> None:
         "features of the standard FID Inception (or of a classifier trained with train-classifier). The published "
         "protocol is --n 50000 against the training set (docs/metrics.md: its time on a CPU).",
     )
-    _add(evaluate, "run", "checkpoint", "weights", run={"required": False, "help": "run directory to sample from (default: none; then --images)"})
+    add_options(evaluate, "run", "checkpoint", "weights", run={"required": False, "help": "run directory to sample from (default: none; then --images)"})
     evaluate.add_argument("--images", help="evaluate these instead: a folder of images or a .npz such as sample writes")
     evaluate.add_argument("--reference", help="reference: a data source (folder, built-in set, .npz of images) or an .npz of "
                           "Inception statistics (mu, sigma) such as the TF FID code writes (FID only) (default: the run's data)")
@@ -264,13 +119,13 @@ def _evaluate_command(commands) -> None:
     evaluate.add_argument("--inception-precision", choices=PRECISIONS, default="auto",
                           help="the Inception's arithmetic: bf16 (first five layers float32) is 1.6x fp32 on an AVX-512 BF16 CPU, "
                           "FID within 0.5%% (docs/metrics.md); auto: bf16 where the processor has it (default: auto)")
-    evaluate.add_argument("--image-size", type=_positive_int, help="fit --images and --reference to this size first "
+    evaluate.add_argument("--image-size", type=positive_int, help="fit --images and --reference to this size first "
                           "(for folders of mixed sizes; default: as they are)")
-    evaluate.add_argument("--n", type=_positive_int, default=1000, help="images to sample from the run (default: 1000)")
-    _add(evaluate, "sampler", "steps")
-    _add_walk_arguments(evaluate)
-    _add(evaluate, "seed", "guidance", "device", "no_progress")
-    evaluate.add_argument("--kid-subset-size", type=_positive_int, default=1000, help="KID subset size (default: 1000)")
+    evaluate.add_argument("--n", type=positive_int, default=1000, help="images to sample from the run (default: 1000)")
+    add_options(evaluate, "sampler", "steps")
+    add_walk_arguments(evaluate)
+    add_options(evaluate, "seed", "guidance", "device", "no_progress")
+    evaluate.add_argument("--kid-subset-size", type=positive_int, default=1000, help="KID subset size (default: 1000)")
     evaluate.add_argument("--no-precision-recall", action="store_true",
                           help="leave out precision and recall (their N x N distances dominate the time of a large reference)")
     evaluate.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "pixel-diffusion" / "reference",
@@ -291,24 +146,24 @@ def _show_command(commands) -> None:
         + ". Options a picture does not take are refused; the others default to the picture's own.",
     )
     show.add_argument("kind", choices=list(PICTURES), help="which picture")
-    _add(show, "run", "checkpoint", "weights", "device")
+    add_options(show, "run", "checkpoint", "weights", "device")
     show.add_argument("--out", type=Path, help="output file (default: RUN/show-KIND.png, or .gif for evolution)")
     # None: the picture's own default (viz.PICTURES' functions say which).
-    show.add_argument("--n", type=_positive_int, help="images (grid 64, steps 8, trajectory 3; restore/inpaint/forward: inputs, 4)")
-    _add(show, "sampler", "steps", "seed", "label", "guidance",
+    show.add_argument("--n", type=positive_int, help="images (grid 64, steps 8, trajectory 3; restore/inpaint/forward: inputs, 4)")
+    add_options(show, "sampler", "steps", "seed", "label", "guidance",
          sampler={"default": None, "help": "sampler for grid, steps, restore (default: ddim)"},
          steps={"default": None, "help": "sampling steps (default: 50; 10 for trajectory; 20 for interpolation)"},
          seed={"default": None, "help": "seed (default: 0)"}, guidance={"default": None})
     show.add_argument("--seed2", type=int, help="interpolation: second seed (default: 1)")
-    show.add_argument("--frames", type=_positive_int, help="interpolation: frames (default: 10)")
-    show.add_argument("--step-counts", type=_numbers(int), help="steps: step counts to compare (default: 1,2,3,5,10,20)")
-    show.add_argument("--times", type=_numbers(float), help="forward: times (default: 0,0.05,0.1,0.2,0.35,0.5,0.75,1)")
+    show.add_argument("--frames", type=positive_int, help="interpolation: frames (default: 10)")
+    show.add_argument("--step-counts", type=numbers(int), help="steps: step counts to compare (default: 1,2,3,5,10,20)")
+    show.add_argument("--times", type=numbers(float), help="forward: times (default: 0,0.05,0.1,0.2,0.35,0.5,0.75,1)")
     show.add_argument("--input", help="forward, restore, inpaint: images to noise or edit, any data source (default: the run's data)")
     show.add_argument("--strength", type=float, help="restore: how far to noise, in (0, 1] (default: 0.5)")
-    show.add_argument("--variations", type=_positive_int, help="restore/inpaint: results per input (default: 4)")
+    show.add_argument("--variations", type=positive_int, help="restore/inpaint: results per input (default: 4)")
     show.add_argument("--mask", help="inpaint: left-half, right-half, top-half, bottom-half, centre, or an image file, "
                       "white = generate (default: right-half)")
-    show.add_argument("--resample", type=_positive_int, help="inpaint: RePaint resampling per step (default: 5)")
+    show.add_argument("--resample", type=positive_int, help="inpaint: RePaint resampling per step (default: 5)")
     show.set_defaults(handler=run_show)
 
 
@@ -317,7 +172,7 @@ def _export_command(commands) -> None:
         "export", help="write a trained run in another library's format",
         description="Write a run's model as a diffusers pipeline folder (unet/, scheduler/, model_index.json and a "
         "model card) that DDPMPipeline and DDIMPipeline load; networks UNet2DModel cannot express are refused.")
-    _add(export, "run", "checkpoint", "weights")
+    add_options(export, "run", "checkpoint", "weights")
     export.add_argument("--format", choices=("diffusers",), default="diffusers", help="the format (default: diffusers)")
     export.add_argument("--out", type=Path, required=True, help="the new pipeline folder (must not exist)")
     export.set_defaults(handler=run_export, device="cpu")
@@ -332,14 +187,40 @@ def _info_command(commands) -> None:
     info.set_defaults(handler=run_info)
 
 
+def _pack_command(commands) -> None:
+    pack = commands.add_parser(
+        "pack", help="write a data source into shuffled tar shards, to stream it",
+        description="Write every image of a data source (a folder, .npz/.npy, hf:NAME, shards, ...) as it is, in a "
+        "shuffled order, into tar shards in the WebDataset layout (KEY.png and KEY.cls), with the class names in "
+        "classes.txt; train --data then streams them. Unreadable images are left out and counted.")
+    pack.add_argument("source", help="the data source, as train --data takes it")
+    pack.add_argument("--out", type=Path, required=True, help="folder for the shards (new, or without shards)")
+    pack.add_argument("--shard-size", type=positive_int, default=5000, help="samples per shard (default: 5000)")
+    pack.add_argument("--format", choices=("png", "jpg"), default="png", help="png (lossless) or jpg (quality 95) (default: png)")
+    pack.add_argument("--class-folders", action="store_true", help="a folder's first-level sub-folders are the labels")
+    add_options(pack, "seed", "no_progress", seed={"help": "seed of the shuffled order (default: 0)"})
+    pack.set_defaults(handler=run_pack)
+
+
+def run_pack(args) -> None:
+    from .data import DataConfig, open_source
+    from .shards import write_shards
+
+    source = open_source(DataConfig(args.source, class_folders=args.class_folders))
+    spec, written, skipped = write_shards(source, args.out, shard_size=args.shard_size, seed=args.seed,
+                                          image_format=args.format, progress=not args.no_progress)
+    left = f"; {len(skipped)} unreadable items left out, e.g. {skipped[0][0]} ({skipped[0][1]})" if skipped else ""
+    print(f"{written} images of {source.description} in {spec}{left}\ntrain on them with --data '{spec}'")
+
+
 def _serve_command(commands) -> None:
     serve = commands.add_parser("serve", help="a web page to generate, edit and watch training in a browser",
                                 description="Serve a page (and its JSON API) for every run in --runs; it binds "
                                 "127.0.0.1, this machine only, unless --host says otherwise. Needs pixel-diffusion[web].")
     serve.add_argument("--runs", type=Path, default=Path("runs"), help="folder of runs (default: runs)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    serve.add_argument("--port", type=_positive_int, default=7860, help="port (default: 7860)")
-    _add(serve, "device")
+    serve.add_argument("--port", type=positive_int, default=7860, help="port (default: 7860)")
+    add_options(serve, "device")
     serve.set_defaults(handler=run_serve)
 
 
@@ -357,13 +238,13 @@ def run_serve(args) -> None:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"listening on {args.host}: anyone who can reach this machine can use the page and its models")
     print(f"pixel-diffusion: http://{args.host}:{args.port}/ serves the runs in {args.runs}")
-    uvicorn.run(create_app(args.runs, _device(args.device)), host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(create_app(args.runs, device_of(args.device)), host=args.host, port=args.port, log_level="warning")
 
 
 def run_export(args) -> None:
     from .runs import export_diffusers
 
-    run = _load(args)
+    run = load_named_run(args)
     out = export_diffusers(run, args.out)
     print(f"diffusers pipeline of {run.checkpoint} ({run.weights} weights) in {out}; "
           f"load it with DDIMPipeline.from_pretrained({str(out)!r})")
@@ -377,8 +258,8 @@ def _demo_command(commands) -> None:
         "machine, then writes a sample grid, a forward-process strip and a denoising trajectory.",
     )
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="run directory (default: runs/demo)")
-    demo.add_argument("--minutes", type=_positive_float, default=5.0, help="training time in minutes (default: 5)")
-    _add(demo, "seed", "no_progress", seed={"help": "random seed (default: 0)"})
+    demo.add_argument("--minutes", type=positive_float, default=5.0, help="training time in minutes (default: 5)")
+    add_options(demo, "seed", "no_progress", seed={"help": "random seed (default: 0)"})
     demo.set_defaults(handler=run_demo)
 
 
@@ -433,8 +314,8 @@ def run_sample(args) -> None:
     from .samplers import get_sampler
     from .viz import write_samples
 
-    run = _load(args)
-    options = _walk_options(args)  # checked before any progress bar is drawn
+    run = load_named_run(args)
+    options = walk_options(args)  # checked before any progress bar is drawn
     labels = None if args.label is None else run.sample_labels(args.n, args.label)
     report: dict = {}
     images = run.sample(args.n, sampler=args.sampler, steps=args.steps, seed=args.seed, labels=labels,
@@ -498,15 +379,15 @@ def run_evaluate(args) -> None:
             raise ValueError(f"{', '.join(given)} set how a --run is sampled; --images are evaluated as they are, "
                              "so leave them out")
     name = args.extractor or ("classifier" if args.classifier else "inception")
-    device = _device(args.device)
+    device = device_of(args.device)
     extractor = load_extractor(name, classifier=args.classifier, inception_weights=args.inception_weights, device=device,
                                precision=args.inception_precision)
     run = requested = None
     if args.run is not None:
-        run = _load(args)
+        run = load_named_run(args)
         requested = run.sample_labels(args.n)  # each class in turn, so a class-conditional run's accuracy is measured
         images = run.sample(args.n, sampler=args.sampler, steps=args.steps, seed=args.seed, labels=requested,
-                            guidance=args.guidance, progress=not args.no_progress, **_walk_options(args))
+                            guidance=args.guidance, progress=not args.no_progress, **walk_options(args))
     if not args.reference and (run is None or run.data is None):
         raise ValueError("--images needs --reference (the data to compare with)" if run is None else
                          f"{args.run} stands alone (no run's config.json beside it); name the data with --reference")
@@ -551,7 +432,7 @@ def run_show(args) -> None:
         get_sampler(given["sampler"])
     made = {"command": "show", "kind": args.kind, "run": str(args.run), **given}
     if picture.of_model:
-        run = _load(args)
+        run = load_named_run(args)
         drawn = picture.draw(run, **given)
         base = run.directory or args.run
         made.update(checkpoint=str(run.checkpoint), step=run.step, weights=run.weights)

@@ -36,6 +36,7 @@ RESUMABLE_FIELDS = BUDGET_FIELDS + (
     "fused_optimizer",
     "threads",
     "skip_nonfinite",
+    "data.workers",
 )
 
 
@@ -240,7 +241,9 @@ def flatten(data: dict, prefix: str = "") -> dict:
 
 
 def differences(saved: dict, current: dict, ignore=RESUMABLE_FIELDS) -> list[str]:
-    """Fields (dotted) whose values differ between two config dicts, ignoring the resumable ones."""
+    """Fields (dotted) whose values differ between two config dicts, ignoring the resumable ones
+    and those a saved config predates (added since, with defaults that keep the old behaviour)."""
     a, b = flatten(saved), flatten(current)
     normalise = lambda v: json.loads(json.dumps(v))  # noqa: E731  (tuples vs lists)
-    return sorted(k for k in set(a) | set(b) if k not in ignore and normalise(a.get(k)) != normalise(b.get(k)))
+    return sorted(k for k in set(a) | set(b) if k not in ignore and (k in a or not a)
+                  and normalise(a.get(k)) != normalise(b.get(k)))

@@ -1,11 +1,13 @@
 """Image data: one transform pipeline, a deterministic split and a fast batch server.
 
 A source (sources.py) gives uint8 images (H, W, C) and optional integer labels: a folder of
-image files, .npz/.npy arrays, MNIST-style idx files, CIFAR-10 python batches, a built-in set, or
-a Hugging Face dataset. `load_images(DataConfig)` decodes every image once (skipping bad files with one
-summary warning), crops, resizes with antialiasing and fixes the channel count, measures the
-normalisation statistics on the training split, and returns `ImageData`: the decoded uint8
-images cached in memory, or re-decoded on each pass when they would not fit.
+image files, .npz/.npy arrays, MNIST-style idx files, CIFAR-10 python batches, a built-in set, a
+Hugging Face dataset, or tar shards. `load_images(DataConfig)` returns `ImageData` in one of two
+forms. In memory: every image decoded once (bad files skipped with one summary warning), cropped,
+resized with antialiasing, its channels fixed, the normalisation measured on the training split,
+and the uint8 images cached (or re-decoded on each pass when they would not fit). Streamed (tar
+shards, or `stream="yes"`): nothing decoded up front; a seeded sample fixes size, channels and
+statistics, and each batch is decoded when training reads it (loader.py reads ahead).
 """
 
 from __future__ import annotations
@@ -58,6 +60,12 @@ class DataConfig:
     hf_split: str = "train"
     hf_image_column: str | None = None
     hf_label_column: str | None = None
+    # auto: stream tar shards, and any set too large to hold in memory; yes: stream; no: decode the
+    # whole set into memory first (read item by item when it does not fit).
+    stream: str = "auto"
+    shuffle_buffer: int = 10_000  # streamed shards: items in the shuffle buffer
+    workers: int | None = None  # processes decoding training batches ahead; None: loader.default_workers
+    stream_sample: int = 5_000  # streamed: the images (a seeded sample) that fix size, channels, statistics
 
     def __post_init__(self):
         for name, value, options in (
@@ -65,6 +73,7 @@ class DataConfig:
             ("channels", str(self.channels), ("auto", "1", "3")),
             ("alpha", self.alpha, ("white", "drop")),
             ("normalise", self.normalise, ("minus-one-one", "standardise")),
+            ("stream", self.stream, ("auto", "yes", "no")),
         ):
             if value not in options:
                 raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(options)}")
@@ -72,8 +81,22 @@ class DataConfig:
         for name in ("image_size", "mixed_sizes_to"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive; got {getattr(self, name)}")
+        for name in ("shuffle_buffer", "stream_sample"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive; got {getattr(self, name)}")
+        if self.workers is not None and self.workers < 0:
+            raise ValueError(f"workers must be 0 or more; got {self.workers}")
         if not 0 <= self.validation_fraction < 1:
             raise ValueError(f"validation_fraction must lie in [0, 1); got {self.validation_fraction}")
+
+
+# How a set is served, not which images it holds: left out of the keys of cached features.
+SERVING_FIELDS = ("stream", "shuffle_buffer", "workers", "stream_sample")
+
+
+def image_fields(config: DataConfig) -> dict:
+    """The fields of a DataConfig that decide its images (a cache key)."""
+    return {k: v for k, v in dataclasses.asdict(config).items() if k not in SERVING_FIELDS}
 
 
 # ---- transforms -------------------------------------------------------------------------------
@@ -201,8 +224,10 @@ def _available_memory() -> int:
 class ImageData:
     """Prepared images, served as normalised float batches.
 
-    `images` is the uint8 cache (N, C, H, W), or None when the set streams: then `read(i)` decodes
-    item i again on each pass."""
+    `images` is the uint8 cache (N, C, H, W), or None when the set is read item by item: then
+    `read(i)` decodes item i again on each pass. A streamed set (`streamed`) was not decoded up
+    front: its size, channels and statistics come from a sample of `sampled` images, and an item
+    found unreadable on the way is replaced by another of its batch and reported."""
 
     images: torch.Tensor | None
     labels: torch.Tensor | None
@@ -215,25 +240,63 @@ class ImageData:
     class_names: list[str] = field(default_factory=list)
     read: Callable[[int], np.ndarray] | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (item, why) of every item left out
+    streamed: bool = False
+    sampled: int = 0  # streamed: the images the size, channels and statistics were measured on
+    shard_counts: tuple[int, ...] = ()  # tar shards: items per shard, numbered shard by shard
+    shuffle_buffer: int = 1
+    fingerprint: list | None = None  # tar shards: [name, bytes, samples] of each
+    name: Callable[[int], str] | None = None  # item -> its name in the source, for reports
+    label_fn: Callable[[torch.Tensor], torch.Tensor] | None = None  # labels from pixels (clusters of a stream)
 
     def __len__(self) -> int:
         return len(self.train) + len(self.validation)
 
+    def read_batch(self, indices) -> tuple[torch.Tensor, list[tuple[str, str]], np.ndarray]:
+        """uint8 (B, C, H, W) of the given items, the items that could not be read (name, why),
+        and the items each row holds: an unreadable item is replaced by the next readable one of
+        the batch (in turn), so a batch keeps its size."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if self.images is not None:
+            return self.images[torch.from_numpy(indices)], [], indices
+        arrays, broken, good = [], [], []
+        for row, i in enumerate(indices):
+            try:
+                arrays.append(self.read(int(i)))
+                good.append(row)
+            except ValueError as error:
+                arrays.append(None)
+                broken.append((self.name(int(i)) if self.name else str(int(i)), str(error)))
+        if not good:
+            raise ValueError(f"no image of a batch of {len(indices)} could be read; e.g. {broken[0][0]}: {broken[0][1]}")
+        used = indices.copy()
+        for n, row in enumerate(r for r in range(len(indices)) if arrays[r] is None):
+            donor = good[n % len(good)]
+            arrays[row], used[row] = arrays[donor], indices[donor]
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2), broken, used
+
     def uint8(self, indices) -> torch.Tensor:
         """uint8 (B, C, H, W) for the given item indices."""
-        if self.images is not None:
-            return self.images[torch.as_tensor(indices, dtype=torch.long)]
-        return torch.from_numpy(np.stack([self.read(int(i)) for i in indices])).permute(0, 3, 1, 2)
+        return self.read_batch(indices)[0]
+
+    def labels_of(self, indices, images: torch.Tensor) -> torch.Tensor | None:
+        """The labels of the given items (read as `images`), or None."""
+        if self.label_fn is not None:
+            return self.label_fn(images)
+        return None if self.labels is None else self.labels[torch.as_tensor(np.asarray(indices), dtype=torch.long)]
+
+    def serve_images(self, images: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
+        """uint8 (B, C, H, W) -> normalised float images; with `flip`, each image is mirrored with
+        probability 1/2 drawn from `generator`."""
+        x = self.normalisation.to_model(images)
+        if self.flip:
+            mirror = torch.rand(len(x), generator=generator) < 0.5
+            x[mirror] = x[mirror].flip(-1)
+        return x
 
     def serve(self, indices, *, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Normalised float images (B, C, H, W) and labels for the given training items; with
-        `flip`, each image is mirrored with probability 1/2 drawn from `generator`."""
-        indices = torch.as_tensor(indices, dtype=torch.long)
-        x = self.normalisation.to_model(self.uint8(indices))
-        if self.flip:
-            mirror = torch.rand(len(indices), generator=generator) < 0.5
-            x[mirror] = x[mirror].flip(-1)
-        return x, None if self.labels is None else self.labels[indices]
+        """Normalised float images (B, C, H, W) and labels for the given training items (`serve_images`)."""
+        images, _, used = self.read_batch(indices)
+        return self.serve_images(images, generator=generator), self.labels_of(used, images)
 
     def batches(
         self, batch_size: int, *, generator: torch.Generator, split: str = "train", drop_last: bool = True
@@ -250,7 +313,17 @@ class ImageData:
             if split == "train":
                 yield self.serve(chosen, generator=generator)
             else:
-                yield self.normalisation.to_model(self.uint8(chosen)), None if self.labels is None else self.labels[chosen]
+                images, _, used = self.read_batch(chosen)
+                yield self.normalisation.to_model(images), self.labels_of(used, images)
+
+    def describe(self) -> str:
+        """How the set is served, for the line `train` prints."""
+        if self.images is not None:
+            return f"in memory ({self.images.numel() / 2**20:.0f} MiB)"
+        if not self.streamed:
+            return "read item by item (too large for memory)"
+        where = f"from {len(self.shard_counts)} shards, shuffle buffer {self.shuffle_buffer:,}" if self.shard_counts else "item by item"
+        return f"streamed {where}; size and statistics from a sample of {self.sampled:,}"
 
 
 class SkippedItems(UserWarning):
@@ -279,12 +352,78 @@ def _refit(kept: list[int], arrays: list[np.ndarray], config: DataConfig, skippe
     return still, refitted, {(config.image_size, config.image_size)} if still else set()
 
 
+def measure_standardisation(chunks, channels: int) -> Normalisation:
+    """Per-channel mean and std of uint8 (B, C, H, W) chunks of images."""
+    total_sum, total_sq, count = np.zeros(channels), np.zeros(channels), 0
+    for chunk in chunks:
+        pixels = chunk.double().div(255).transpose(0, 1).reshape(channels, -1)
+        total_sum += pixels.sum(1).numpy()
+        total_sq += pixels.square().sum(1).numpy()
+        count += pixels.shape[1]
+    mean = total_sum / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 1e-12))
+    return Normalisation("standardise", tuple(map(float, mean)), tuple(map(float, std)))
+
+
+def _load_streamed(source: Source, config: DataConfig, progress: bool) -> ImageData:
+    """A set read item by item as training goes: a seeded sample of `stream_sample` images fixes
+    the size (fitting to `mixed_sizes_to` when theirs differ), the channels and the statistics."""
+    from tqdm.auto import tqdm
+
+    sample = np.sort(np.random.default_rng(config.seed).choice(source.count, min(source.count, config.stream_sample),
+                                                               replace=False))
+    arrays, skipped = [], list(source.skipped)
+    for i in tqdm(sample, desc="sampling the stream", disable=not progress):
+        try:
+            arrays.append(source.read(int(i)))
+        except ValueError as error:
+            skipped.append((source.name(int(i)), str(error)))
+    if not arrays:
+        raise ValueError(f"no usable images in {source.description}; e.g. {skipped[0][0]}: {skipped[0][1]}"
+                         if skipped else f"no usable images in {source.description}")
+    shapes = {a.shape[:2] for a in arrays}
+    if config.image_size is None and len(shapes) > 1:
+        if not config.mixed_sizes_to:
+            raise ValueError(f"images in {source.description} differ in size ({sorted(shapes)[:3]} ...); "
+                             "give one size to fit them to (data.image_size, or evaluate --image-size)")
+        config = dataclasses.replace(config, image_size=config.mixed_sizes_to)
+    fitted = []
+    for i, array in zip(sample, arrays):
+        try:
+            fitted.append(fit_image(array, config))
+        except ValueError as error:
+            skipped.append((source.name(int(i)), str(error)))
+    if not fitted:
+        raise ValueError(f"no image of {source.description} fits: e.g. {skipped[-1][0]}: {skipped[-1][1]}")
+    size = (config.image_size, config.image_size) if config.image_size else fitted[0].shape[:2]
+    channels = {"auto": 1 if all(a.shape[-1] == 1 for a in fitted) else 3, "1": 1, "3": 3}[config.channels]
+
+    def read(i: int) -> np.ndarray:
+        array = fit_image(source.read(i), config)
+        if array.shape[:2] != size:
+            raise ValueError(f"{array.shape[1]}x{array.shape[0]}, not {size[1]}x{size[0]} like the others")
+        return convert_channels(array, channels)
+
+    labels = None if source.labels is None else torch.from_numpy(np.asarray(source.labels, np.int64))
+    train, validation = split_indices(source.count, config.validation_fraction, config.seed)
+    normalisation = Normalisation()
+    if config.normalise == "standardise":
+        stacked = np.stack([convert_channels(a, channels) for a in fitted if a.shape[:2] == size])
+        normalisation = measure_standardisation([torch.from_numpy(stacked).permute(0, 3, 1, 2)], channels)
+    _summarise_skipped(skipped, source.count + len(source.skipped))
+    return ImageData(None, labels, normalisation, channels, size, train, validation, config.flip, source.class_names,
+                     read, skipped, streamed=True, sampled=len(sample), shard_counts=source.shard_counts,
+                     shuffle_buffer=config.shuffle_buffer, fingerprint=source.fingerprint, name=source.name)
+
+
 def load_images(config: DataConfig, *, progress: bool = True) -> ImageData:
     """Open the source, decode and fit every image once, fix channels, split, and measure the
     normalisation; keep the uint8 images in memory when they fit in `max_cache_bytes`."""
     from tqdm.auto import tqdm
 
     source = open_source(config)
+    if config.stream == "yes" or (config.stream == "auto" and source.shard_counts):
+        return _load_streamed(source, config, progress)
     budget = config.max_cache_bytes if config.max_cache_bytes is not None else _available_memory() // 2
 
     def prepare(i: int):
@@ -313,6 +452,8 @@ def load_images(config: DataConfig, *, progress: bool = True) -> ImageData:
         shapes.add(array.shape[:2])
         gray &= array.shape[-1] == 1
         if cache and source.count * array.shape[0] * array.shape[1] * 3 > budget:
+            if config.stream == "auto":  # too large to hold: stream it instead of decoding it all first
+                return _load_streamed(source, config, progress)
             cache, arrays = False, []
         if cache:
             arrays.append(array)
@@ -340,16 +481,9 @@ def load_images(config: DataConfig, *, progress: bool = True) -> ImageData:
 
     normalisation = Normalisation()
     if config.normalise == "standardise":
-        total_sum, total_sq, count = np.zeros(channels), np.zeros(channels), 0
-        for start in range(0, len(train), 1024):
-            chunk = (images[torch.as_tensor(train[start : start + 1024])] if images is not None
-                     else torch.from_numpy(np.stack([read(int(j)) for j in train[start : start + 1024]])).permute(0, 3, 1, 2))
-            pixels = chunk.double().div(255).transpose(0, 1).reshape(channels, -1)
-            total_sum += pixels.sum(1).numpy()
-            total_sq += pixels.square().sum(1).numpy()
-            count += pixels.shape[1]
-        mean = total_sum / count
-        std = np.sqrt(np.maximum(total_sq / count - mean**2, 1e-12))
-        normalisation = Normalisation("standardise", tuple(map(float, mean)), tuple(map(float, std)))
+        chunks = (images[torch.as_tensor(train[start : start + 1024])] if images is not None
+                  else torch.from_numpy(np.stack([read(int(j)) for j in train[start : start + 1024]])).permute(0, 3, 1, 2)
+                  for start in range(0, len(train), 1024))
+        normalisation = measure_standardisation(chunks, channels)
     return ImageData(images, labels, normalisation, channels, size, train, validation, config.flip, source.class_names, read,
-                     skipped)
+                     skipped, name=lambda j: source.name(kept[j]))

@@ -172,13 +172,12 @@ def load_reference(extractor, data_config, cache_dir: Path, *, progress: bool = 
     """Features and statistics of every image of a data source (training split), cached on disk
     under a key made of the source, its preparation and the extractor (its network, preprocessing
     and precision), so a second evaluation reads them back instead of extracting them again."""
-    import dataclasses
     import hashlib
     import json
 
-    from .data import load_images
+    from .data import image_fields, load_images
 
-    key_text = json.dumps({"data": dataclasses.asdict(data_config), "extractor": extractor.key}, sort_keys=True)
+    key_text = json.dumps({"data": image_fields(data_config), "extractor": extractor.key}, sort_keys=True)
     path = Path(cache_dir) / f"{hashlib.sha256(key_text.encode()).hexdigest()[:24]}.npz"
     if path.exists():
         with np.load(path, allow_pickle=False) as saved:
@@ -187,13 +186,15 @@ def load_reference(extractor, data_config, cache_dir: Path, *, progress: bool = 
                 return Reference(stats, saved["features"], tuple(int(n) for n in saved["image_shape"]))
             return Reference.of(saved["features"])  # written before statistics and shapes were kept
     data = load_images(data_config, progress=progress)
-    images = data.uint8(data.train).permute(0, 2, 3, 1).numpy()
-    features = extractor(images)[0].astype(np.float32)
-    reference = Reference(FeatureStats.of(features), features, images.shape[1:])
+    chunks = [data.train[start : start + 10_000] for start in range(0, len(data.train), 10_000)]  # a stream never whole
+    features = np.concatenate([extractor(data.uint8(chunk).permute(0, 2, 3, 1).numpy())[0].astype(np.float32)
+                               for chunk in chunks])
+    shape = (*data.size, data.channels)
+    reference = Reference(FeatureStats.of(features), features, shape)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.npz")
     np.savez(tmp, features=features, mean=reference.stats.mean, covariance=reference.stats.covariance,
-             count=np.int64(len(features)), image_shape=np.array(images.shape[1:]), key=np.array(key_text))
+             count=np.int64(len(features)), image_shape=np.array(shape), key=np.array(key_text))
     tmp.replace(path)
     return reference
 

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from . import shards
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 Item = tuple[np.ndarray, int]  # one uint8 image (H, W, C) and its label (-1 for none)
 
@@ -223,13 +225,15 @@ def decode_image(image: Image.Image, alpha: str = "white") -> np.ndarray:
     return array[..., None] if array.ndim == 2 else array
 
 
-def read_image_file(path: Path, alpha: str, max_pixels: int) -> np.ndarray:
-    """Decode one file (the first frame of an animation); raises ValueError saying why not."""
+def read_image_file(path: Path | bytes, alpha: str, max_pixels: int) -> np.ndarray:
+    """Decode one file, or a file's bytes (the first frame of an animation); raises ValueError
+    saying why not."""
     too_large = f"more than {max_pixels:,} pixels (raise max_pixels to allow it)"
+    empty = len(path) == 0 if isinstance(path, bytes) else path.stat().st_size == 0
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked below
-            with Image.open(path) as image:
+            with Image.open(io.BytesIO(path) if isinstance(path, bytes) else path) as image:
                 if image.width * image.height > max_pixels:
                     raise ValueError(too_large)
                 image.seek(0)
@@ -238,7 +242,7 @@ def read_image_file(path: Path, alpha: str, max_pixels: int) -> np.ndarray:
     except Image.DecompressionBombError:
         raise ValueError(too_large) from None
     except Image.UnidentifiedImageError:
-        raise ValueError("empty file" if path.stat().st_size == 0 else "not an image") from None
+        raise ValueError("empty file" if empty else "not an image") from None
     except (OSError, SyntaxError, struct.error, EOFError) as error:
         raise ValueError(f"unreadable ({str(error).splitlines()[0][:60] or type(error).__name__})") from None
 
@@ -323,6 +327,10 @@ class Source:
     labels: np.ndarray | None = None
     class_names: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (item, reason) found before decoding
+    # Tar shards: the item counts of the shards, whose items are numbered shard by shard and read
+    # best in that order, and what identifies the shards (a resumed run checks it).
+    shard_counts: tuple[int, ...] = ()
+    fingerprint: list | None = None
 
 
 def _array_source(description: str, images: np.ndarray, labels: np.ndarray | None) -> Source:
@@ -382,6 +390,15 @@ def _image_folder(config) -> Source:
     )
 
 
+def _shards(config) -> Source:
+    shard_set = shards.open_shards(config.source, progress=True)
+    reader = shards.ShardReader(shard_set)
+    return Source(f"{len(shard_set.shards)} shards ({config.source})", int(sum(shard_set.counts)),
+                  lambda i: read_image_file(reader.bytes(i), config.alpha, config.max_pixels), reader.name,
+                  shard_set.labels, shard_set.class_names, shard_set.skipped, tuple(shard_set.counts),
+                  shard_set.fingerprint())
+
+
 @dataclass(frozen=True)
 class SourceKind:
     """A kind of data source: which specs it claims (`claims(spec, path)`) and how it opens them."""
@@ -396,6 +413,8 @@ SOURCES: dict[str, SourceKind] = {
     "hf": SourceKind(lambda spec, path: spec.startswith("hf:"), _hf, "hf:NAME, a Hugging Face dataset"),
     "imagefolder": SourceKind(lambda spec, path: spec.startswith("imagefolder:"), _hf,
                               "imagefolder:DIR, a folder read by Hugging Face datasets' imagefolder builder"),
+    "shards": SourceKind(shards.claims, _shards, "tar shards in the WebDataset layout (DIR/train-{0000..0009}.tar, "
+                         "a folder of .tar files, or a list file)"),
     "arrays": SourceKind(lambda spec, path: path.is_file() and path.suffix.lower() in (".npz", ".npy"), _arrays,
                          "a .npz/.npy file"),
     "idx": SourceKind(lambda spec, path: path.is_file() and "idx3" in path.name, _idx_file, "an MNIST idx file"),

@@ -8,7 +8,8 @@ dropout. A checkpoint therefore needs only the step, the weights, the EMA and th
 state, and a run resumed from any checkpoint ends bit-identical to one never interrupted.
 Multi-GPU and multi-node runs go through Hugging Face accelerate
 (`accelerate launch -m pixel_diffusion train ...`): each process takes its share of every global
-batch, and the learning rate and EMA advance once per optimiser step.
+batch (on tar shards, from shards of its own; loader.py), and the learning rate and EMA advance
+once per optimiser step.
 """
 
 from __future__ import annotations
@@ -23,16 +24,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from . import checkpoints
+from .clusters import label_by_clusters
 from .config import TrainConfig, differences
 from .data import ImageData, load_images
+from .loader import BatchLoader, LoaderError, StepItems, step_generator
 from .logbook import RunLog
 from .networks import build_network, config_from_dict, config_to_dict, network_config, summary
 from .runs import ModelSpec, sample_images
 from .samplers import combine_seeds
+
+__all__ = ["train", "step_generator"]  # step_generator: the seeds of a step's draws, from loader.py
 from .viz import image_grid
 
 
@@ -79,19 +83,6 @@ def learning_rate(config: TrainConfig, step: int, total: int | None, fraction: f
     return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
 
 
-def step_generator(*key: int) -> torch.Generator:
-    """A CPU generator seeded by a key such as (seed, purpose, step, rank)."""
-    seed = int(key[0])
-    for part in key[1:]:
-        seed = combine_seeds(seed, int(part))
-    return torch.Generator().manual_seed(seed)
-
-
-def epoch_order(seed: int, epoch: int, count: int) -> torch.Tensor:
-    """The permutation of the training split used in `epoch`."""
-    return torch.randperm(count, generator=step_generator(seed, 1, epoch))
-
-
 # ---- phases -----------------------------------------------------------------------------------
 
 
@@ -122,67 +113,60 @@ def make_engine(config: TrainConfig):
 
 @dataclass
 class TrainingData:
-    """Phase 2's result: the prepared images and what the labels are."""
+    """Phase 2's result: the prepared images, what the labels are, and which items each step reads."""
 
     data: ImageData
     num_classes: int | None  # conditioning classes (data labels or clusters); None: unconditional
     label_prior: list[float] | None  # with clusters: each cluster's share of the training images
-    steps_per_epoch: int
+    items: StepItems
 
-
-def cluster_labels_of(config: TrainConfig, data: ImageData, run_dir: Path, main: bool) -> torch.Tensor:
-    """The k-means cluster of every item (int64, indexed like the data), found once and kept in
-    the run (clusters.json), so that a resumed run trains on the same labels."""
-    from .clusters import cluster_labels, pixel_features
-
-    path, items = run_dir / "clusters.json", len(data)
-    if config.clusters > len(data.train):
-        raise ValueError(f"clusters={config.clusters} needs at least as many training images; the data has "
-                         f"{len(data.train)} (set fewer clusters, or clusters=0)")
-    if path.exists():
-        saved = checkpoints.read_json(path)
-        if saved["k"] == config.clusters and len(saved["labels"]) == items:
-            return torch.tensor(saved["labels"], dtype=torch.long)
-    from tqdm.auto import tqdm
-
-    # Pixel features a chunk at a time, so a set that streams from disk is never in memory whole.
-    with tqdm(total=items + 1, desc=f"finding {config.clusters} clusters", disable=not (config.progress and main)) as bar:
-        features = []
-        for start in range(0, items, 1024):
-            features.append(pixel_features(data.uint8(np.arange(start, min(start + 1024, items)))))
-            bar.update(len(features[-1]))
-        labels = cluster_labels(torch.cat(features), config.clusters, seed=config.seed)
-        bar.update(1)
-    if main:
-        checkpoints.write_json(path, {"k": config.clusters, "labels": labels.tolist()})
-    return labels
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.items.steps_per_epoch
 
 
 SKIPPED = "skipped.txt"  # in the run: every data item left out, `item<TAB>why` a line
+SHARDS = "shards.json"  # in a run on tar shards: [name, bytes, samples] of each, checked on resuming
 
 
-def prepare_data(config: TrainConfig, run_dir: Path, world: int, main: bool) -> TrainingData:
-    """Phase 2: decode the data, attach labels or clusters, check the batch fits."""
+def check_shards(data: ImageData, run_dir: Path, main: bool) -> None:
+    """A run on tar shards resumes only on the same shards: the same names, sizes and samples."""
+    path = run_dir / SHARDS
+    if not data.fingerprint:
+        return
+    if path.exists():
+        then = checkpoints.read_json(path)
+        now = data.fingerprint
+        if then != now:
+            changed = next((f"{a[0]}: {a[2]} samples, {a[1]} bytes then, {b[2]} samples, {b[1]} bytes now"
+                            for a, b in zip(then, now) if a != b), f"{len(then)} shards then, {len(now)} now")
+            raise ValueError(f"{run_dir} was trained on other shards ({changed}); resume on the same shards "
+                             "or choose another --out")
+    elif main:
+        checkpoints.write_json(path, data.fingerprint)
+
+
+def prepare_data(config: TrainConfig, run_dir: Path, world: int, main: bool, rank: int = 0) -> TrainingData:
+    """Phase 2: open the data (decoded into memory, or streamed), attach labels or clusters,
+    and fix which items each step reads."""
     data = load_images(config.data, progress=config.progress and main)
     if main and data.skipped:  # the warning names the first few; the run keeps them all
         checkpoints.atomic_write_text(run_dir / SKIPPED, "".join(f"{name}\t{why}\n" for name, why in data.skipped))
         print(f"{run_dir / SKIPPED} lists all {len(data.skipped)} items left out, and why")
+    check_shards(data, run_dir, main)
     if config.conditional and data.labels is None:
         raise ValueError(f"conditional training needs labels, and {config.data.source!r} has none")
     num_classes = int(data.labels.max()) + 1 if config.conditional else None
     label_prior = None
     if config.clusters:
-        data = dataclasses.replace(data, labels=cluster_labels_of(config, data, run_dir, main), class_names=[])
+        data, label_prior = label_by_clusters(data, config.clusters, seed=config.seed, sample=config.data.stream_sample,
+                                              path=run_dir / "clusters.json", write=main, progress=config.progress and main)
         num_classes = config.clusters
-        counts = torch.bincount(data.labels[torch.as_tensor(data.train)], minlength=num_classes)
-        label_prior = (counts / counts.sum()).tolist()
     if config.batch_size % (world * config.accumulation):
         raise ValueError(f"batch_size {config.batch_size} must be divisible by processes x accumulation "
                          f"({world} x {config.accumulation})")
-    steps_per_epoch = len(data.train) // config.batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"batch_size {config.batch_size} is larger than the {len(data.train)} training images")
-    return TrainingData(data, num_classes, label_prior, steps_per_epoch)
+    items = StepItems(data, seed=config.seed, batch_size=config.batch_size, rank=rank, world=world)
+    return TrainingData(data, num_classes, label_prior, items)
 
 
 @dataclass
@@ -326,21 +310,43 @@ class Loop:
     run_dir: Path
     nonfinite: int = 0  # non-finite steps in a row (skip_nonfinite)
 
-    def batch_of(self, step: int) -> torch.Tensor:
-        """This process's item indices for `step` (its share of the global batch)."""
-        config, world = self.config, self.accelerator.num_processes
-        epoch, index = divmod(step, self.prepared.steps_per_epoch)
-        order = epoch_order(config.seed, epoch, len(self.prepared.data.train))
-        batch = torch.as_tensor(self.prepared.data.train)[order[index * config.batch_size : (index + 1) * config.batch_size]]
-        share = config.batch_size // world
-        rank = self.accelerator.process_index
-        return batch[rank * share : (rank + 1) * share]
+    batches: object = None  # the BatchLoader's iterator, from the step training starts at
+    broken: set = dataclasses.field(default_factory=set)  # items found unreadable in training batches
 
-    def micro_batch(self, indices, step: int, k: int):
+    def batch_of(self, step: int):
+        """This process's share of the global batch of `step`, read (ahead, by the loader's workers)."""
+        if self.batches is None:
+            self.batches = iter(BatchLoader(self.prepared.items, step, workers=self.config.data.workers))
+        try:
+            batch = next(self.batches)
+        except LoaderError as error:
+            kept = checkpoints.latest_checkpoint(self.run_dir)
+            raise TrainingError(f"{error} at step {step + 1}" + (f"; the last checkpoint, {kept.name}, is kept" if kept else "")) from None
+        if batch.error is not None:
+            raise ValueError(f"step {step + 1}: {batch.error}")
+        if batch.step != step:
+            raise RuntimeError(f"the loader gave the batch of step {batch.step} for step {step}")
+        if batch.broken:
+            self.report_broken(batch.broken)
+        return batch
+
+    def report_broken(self, broken: list[tuple[str, str]]) -> None:
+        """Unreadable items met in training: named (the first few) and listed in skipped.txt, once each."""
+        new = [(name, why) for name, why in broken if name not in self.broken]
+        if new and self.accelerator.is_main_process:
+            with open(self.run_dir / SKIPPED, "a") as f:
+                f.writelines(f"{name}\t{why}\n" for name, why in new)
+            if len(self.broken) < 5:
+                print(f"skipped {new[0][0]} ({new[0][1]}), replaced by another image of its batch; all such are listed in "
+                      f"{self.run_dir / SKIPPED}")
+        self.broken.update(name for name, _ in new)
+
+    def micro_batch(self, batch, step: int, k: int, micro: int):
         """(images on the device, labels with dropout or None, generator) of micro-batch k."""
         config, rank = self.config, self.accelerator.process_index
         generator = step_generator(config.seed, 2, step, rank, k)
-        x, labels = self.prepared.data.serve(indices, generator=generator)
+        x = self.prepared.data.serve_images(batch.images[k * micro : (k + 1) * micro], generator=generator)
+        labels = None if batch.labels is None else batch.labels[k * micro : (k + 1) * micro]
         if labels is not None and (config.conditional or config.clusters):
             dropped = torch.rand(len(labels), generator=generator) < config.label_dropout
             labels = torch.where(dropped, torch.full_like(labels, self.prepared.num_classes), labels)
@@ -361,7 +367,7 @@ def train_step(loop: Loop, step: int, lr: float) -> tuple[float, torch.Tensor | 
     mine, micro = loop.batch_of(step), config.batch_size // accelerator.num_processes // config.accumulation
     step_loss, norm = 0.0, None
     for k in range(config.accumulation):
-        x, labels, generator = loop.micro_batch(mine[k * micro : (k + 1) * micro], step, k)
+        x, labels, generator = loop.micro_batch(mine, step, k, micro)
         with accelerator.autocast():
             loss = config.loss(loop.denoiser, x, labels, generator=generator).mean() / config.accumulation
         if not torch.isfinite(loss):
@@ -439,7 +445,7 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
 
 def _train(config: TrainConfig, run_dir: Path, accelerator) -> Path:
     main, world, device = accelerator.is_main_process, accelerator.num_processes, accelerator.device
-    prepared = prepare_data(config, run_dir, world, main)
+    prepared = prepare_data(config, run_dir, world, main, accelerator.process_index)
     model = build_model(config, prepared)
     step, trained_s = resume(config, run_dir, model)
     log = RunLog(run_dir, enabled=main)
@@ -448,8 +454,10 @@ def _train(config: TrainConfig, run_dir: Path, accelerator) -> Path:
         log.truncate(step)
         if config.progress:
             data = prepared.data
+            workers = BatchLoader(prepared.items, step, workers=config.data.workers).workers
             print(f"{run_dir}: {summary(model.net)}; {len(data.train)} training images of "
-                  f"{data.size[0]}x{data.size[1]}x{data.channels}" + (f"; resuming at step {step}" if step else ""))
+                  f"{data.size[0]}x{data.size[1]}x{data.channels}, {data.describe()}"
+                  + (f", {workers} decoding workers" if workers else "") + (f"; resuming at step {step}" if step else ""))
     model.net, model.optimizer = accelerator.prepare(model.net, model.optimizer)  # DDP under accelerate
     if config.compile:  # in place, so state_dict keys stay those of the plain network
         accelerator.unwrap_model(model.net).compile()

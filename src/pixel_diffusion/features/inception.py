@@ -315,14 +315,16 @@ class InceptionFeatures:
         if images.ndim != 4 or images.shape[-1] not in (1, 3) or images.dtype != np.uint8:
             raise ValueError(f"the Inception takes uint8 images (N, H, W, 1 or 3); got {images.dtype} {images.shape}")
         prepare = PREPROCESSING[self.preprocess].fn
-        features = []
+        # Written in place: small per-batch results kept between the large activations would
+        # fragment the heap, which then grows with every batch.
+        features = np.empty((len(images), 2048), np.float32)
         batches = range(0, len(images), self.batch_size)
         for start in tqdm(batches, desc="Inception features", disable=len(batches) <= 1):
             x = torch.from_numpy(np.ascontiguousarray(images[start : start + self.batch_size])).to(self.device)
             x = x.permute(0, 3, 1, 2).expand(-1, 3, -1, -1)  # (B, 3, H, W); one channel is repeated
             x = prepare(x).contiguous(memory_format=self.memory_format)
-            features.append(self.features(x).cpu())
-        return torch.cat(features).numpy(), None
+            features[start : start + len(x)] = self.features(x).cpu().numpy()
+        return features, None
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Prepared images (B, 3, 299, 299) -> (B, 2048) float32; in bf16, the first

@@ -1,0 +1,162 @@
+"""The command line's argument types and the options several commands share, defined once."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line and status 2, never a traceback
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def checkpoint_name(text: str) -> str:
+    if text in ("latest", "best") or text.removeprefix("step-").isdigit():
+        return text
+    raise argparse.ArgumentTypeError(f"expected latest, best or a step number, got {text!r}")
+
+
+def numbers(kind):
+    def parse(text: str):
+        try:
+            return tuple(kind(part) for part in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 1,2,5; got {text!r}") from None
+    return parse
+
+
+# The options that several commands share, defined once: (flags, argparse keywords).
+OPTIONS = {
+    "run": (("--run",), dict(type=Path, required=True, help="run directory written by train, a checkpoint folder, "
+                                                       "or a diffusers pipeline folder")),
+    "checkpoint": (("--checkpoint",), dict(type=checkpoint_name, default="latest",
+                                           help="latest, best (kept by KID during training) or a step number (default: latest)")),
+    "weights": (("--weights",), dict(choices=("ema", "model"), default="ema", help="which weights (default: ema)")),
+    "device": (("--device",), dict(default="auto", help="cpu, cuda, cuda:1, ... (default: auto, a GPU when there is one)")),
+    "seed": (("--seed",), dict(type=int, default=0, help="seed; image k depends only on (seed, k) (default: 0)")),
+    "no_progress": (("--no-progress",), dict(action="store_true", help="no progress bars (default: shown)")),
+    "sampler": (("--sampler",), dict(help="sampler (default: {default}); one of {samplers}")),
+    "steps": (("--steps",), dict(type=positive_int, help="sampling steps (default: {default})")),
+    "guidance": (("--guidance",), dict(type=float, default=1.0,
+                                       help="classifier-free guidance scale for labelled runs (default: 1, none)")),
+    "label": (("--label",), dict(type=int, help="class to draw, for runs trained with labels or clusters (default: every class)")),
+}
+
+
+def add_options(command, *names: str, **changes) -> None:
+    """Add the shared options `names` to a command; `changes` replaces keywords of one option
+    (`seed={"default": None}`)."""
+    from .samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS
+
+    defaults = {"sampler": DEFAULT_SAMPLER, "steps": DEFAULT_STEPS}  # the library's, beside the registry
+    for name in names:
+        flags, keywords = OPTIONS[name]
+        keywords = {**({"default": defaults[name]} if name in defaults else {}), **keywords, **changes.get(name, {})}
+        if "help" in keywords:
+            keywords["help"] = (keywords["help"].replace("{samplers}", ", ".join(SAMPLERS))
+                                .replace("{default}", str(keywords.get("default"))))
+        command.add_argument(*flags, **keywords)
+
+
+def add_walk_arguments(command) -> None:
+    """The sampling walk's options, shared by sample and evaluate."""
+    from .samplers import SAMPLERS, samplers_with_option
+    from .schedules import SPACINGS
+
+    with_eta = samplers_with_option("eta")
+    defaults = {}
+    for name in with_eta:
+        defaults.setdefault(SAMPLERS[name].options["eta"], []).append(name)
+    said = "; ".join(f"{value:g} for {', '.join(names)}" for value, names in defaults.items())
+    own = {}
+    for name, entry in SAMPLERS.items():
+        own.setdefault(entry.spacing, []).append(name)
+    said_spacing = "; ".join(f"{spacing} for {', '.join(names)}" for spacing, names in own.items())
+    command.add_argument("--spacing", help=f"time spacing, one of {', '.join(SPACINGS)} (default: the sampler's own, {said_spacing})")
+    command.add_argument("--sigma-max", type=positive_float,
+                         help="karras and log-snr spacings: start at this EDM noise level sigma/alpha (default: 80; inf for the schedule's t = 1)")
+    command.add_argument("--eta", type=float, help=f"noise per step in [0, 1] for {', '.join(with_eta)} (default: {said})")
+    command.add_argument("--no-clip", action="store_true",
+                         help="leave the image estimate unclipped at each step (default: clipped to the data range; docs/samplers.md measures both)")
+    for name, (kind, takers) in sampler_options().items():
+        said = ", ".join(f"{n} {SAMPLERS[n].options[name]}" for n in takers)
+        command.add_argument(f"--{name.replace('_', '-')}", type=yes_no if kind is bool else kind, dest=f"walk_{name}", metavar=name.upper(),
+                             help=f"{name.replace('_', ' ')} of the {', '.join(takers)} samplers (default: {said})")
+
+
+def sampler_options() -> dict[str, tuple[type, list[str]]]:
+    """The walks' own numeric and yes/no options, read from the sampler registry (eta and
+    clip have flags of their own): name -> (type, the samplers taking it)."""
+    from .samplers import SAMPLERS
+
+    found: dict[str, tuple[type, list[str]]] = {}
+    for sampler, entry in SAMPLERS.items():
+        for name, default in entry.options.items():
+            if name not in ("eta", "clip") and type(default) in (int, float, bool):
+                found.setdefault(name, (type(default), []))[1].append(sampler)
+    return found
+
+
+def yes_no(text: str) -> bool:
+    if text.lower() not in ("true", "false", "yes", "no", "1", "0"):
+        raise argparse.ArgumentTypeError(f"expected true or false; got {text!r}")
+    return text.lower() in ("true", "yes", "1")
+
+
+def walk_options(args) -> dict:
+    from .samplers import get_sampler, samplers_with_option
+
+    get_sampler(args.sampler)  # an unknown name is refused before sampling starts
+    options = {"spacing": args.spacing}
+    if args.sigma_max is not None:
+        options["sigma_max"] = args.sigma_max
+    if args.eta is not None:
+        if "eta" not in get_sampler(args.sampler).options:
+            raise ValueError(f"--eta is an option of the {', '.join(samplers_with_option('eta'))} samplers, not of {args.sampler}")
+        if not 0 <= args.eta <= 1:  # checked here, before the run is loaded and a progress bar drawn
+            raise ValueError(f"--eta must lie in [0, 1] (0: deterministic, 1: the full posterior noise); got {args.eta:g}")
+        options["eta"] = args.eta
+    if args.no_clip:
+        options["clip"] = None
+    for name, (_, takers) in sampler_options().items():
+        value = getattr(args, f"walk_{name}", None)
+        if value is None:
+            continue
+        if args.sampler not in takers:
+            raise ValueError(f"--{name.replace('_', '-')} is an option of the {', '.join(takers)} samplers, not of {args.sampler}")
+        options[name] = value
+    return options
+
+
+def device_of(name: str) -> str:
+    import torch
+
+    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+
+
+def load_named_run(args):
+    """The run that --run, --checkpoint, --weights and --device name."""
+    from .runs import load_run
+
+    return load_run(args.run, checkpoint=args.checkpoint, weights=args.weights, device=device_of(args.device))
