@@ -10,9 +10,9 @@ On the Tiny ImageNet shards (50,000 64x64 JPEGs in ten shards), measured one at 
     of JPEG files read item by item with 2 workers (`data.stream=yes`);
   - the training step of the 64x64 recipe (`colour-64`, its batch) fed from the shards (default
     workers) and from the cache: images/s over `--steps` steps after the first few;
-  - peak memory (RSS) of a training process on the shards and on the cache, and on the shards
-    named `--scales` times over (a list file repeating them): the stream's memory does not grow
-    with the data;
+  - peak memory of a training process on the shards and on the cache, and on the shards named
+    `--scales` times over (a list file repeating them): its resident set (VmHWM), and its decoding
+    workers' own memory (USS, the pages they do not share with it), sampled every 0.5 s;
   - the time from `pixel-diffusion train` starting to its first step done (a 1-step run, its
     checkpoint included).
 Median and spread (min..max) over `--repeats`; ratios against the cache in the same run.
@@ -66,16 +66,29 @@ def as_folder(shards: Path, folder: Path) -> None:
 
 
 TRAIN = """
-import json, resource, sys, time
+import json, sys, threading, time
 start = time.perf_counter()
+import psutil
 from pixel_diffusion.config import apply_overrides
 from pixel_diffusion.presets import preset
 from pixel_diffusion.training import train
+peak = {"main": 0, "workers": 0}
+def watch():  # the training process's resident memory, and its workers' own (USS: pages not shared)
+    me = psutil.Process()
+    while True:
+        peak["main"] = max(peak["main"], me.memory_info().rss)
+        try:
+            peak["workers"] = max(peak["workers"], sum(c.memory_full_info().uss for c in me.children(recursive=True)))
+        except psutil.Error:
+            pass
+        time.sleep(0.5)
+threading.Thread(target=watch, daemon=True).start()
 overrides, out = json.loads(sys.argv[1]), sys.argv[2]
 train(apply_overrides(preset("colour-64"), overrides), out)
+status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
 print(json.dumps({"seconds": time.perf_counter() - start,
-                  "rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-                  "workers_rss_gib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20}))
+                  "rss_gib": max(peak["main"], int(status["VmHWM"].split()[0]) * 1024) / 2**30,
+                  "workers_rss_gib": peak["workers"] / 2**30}))
 """
 
 
@@ -139,7 +152,7 @@ def main() -> None:
                 run = train_run(spec, args.steps, tmp / f"run-{name}-{k}", stream=stream)
                 steps[name].append(run["images_per_s"])
                 memory.setdefault(f"{name}, 1x", []).append(run["rss_gib"])
-                memory.setdefault(f"{name}, 1x (workers)", []).append(run["workers_rss_gib"])
+                memory.setdefault(f"{name}, 1x: its workers' own", []).append(run["workers_rss_gib"])
         ratio = statistics.median(steps["shards"]) / statistics.median(steps["cache"])
         rows += ["", "| colour-64 training step fed from | images / s |", "|---|---:|"]
         rows += [f"| {name} | {spread(r, ',.1f')} |" for name, r in steps.items()]
@@ -149,8 +162,8 @@ def main() -> None:
             listed.write_text("".join(f"{p}\n" for _ in range(scale) for p in sorted(args.shards.glob("*.tar"))))
             run = train_run(str(listed), 10, tmp / f"run-x{scale}")
             memory[f"shards, {scale}x"] = [run["rss_gib"]]
-            memory[f"shards, {scale}x (workers)"] = [run["workers_rss_gib"]]
-        rows += ["", "| peak memory (RSS) of a training process | GiB |", "|---|---:|"]
+            memory[f"shards, {scale}x: its workers' own"] = [run["workers_rss_gib"]]
+        rows += ["", "| peak memory of a colour-64 training process, fed from | GiB |", "|---|---:|"]
         rows += [f"| {name} | {spread(r, '.2f')} |" for name, r in memory.items()]
         firsts = [train_run(spec, 1, tmp / f"first-{k}")["seconds"] for k in range(args.repeats)]
         notes.append(f"From `train` starting (in a fresh process) to its first step done, checkpoint included: "

@@ -269,7 +269,8 @@ class ImageData:
         if not good:
             raise ValueError(f"no image of a batch of {len(indices)} could be read; e.g. {broken[0][0]}: {broken[0][1]}")
         used = indices.copy()
-        for n, row in enumerate(r for r in range(len(indices)) if arrays[r] is None):
+        missing = [row for row in range(len(indices)) if arrays[row] is None]
+        for n, row in enumerate(missing):
             donor = good[n % len(good)]
             arrays[row], used[row] = arrays[donor], indices[donor]
         return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2), broken, used

@@ -35,8 +35,6 @@ from .logbook import RunLog
 from .networks import build_network, config_from_dict, config_to_dict, network_config, summary
 from .runs import ModelSpec, sample_images
 from .samplers import combine_seeds
-
-__all__ = ["train", "step_generator"]  # step_generator: the seeds of a step's draws, from loader.py
 from .viz import image_grid
 
 
