@@ -267,19 +267,13 @@ def _keep(s: ShardIndex, mask: np.ndarray) -> ShardIndex:
 
 class ShardReader:
     """Item i's encoded bytes, by one seek and read; file handles are opened per process, so a
-    reader copied into DataLoader workers never shares a file position."""
+    reader forked into DataLoader workers never shares a file position."""
 
     def __init__(self, shards: ShardSet):
         self.shards = shards
         self.starts = np.cumsum([0] + shards.counts)
         self._files: dict[Path, io.BufferedReader] = {}
         self._pid = os.getpid()
-
-    def __getstate__(self):
-        return {"shards": self.shards, "starts": self.starts}
-
-    def __setstate__(self, state):
-        self.__init__(state["shards"])
 
     def where(self, i: int) -> tuple[ShardIndex, int]:
         k = int(np.searchsorted(self.starts, i, side="right")) - 1
