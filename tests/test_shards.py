@@ -3,6 +3,7 @@ order that resumes exactly, and bad shards met with one line or skipped and coun
 
 import io
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -17,7 +18,7 @@ from safetensors.torch import load_file
 from pixel_diffusion.cli import main
 from pixel_diffusion.config import apply_overrides
 from pixel_diffusion.data import DataConfig, load_images, open_source
-from pixel_diffusion.loader import BatchLoader, StepItems
+from pixel_diffusion.loader import BatchLoader, LoaderError, StepItems
 from pixel_diffusion.presets import preset
 from pixel_diffusion.shards import buffer_shuffle, open_shards, stream_order, write_shards
 from pixel_diffusion.sources import load_builtin
@@ -89,6 +90,14 @@ def test_pack_writes_shards_webdataset_reads_and_so_do_we(tmp_path, capsys):
     data = load_images(DataConfig(spec), progress=False)
     assert data.channels == 1 and np.array_equal(data.uint8(np.arange(len(data)))[:, 0].numpy(), digits[order, ..., 0])
     assert main(["pack", "digits", "--out", str(tmp_path / "p"), "--no-progress"]) == 2  # never over shards
+    # Class names, commas and all, come back from the classes.txt that pack writes.
+    folder = tmp_path / "classes"
+    for name in ("cats, big", "dogs"):
+        (folder / name).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(_images(1, seed=i)[0]).save(folder / name / f"{i}.png")
+    assert main(["pack", str(folder), "--class-folders", "--out", str(tmp_path / "q"), "--no-progress"]) == 0
+    assert open_shards(str(tmp_path / "q")).class_names == ["cats, big", "dogs"]
 
 
 def test_an_epoch_walks_every_item_once_and_processes_split_the_shards():
@@ -104,9 +113,11 @@ def test_an_epoch_walks_every_item_once_and_processes_split_the_shards():
     starts = np.cumsum([0, *counts])
     shard_of = lambda items: {int(np.searchsorted(starts, i, side="right")) - 1 for i in items}  # noqa: E731
     assert not shard_of(halves[0]) & shard_of(halves[1])  # each process reads its own shards
-    # Buffer 1 reads the shards straight through: one run of consecutive items per shard.
+    # Buffer 1 reads the shards straight through: each shard's items together, in order.
     straight = stream_order(counts, np.ones(30, bool), seed=0, epoch=0, buffer=1)
-    assert (np.diff(straight) != 1).sum() == len(counts) - 1
+    for k in range(len(counts)):
+        where = np.flatnonzero((straight >= starts[k]) & (straight < starts[k + 1]))
+        assert np.array_equal(straight[where], np.arange(starts[k], starts[k + 1])) and np.all(np.diff(where) == 1)
     # A buffer of B lets item n out only once item n + B - 1 has gone in (WebDataset's shuffle).
     items, b = np.arange(1000), 10
     shuffled = buffer_shuffle(items, b, np.random.default_rng(0))
@@ -270,3 +281,20 @@ def test_a_batch_no_image_of_which_reads_stops_training_in_one_line(tmp_path, ca
                  "--no-progress", *TINY[:1], "batch_size=8", "data.workers=1", "data.shuffle_buffer=1", "clusters=0"]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert len(errors) == 1 and "no image of a batch of 8 could be read" in errors[0]  # and no traceback
+
+
+def test_a_worker_that_dies_stops_the_loader_in_one_line(tmp_path):
+    spec = _write_with_webdataset(tmp_path / "s", _images(32), np.arange(32) % 2, per_shard=16)
+    data = load_images(DataConfig(spec), progress=False)
+    parent, read = os.getpid(), data.read
+
+    def read_or_die(i):
+        if os.getpid() != parent:
+            os._exit(3)  # a worker killed mid-batch (out of memory, say)
+        return read(i)
+
+    data.read = read_or_die
+    with pytest.raises(LoaderError, match="reading the training data failed: DataLoader worker") as caught:
+        next(iter(BatchLoader(StepItems(data, seed=0, batch_size=8), 0, workers=1)))
+    assert len(str(caught.value).splitlines()) == 1
+

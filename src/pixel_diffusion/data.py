@@ -64,7 +64,7 @@ class DataConfig:
     # whole set into memory first (read item by item when it does not fit).
     stream: str = "auto"
     shuffle_buffer: int = 10_000  # streamed shards: items in the shuffle buffer
-    workers: int | None = None  # processes decoding training batches ahead; None: loader.default_workers
+    workers: int | None = None  # processes decoding training batches ahead; None: loader.loader_workers
     stream_sample: int = 5_000  # streamed: the images (a seeded sample) that fix size, channels, statistics
 
     def __post_init__(self):
@@ -253,8 +253,8 @@ class ImageData:
 
     def read_batch(self, indices) -> tuple[torch.Tensor, list[tuple[str, str]], np.ndarray]:
         """uint8 (B, C, H, W) of the given items, the items that could not be read (name, why),
-        and the items each row holds: an unreadable item is replaced by the next readable one of
-        the batch (in turn), so a batch keeps its size."""
+        and the items each row holds: the unreadable items are replaced by the batch's readable
+        ones in turn (the first, the second, ...), so a batch keeps its size."""
         indices = np.asarray(indices, dtype=np.int64)
         if self.images is not None:
             return self.images[torch.from_numpy(indices)], [], indices
@@ -367,12 +367,12 @@ def measure_standardisation(chunks, channels: int) -> Normalisation:
 
 
 def _load_streamed(source: Source, config: DataConfig, progress: bool) -> ImageData:
-    """A set read item by item as training goes: a seeded sample of `stream_sample` images fixes
-    the size (fitting to `mixed_sizes_to` when theirs differ), the channels and the statistics."""
+    """A set read item by item as training goes: a seeded sample of `stream_sample` training images
+    fixes the size (fitting to `mixed_sizes_to` when theirs differ), the channels and the statistics."""
     from tqdm.auto import tqdm
 
-    sample = np.sort(np.random.default_rng(config.seed).choice(source.count, min(source.count, config.stream_sample),
-                                                               replace=False))
+    train, validation = split_indices(source.count, config.validation_fraction, config.seed)
+    sample = np.sort(np.random.default_rng(config.seed).choice(train, min(len(train), config.stream_sample), replace=False))
     arrays, skipped = [], list(source.skipped)
     for i in tqdm(sample, desc="sampling the stream", disable=not progress):
         try:
@@ -406,7 +406,6 @@ def _load_streamed(source: Source, config: DataConfig, progress: bool) -> ImageD
         return convert_channels(array, channels)
 
     labels = None if source.labels is None else torch.from_numpy(np.asarray(source.labels, np.int64))
-    train, validation = split_indices(source.count, config.validation_fraction, config.seed)
     normalisation = Normalisation()
     if config.normalise == "standardise":
         stacked = np.stack([convert_channels(a, channels) for a in fitted if a.shape[:2] == size])

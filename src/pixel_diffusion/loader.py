@@ -72,9 +72,12 @@ class StepItems:
             self.steps_per_epoch = steps_per_epoch(list(data.shard_counts), self.keep, self.share, world)
         else:
             self.steps_per_epoch = len(data.train) // batch_size
+        if self.steps_per_epoch == 0 and world == 1:
+            raise ValueError(f"batch_size {batch_size} is larger than the {len(data.train)} training images")
         if self.steps_per_epoch == 0:
-            raise ValueError(f"batch_size {batch_size} is larger than the {len(data.train)} training images"
-                             + (f" can give each of {world} processes from its own shards" if world > 1 else ""))
+            raise ValueError(f"batch_size {batch_size} takes {self.share} images a step from each of {world} processes' "
+                             "own shards, more than the smallest share of shards holds; write smaller shards or use a "
+                             "smaller batch")
 
     def order(self, epoch: int) -> np.ndarray:
         """This process's items of `epoch`, in order (the shards' walk), or the whole set's permutation."""
@@ -119,12 +122,15 @@ def fork_available() -> bool:
     return "fork" in multiprocessing.get_all_start_methods()
 
 
-def default_workers(data: ImageData) -> int:
-    """Decoding workers when none are asked for: none for a set in memory; otherwise half the
-    processor's cores (at least 1), the rest being the training step's."""
-    if not data.streamed or not fork_available():
+def loader_workers(data: ImageData, workers: int | None = None) -> int:
+    """The decoding workers: `workers`, or when None, none for a set in memory and otherwise half
+    the processor's cores (at least 1), the rest being the training step's. Workers start by
+    fork; where there is none, the training process reads (0)."""
+    if not fork_available():
         return 0
-    return max(1, (os.cpu_count() or 2) // 2)
+    if workers is not None:
+        return workers
+    return max(1, (os.cpu_count() or 2) // 2) if data.streamed else 0
 
 
 class BatchLoader:
@@ -134,9 +140,7 @@ class BatchLoader:
 
     def __init__(self, items: StepItems, start: int, *, workers: int | None = None, prefetch: int = 4):
         self.items, self.start = items, start
-        self.workers = default_workers(items.data) if workers is None else workers
-        if self.workers and not fork_available():
-            self.workers = 0  # workers start by fork; elsewhere the training process reads
+        self.workers = loader_workers(items.data, workers)
         self.prefetch = prefetch
 
     def __iter__(self) -> Iterator[Batch]:

@@ -88,7 +88,7 @@ def shard_paths(spec: str) -> list[Path]:
 
 @dataclass(frozen=True)
 class ShardIndex:
-    """One shard's samples: where each image's bytes lie, its label (-1 for none) and its key."""
+    """One shard's samples: where each image's bytes lie, its label (-1 for none) and its class name."""
 
     path: Path
     offsets: np.ndarray  # int64 (n,): byte offset of each image in the file
@@ -189,9 +189,9 @@ def member_name(path: Path, offset: int) -> str:
 
 
 def read_class_names(folder: Path) -> list[str] | None:
-    """Class names from `classes.txt` beside the shards: `index<TAB>...<TAB>names` lines (the last
-    field, up to its first comma: "goldfish" from "n01443537<TAB>goldfish, Carassius auratus"),
-    or one name a line."""
+    """Class names from `classes.txt` beside the shards: `index<TAB>name` lines (as `pack` writes
+    them), `index<TAB>id<TAB>names` lines (the last field up to its first comma: "goldfish" from
+    "0<TAB>n01443537<TAB>goldfish, Carassius auratus"), or one name a line."""
     path = folder / CLASS_NAMES_FILE
     if not path.is_file():
         return None
@@ -201,7 +201,7 @@ def read_class_names(folder: Path) -> list[str] | None:
         if not fields[0]:
             continue
         index = int(fields[0]) if len(fields) > 1 and fields[0].isdigit() else number
-        names[index] = fields[-1].split(",")[0].strip()
+        names[index] = fields[-1].split(",")[0].strip() if len(fields) > 2 else fields[-1]
     return [names.get(i, str(i)) for i in range(max(names) + 1)] if names else None
 
 
@@ -336,6 +336,12 @@ def steps_per_epoch(counts: list[int], keep: np.ndarray, share: int, world: int)
 # ---- writing -----------------------------------------------------------------------------------
 
 
+def _close_shard(tar: tarfile.TarFile, path: Path) -> None:
+    """Close a shard written under `.NAME.tmp` and give it its name, now that it is whole."""
+    tar.close()
+    path.replace(path.with_name(path.name.removeprefix(".").removesuffix(".tmp")))
+
+
 def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info = tarfile.TarInfo(name)
     info.size, info.mode, info.mtime = len(data), 0o444, 0
@@ -381,9 +387,7 @@ def write_shards(source, out: Path, *, shard_size: int = 5000, seed: int = 0, im
                 continue
             if written // shard_size != current:  # the next shard: the one before is whole
                 if tar is not None:
-                    tar.close()
-                    path.replace(path.with_name(path.name.removeprefix(".").removesuffix(".tmp")))
-                    tar = None
+                    _close_shard(tar, path)
                 current = written // shard_size
                 path = out / f".train-{current:0{digits}d}{SHARD_SUFFIX}.tmp"
                 tar = tarfile.open(path, "w", format=tarfile.PAX_FORMAT)
@@ -398,8 +402,7 @@ def write_shards(source, out: Path, *, shard_size: int = 5000, seed: int = 0, im
             path.unlink(missing_ok=True)
         raise
     if tar is not None:
-        tar.close()
-        path.replace(path.with_name(path.name.removeprefix(".").removesuffix(".tmp")))
+        _close_shard(tar, path)
     if not written:
         raise ValueError(f"no item of {source.description} could be read"
                          + (f"; e.g. {skipped[0][0]}: {skipped[0][1]}" if skipped else ""))

@@ -30,7 +30,7 @@ from . import checkpoints
 from .clusters import label_by_clusters
 from .config import TrainConfig, differences
 from .data import ImageData, load_images
-from .loader import BatchLoader, LoaderError, StepItems, step_generator
+from .loader import BatchLoader, LoaderError, StepItems, loader_workers, step_generator
 from .logbook import RunLog
 from .networks import build_network, config_from_dict, config_to_dict, network_config, summary
 from .runs import ModelSpec, sample_images
@@ -452,7 +452,7 @@ def _train(config: TrainConfig, run_dir: Path, accelerator) -> Path:
         log.truncate(step)
         if config.progress:
             data = prepared.data
-            workers = BatchLoader(prepared.items, step, workers=config.data.workers).workers
+            workers = loader_workers(data, config.data.workers)
             print(f"{run_dir}: {summary(model.net)}; {len(data.train)} training images of "
                   f"{data.size[0]}x{data.size[1]}x{data.channels}, {data.describe()}"
                   + (f", {workers} decoding workers" if workers else "") + (f"; resuming at step {step}" if step else ""))
