@@ -15,11 +15,12 @@ import torch
 from pixel_diffusion.data import DataConfig, load_images
 from pixel_diffusion.features import load_extractor
 from pixel_diffusion.features.classifier import train_classifier
-from pixel_diffusion.metrics import evaluate_images, load_reference, reference_features
+from pixel_diffusion.metrics import evaluate_features, evaluate_images, load_reference, reference_features
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path.home() / ".cache" / "pixel-diffusion"
 CIFAR = ROOT.parent / "shared" / "data" / "cifar10-train"
+TINY_IMAGENET = ROOT.parent / "shared" / "data" / "tiny-imagenet-100"
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,9 @@ DATASETS = {
     "mnist": Dataset(DataConfig("mnist-5k"), CACHE / "benchmark-classifier"),
     # 10 epochs with flips: 45,000 training images, 5,000 held out (accuracy in docs/metrics.md).
     "cifar10": Dataset(DataConfig(str(CIFAR), class_folders=True), CACHE / "cifar10-classifier", epochs=10, flip=True),
+    # 50,000 64x64 photos of 100 classes in ten tar shards, decoded into memory (614 MiB) for scoring.
+    "tiny-imagenet-100": Dataset(DataConfig(str(TINY_IMAGENET / "train-{0000..0009}.tar"), stream="no"),
+                                 CACHE / "tiny-imagenet-100-classifier", epochs=12, flip=True),
 }
 
 
@@ -83,17 +87,25 @@ class Scorer:
 class InceptionScorer:
     """The standard FID and KID (the TF-Inception's pool features, docs/metrics.md) of uint8
     (N, H, W, C) samples against all of a data set's training images, whose features are cached
-    where `evaluate` and benchmarks/inception_floor.py cache them."""
+    where `evaluate` and benchmarks/inception_floor.py cache them; and the median distance from a
+    sample's features to the nearest training image's (a copy lies far closer than the training
+    images lie to each other: `real_nearest`)."""
 
     def __init__(self, dataset: str = "cifar10", precision: str = "auto"):
         self.extractor = load_extractor("inception", precision=precision)
         self.reference = load_reference(self.extractor, replace(DATASETS[dataset].data, validation_fraction=0.0),
                                         CACHE / "reference")
+        self.features = torch.from_numpy(self.reference.features).float()  # (M, 2048), the training images in order
 
     def __call__(self, images) -> dict[str, float]:
-        scores = evaluate_images(np.asarray(images), self.reference, self.extractor, kid_subset_size=min(1000, len(images)),
-                                 with_precision_recall=False)
-        return {"inception_fid": scores["fid"], "inception_kid": scores["kid"]}
+        features, _ = self.extractor(np.asarray(images))
+        scores = evaluate_features(features, self.reference, kid_subset_size=min(1000, len(images)), with_precision_recall=False)
+        return {"inception_fid": scores["fid"], "inception_kid": scores["kid"],
+                "inception_nearest": nearest_distance(torch.from_numpy(features).float(), self.features)}
+
+    def real_nearest(self, n: int) -> float:
+        """The same distance for the first n training images, each to its nearest other one."""
+        return nearest_distance(self.features[:n], self.features, exclude_self=True)
 
 
 def training_images(dataset: str = "mnist") -> np.ndarray:
@@ -109,9 +121,15 @@ def nearest_training_distance(images: np.ndarray, exclude_self: bool = False, da
     below the training images' own spacing."""
     train = torch.from_numpy(training_images(dataset)).reshape(-1, np.prod(images.shape[1:])).float() / 255
     query = torch.from_numpy(np.asarray(images)).reshape(len(images), -1).float() / 255
+    return nearest_distance(query, train, exclude_self)
+
+
+def nearest_distance(query: torch.Tensor, reference: torch.Tensor, exclude_self: bool = False) -> float:
+    """Median L2 distance from each row of `query` (N, D) to its nearest row of `reference` (M, D);
+    with `exclude_self`, query row i is reference row i and is skipped."""
     nearest = []
-    for start in range(0, len(query), 500):  # (500, N) distances at a time
-        d = torch.cdist(query[start:start + 500], train)
+    for start in range(0, len(query), 500):  # (500, M) distances at a time
+        d = torch.cdist(query[start:start + 500], reference)
         if exclude_self:
             d[torch.arange(len(d)), torch.arange(start, start + len(d))] = float("inf")
         nearest.append(d.min(1).values)

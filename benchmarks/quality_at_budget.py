@@ -6,7 +6,9 @@
 
 Each recipe trains on the data set (mnist: mnist-5k, ours and its class-conditional form against
 the MNIST tutorial's; cifar10: the 50,000 CIFAR-10 training images, `cifar10` and
-`cifar10-conditional` against the labml.ai DDPM) for `--minutes` of wall-clock time on this
+`cifar10-conditional` against the labml.ai DDPM; tiny-imagenet-100: the 50,000 64x64 photos of
+its ten shards, streamed, `colour-64` against the Keras DDIM and diffusers DDPM presets) for
+`--minutes` of wall-clock time on this
 machine (its preset, with the budget replaced by minutes; learning-rate decay follows the time
 budget), writing a checkpoint every few hundred steps. Every checkpoint is then sampled with the
 same seeds (`--sampler`, `--steps`; `--curve-samples` for the intermediate ones, `--samples` for
@@ -36,7 +38,7 @@ from pixel_diffusion.presets import preset
 from pixel_diffusion.runs import load_run
 from pixel_diffusion.training import train
 
-from common import DATASETS, ROOT, InceptionScorer, Scorer, nearest_training_distance, training_images
+from common import DATASETS, ROOT, InceptionScorer, Scorer, cpu_name, nearest_training_distance, training_images
 
 # name: (preset, checkpoint every so many steps, overrides)
 RECIPES = {"ours": ("mnist", 300, {}), "ours-conditional": ("mnist-conditional", 300, {}),
@@ -44,8 +46,14 @@ RECIPES = {"ours": ("mnist", 300, {}), "ours-conditional": ("mnist-conditional",
 CIFAR = {"data.source": str(DATASETS["cifar10"].data.source)}
 CIFAR_RECIPES = {"ours": ("cifar10", 1500, CIFAR), "ours-conditional": ("cifar10-conditional", 1500, CIFAR),
                  "labml": ("cifar-labml", 250, CIFAR)}
+# Tiny ImageNet-100 streamed from its shards; the reference systems' presets on their own recipes
+# (ddpm-anime's fp16 is a GPU's: bf16 autocast here).
+TINY = {"data.source": str(DATASETS["tiny-imagenet-100"].data.source)}
+TINY_RECIPES = {"colour-64": ("colour-64", 300, TINY), "keras-flowers": ("keras-flowers", 40, TINY),
+                "ddpm-anime": ("ddpm-anime", 60, {**TINY, "precision": "bf16"})}
 # dataset: (recipes, prefix of the files written to docs/)
-BENCHMARKS = {"mnist": (RECIPES, "performance"), "cifar10": (CIFAR_RECIPES, "performance_cifar10")}
+BENCHMARKS = {"mnist": (RECIPES, "performance"), "cifar10": (CIFAR_RECIPES, "performance_cifar10"),
+              "tiny-imagenet-100": (TINY_RECIPES, "performance_tiny")}
 
 
 def train_recipe(recipes: dict, name: str, minutes: float, out: Path) -> Path:
@@ -59,6 +67,10 @@ def train_recipe(recipes: dict, name: str, minutes: float, out: Path) -> Path:
                                                       "preview_every": 0, "kid_every": 0})
     train(config, run)
     return run
+
+
+def runs_classes(run: Path) -> int:
+    return checkpoints.read_json(run / "config.json")["model"]["num_classes"]
 
 
 def checkpoint_minutes(run: Path, step: int) -> float:
@@ -89,7 +101,7 @@ def score_run(run: Path, scorer: Scorer, *, sampler: str, steps: int, spacing: s
                                     labels=trained.sample_labels(n), batch_size=250, precision="bf16", progress=False)
             scores = scorer(images)
             np.savez(saved, images=images, scores=np.array(json.dumps(scores)))
-        if inception is not None and k == len(folders) - 1 and "inception_fid" not in scores:
+        if inception is not None and k == len(folders) - 1 and "inception_nearest" not in scores:
             scores.update(inception(images))  # the last checkpoint's samples in the standard FID too
             np.savez(saved, images=images, scores=np.array(json.dumps(scores)))
         rows.append({"step": step, "minutes": minutes, "n": n, **scores, "images": images})
@@ -121,11 +133,20 @@ def plot(curves: dict[str, list[dict]], recipes: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def class_rows(images: np.ndarray, classes: int, rows: int = 10, columns: int = 8) -> np.ndarray:
+    """From samples drawn with the classes in turn (sample i of class i mod K), `columns` samples
+    of each of the first `rows` classes, one class after another (a grid row per class)."""
+    picks = [c + classes * j for c in range(min(rows, classes)) for j in range(columns)]
+    return images[[i for i in picks if i < len(images)]]
+
+
 def row(label: str, name: str, last: dict, batch: int | None, distance: float) -> str:
     seen = f"{last['step']} | {last['step'] * batch:,}" if batch else "- | -"
     standard = f" {last['inception_fid']:.2f} | {last['inception_kid']:.4f} |" if "inception_fid" in last else ""
+    nearest = f" {last['inception_nearest']:.1f} |" if "inception_nearest" in last else ""
     return (f"| {label} | {name} | {seen} |{standard} {last['fid']:.2f} | {last['kid']:.4f} | {last['confidence']:.1%} | "
-            f"{last.get('class_balance', float('nan')):.3f} | {last['precision']:.2f} | {last['recall']:.2f} | {distance:.2f} |")
+            f"{last.get('class_balance', float('nan')):.3f} | {last['precision']:.2f} | {last['recall']:.2f} | {distance:.2f} |"
+            f"{nearest}")
 
 
 def main() -> None:
@@ -161,10 +182,12 @@ def main() -> None:
     nearest = lambda images: nearest_training_distance(images, dataset=args.dataset)  # noqa: E731
     real = scorer.real(args.samples)
     floor = {"step": 0, **scorer(real), **(inception(real) if inception else {})}
+    if inception:  # the real images are training images: each one's nearest other
+        floor["inception_nearest"] = inception.real_nearest(args.samples)
     standard = " FID (Inception) | KID (Inception) |" if inception else ""
     lines = [f"| recipe | preset | steps in {args.minutes:g} min | images seen |{standard} FID | KID | confident > 0.9 | "
-             "class balance | precision | recall | nearest training image |",
-             "|---|---|---:|---:|" + "---:|" * (9 if inception else 7),
+             "class balance | precision | recall | nearest training image |" + (" nearest (Inception) |" if inception else ""),
+             "|---|---|---:|---:|" + "---:|" * (10 if inception else 7),
              row(f"real training images ({args.samples}, the floor)", "-", floor, None,
                  nearest_training_distance(training_images(args.dataset)[: args.samples], exclude_self=True, dataset=args.dataset))]
     for name, rows in curves.items():
@@ -173,16 +196,18 @@ def main() -> None:
         lines.append(row(name, f"`{recipes[name][0]}`", last, batch, nearest(last["images"])))
         grid = last["images"][:64]
         if config.conditional:  # drawn with the classes in turn: one row per class
-            grid = last["images"][:80][np.argsort(np.arange(80) % 10, kind="stable")]
+            grid = class_rows(last["images"], runs_classes(runs[name]))
             for scale in args.guidance:
                 guided = score_run(runs[name], scorer, **score, last_only=True, guidance=scale)[-1]
                 lines.append(row(f"{name}, guidance {scale:g}", f"`{recipes[name][0]}`", guided, batch, nearest(guided["images"])))
-                image_grid(guided["images"][:80][np.argsort(np.arange(80) % 10, kind="stable")], columns=8, scale=2).save(
+                image_grid(class_rows(guided["images"], runs_classes(runs[name])), columns=8, scale=2).save(
                     args.docs / f"{prefix}_{name}-guidance-{scale:g}_samples.png")
         image_grid(grid, columns=8, scale=2).save(args.docs / f"{prefix}_{name}_samples.png")
     if inception:
         lines += ["", "FID and KID (Inception): the standard measures, in the TF-Inception's pool features (docs/metrics.md), "
-                  "against all training images; FID, KID and the rest without the word: the data set's classifier's features."]
+                  "against all training images; FID, KID and the rest without the word: the data set's classifier's features. "
+                  "Nearest (Inception): the median L2 distance from a sample's pool features to the nearest training "
+                  "image's; the floor row gives it between training images themselves."]
     lines += ["", "Class balance: the entropy of the shares of the classes the classifier assigns to the samples, divided by "
               "that of the uniform distribution (1: every class equally often). Nearest training image: the median pixel "
               "distance (L2, pixels in [0, 1]) from a sample to the closest training image; the floor row gives it "
@@ -196,7 +221,7 @@ def main() -> None:
     print(text)
     command = "python benchmarks/quality_at_budget.py " + " ".join(sys.argv[1:])
     quality = "performance_quality.md" if args.dataset == "mnist" and not args.tag else f"{prefix}_quality.md"
-    (args.docs / quality).write_text(f"<!-- written by: {command.strip()} -->\n{text}\n")
+    (args.docs / quality).write_text(f"<!-- written by: {command.strip()} (on {cpu_name()}) -->\n{text}\n")
     plot(curves, recipes, args.docs / f"{prefix}_fid.png")
 
 

@@ -4,6 +4,7 @@
     python benchmarks/recipe_trials.py --trials log-normal      # one trial
     python benchmarks/recipe_trials.py --dataset cifar10 --minutes 6    # the colour trials (COLOUR_TRIALS)
     python benchmarks/recipe_trials.py --dataset cifar10-64 --minutes 6 # 64x64 (COLOUR_64_TRIALS)
+    python benchmarks/recipe_trials.py --dataset tiny-imagenet-100 --minutes 10 --sampler dpmpp-2m --steps 10 --spacing karras --inception
 
 Each trial trains the `mnist` preset with its overrides (`TRIALS`) on mnist-5k with the same seed
 and checkpoints as benchmarks/quality_at_budget.py, whose `ours` and `ours-conditional` runs are
@@ -29,7 +30,7 @@ from pixel_diffusion.config import apply_overrides
 from pixel_diffusion.presets import preset
 from pixel_diffusion.training import train
 
-from common import ROOT, Scorer
+from common import ROOT, InceptionScorer, Scorer, cpu_name
 from quality_at_budget import score_run
 
 # The trials before the preset moved to 2x2 patches ran on residual-mnist (widths 32/64/96 at
@@ -112,10 +113,30 @@ COLOUR_64_TRIALS = {
                              {**AT_64, "network_options.patch_size": 2, "network_options.widths": (32, 64, 128)},
                              "clock"),
 }
+# The 64x64 photo trials: `colour-64` on Tiny ImageNet-100's shards, streamed (`--dataset tiny-imagenet-100`),
+# one change each from what the literature found for higher resolutions.
+TINY = {"data.source": str(ROOT.parent / "shared" / "data" / "tiny-imagenet-100" / "train-{0000..0009}.tar")}
+TINY_TRIALS = {
+    "colour-64": ("the preset as shipped: patch-64, 4x4 patches, widths 64/128 at 16/8, attention in the 8x8 middle, "
+                  "50 clusters", TINY, "clock"),
+    "conditional": ("the shards' 100 class labels instead of clusters, 10% without a label; sampled with the classes in "
+                    "turn, no guidance", {**TINY, "conditional": True, "clusters": 0}, "clock"),
+    "shift-2": ("the cosine schedule shifted to 64x64, log-SNR lowered by 2 log 2 (simple diffusion; none)",
+                {**TINY, "schedule_options": {"shift": 2.0}}, "clock"),
+    "shift-4": ("the cosine schedule shifted by 4, log-SNR lowered by 2 log 4 (none)",
+                {**TINY, "schedule_options": {"shift": 4.0}}, "clock"),
+    "patch-2-three-levels": ("2x2 patches, widths 32/64/128 at 32/16/8, attention in the 8x8 middle",
+                             {**TINY, "network_options.patch_size": 2, "network_options.widths": (32, 64, 128)}, "clock"),
+    "attention-16": ("self-attention after the 16x16 block too (the 8x8 middle only)",
+                     {**TINY, "network_options.attention_levels": (0,)}, "clock"),
+    "log-normal": ("noise levels drawn log-normally, EDM's P_mean -1.2, P_std 1.2 (uniform in time)",
+                   {**TINY, "loss.time_sampling": "log-normal"}, "clock"),
+}
 # dataset: (trials, the preset they change, the data set whose classifier scores them, table)
 DATASETS = {"mnist": (TRIALS, "mnist", "mnist", "performance_recipes.md"),
             "cifar10": (COLOUR_TRIALS, "cifar10", "cifar10", "performance_colour_recipes.md"),
-            "cifar10-64": (COLOUR_64_TRIALS, "colour-64", "cifar10", "performance_colour_64_recipes.md")}
+            "cifar10-64": (COLOUR_64_TRIALS, "colour-64", "cifar10", "performance_colour_64_recipes.md"),
+            "tiny-imagenet-100": (TINY_TRIALS, "colour-64", "tiny-imagenet-100", "performance_tiny_recipes.md")}
 # Trials that are a recipe of benchmarks/quality_at_budget.py: its run is used for 10 minutes, if trained.
 SHARED = {"mnist": ROOT / "runs" / "quality_at_budget" / "ours",
           "conditional": ROOT / "runs" / "quality_at_budget" / "ours-conditional"}
@@ -155,6 +176,10 @@ def main() -> None:
     parser.add_argument("--trials", nargs="+", help="some of the data set's trials (default: all)")
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--samples", type=int, default=1000)
+    parser.add_argument("--sampler", default="ddpm")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--spacing", default="uniform")
+    parser.add_argument("--inception", action="store_true", help="also the standard FID and KID (TF-Inception features)")
     parser.add_argument("--out", type=Path, help="runs (default: runs/recipe, runs/recipe-cifar10)")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs")
     parser.add_argument("--table", help="write the trials run to this page of --docs (default: the data set's page, "
@@ -167,22 +192,25 @@ def main() -> None:
     out = args.out or ROOT / "runs" / ("recipe" if args.dataset == "mnist" else f"recipe-{args.dataset}")
 
     scorer = Scorer(scored_by)
-    lines = ["| trial | change (shipped value) | budget | steps | images seen | FID | KID | confident > 0.9 | precision | "
-             "recall |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    inception = InceptionScorer(scored_by) if args.inception else None
+    standard = " FID (Inception) | KID (Inception) |" if inception else ""
+    lines = [f"| trial | change (shipped value) | budget | steps | images seen |{standard} FID | KID | confident > 0.9 | "
+             "precision | recall |", "|---|---|---|---:|---:|" + "---:|" * (7 if inception else 5)]
     for name in args.trials:  # each scored as soon as it is trained
         run = train_trial(name, args.minutes, out, args.dataset)
-        last = score_run(run, scorer, sampler="ddpm", steps=20, spacing="uniform", samples=args.samples,
-                         curve_samples=args.samples, last_only=True)[-1]
+        last = score_run(run, scorer, sampler=args.sampler, steps=args.steps, spacing=args.spacing, samples=args.samples,
+                         curve_samples=args.samples, last_only=True, inception=inception)[-1]
         config = checkpoints.read_json(run / "config.json")["train"]
         budget = f"{config['minutes']:g} min" if config["steps"] is None else f"{config['steps']} steps"
-        lines.append(f"| `{name}` | {trials[name][0]} | {budget} | {last['step']} | {last['step'] * config['batch_size']:,} | "
-                     f"{last['fid']:.2f} | {last['kid']:.4f} | {last['confidence']:.1%} | {last['precision']:.2f} | "
+        scores = f" {last['inception_fid']:.2f} | {last['inception_kid']:.4f} |" if inception else ""
+        lines.append(f"| `{name}` | {trials[name][0]} | {budget} | {last['step']} | {last['step'] * config['batch_size']:,} |"
+                     f"{scores} {last['fid']:.2f} | {last['kid']:.4f} | {last['confidence']:.1%} | {last['precision']:.2f} | "
                      f"{last['recall']:.2f} |")
     text = "\n".join(lines)
     print(text)
     if args.table or set(args.trials) == set(trials):  # the data set's page holds the whole table only
         command = "python benchmarks/recipe_trials.py " + " ".join(sys.argv[1:])
-        (args.docs / (args.table or table)).write_text(f"<!-- written by: {command.strip()} -->\n{text}\n")
+        (args.docs / (args.table or table)).write_text(f"<!-- written by: {command.strip()} (on {cpu_name()}) -->\n{text}\n")
 
 
 if __name__ == "__main__":

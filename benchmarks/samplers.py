@@ -11,7 +11,8 @@ of mnist-5k (FID, KID), or with `--dataset cifar10` the CIFAR-10 classifier's ag
 training images (a model on labels samples the classes in turn, at `--guidance`). Each sampler
 walks its own time spacing, as `pixel-diffusion sample` does: DDPM and DDIM their papers' uniform
 times from t = 1, the others Karras et al.'s rho = 7 spacing from EDM sigma 80 (`--study`
-compares spacings). The image estimate is clipped to the data range as
+compares spacings). With `--inception` each cell is also scored in the standard FID and KID (the
+TF-Inception's features against all training images). The image estimate is clipped to the data range as
 `pixel-diffusion sample` does (`--no-clip` measures unclipped cells, kept out of the main table).
 A sampler with more than one evaluation a step (Heun, DPM-Solver++(2S)) takes as many steps as
 fit in the evaluations asked for; a count it cannot use is skipped. The adaptive DPM-Solver has
@@ -36,7 +37,7 @@ from pixel_diffusion.runs import load_run
 from pixel_diffusion.samplers import SAMPLERS, evaluations
 from pixel_diffusion.schedules import SIGMA_MAX
 
-from common import ROOT, Scorer
+from common import ROOT, InceptionScorer, Scorer
 
 # Each sampler walks the spacing `sample` gives it (its registry entry's): DDPM and DDIM uniform
 # in t from t = 1 (their papers'), the others Karras et al.'s rho = 7 spacing from sigma 80. As
@@ -82,7 +83,7 @@ def is_main(cell: dict) -> bool:
     return cell["clip"] and (cell["spacing"], cell["sigma_max"]) == SPACING[cell["sampler"]]
 
 
-def measure(run, cell: dict, scorer: Scorer, batch_size: int) -> dict:
+def measure(run, cell: dict, scorer: Scorer, batch_size: int, inception: InceptionScorer | None = None) -> dict:
     adaptive = SAMPLERS[cell["sampler"]].adaptive
     steps = 10 if adaptive else steps_for(cell["sampler"], cell["nfe"])
     options = {} if cell["clip"] else {"clip": None}
@@ -98,10 +99,13 @@ def measure(run, cell: dict, scorer: Scorer, batch_size: int) -> dict:
                         precision=cell["precision"], progress=False, report=report, **options)
     seconds = time.perf_counter() - start
     scores = scorer(images, with_precision_recall=False)  # the table has no use for them
+    if inception is not None:
+        scores.update(inception(images))
     spent = report["evaluations"]
+    standard = {k: scores[k] for k in ("inception_fid", "inception_kid") if k in scores}
     return {**cell, "steps": steps, "evaluations": sum(spent) / len(spent), "evaluations_range": [min(spent), max(spent)],
             "seconds_per_image": seconds / cell["samples"], "fid": scores["fid"], "kid": scores["kid"],
-            "confidence": scores["confidence"]}
+            "confidence": scores["confidence"], **standard}
 
 
 def load_cells(path: Path) -> list[dict]:
@@ -143,6 +147,11 @@ def table(cells: list[dict], run: str, samples: int, precision: str, guidance: f
         lines[1:1] = ["", f"The floor, {samples:,} real training images against the same reference: FID {floor['fid']:.2f}, "
                       f"KID x 1000 {1000 * floor['kid']:.2f}, {floor['confidence']:.0%} confident."]
     lines += _grid(main, columns, lambda c: f"{c['fid']:.2f}")
+    if any("inception_fid" in c for c in main.values()):
+        lines += ["", "The standard FID (TF-Inception pool features, docs/metrics.md)"
+                  + (f"; {samples:,} real training images: {floor['inception_fid']:.2f}:" if floor and "inception_fid" in floor
+                     else ":"), ""]
+        lines += _grid(main, columns, lambda c: f"{c['inception_fid']:.2f}" if "inception_fid" in c else "-")
     lines += ["", "KID x 1000:", ""] + _grid(main, columns, lambda c: f"{1000 * c['kid']:.2f}")
     lines += ["", "Share of samples the classifier calls with confidence > 0.9:", ""]
     lines += _grid(main, columns, lambda c: f"{c['confidence']:.0%}")
@@ -241,6 +250,8 @@ def main() -> None:
     parser.add_argument("--study", action="store_true", help="measure the spacing x clipping cells instead")
     parser.add_argument("--rtol", nargs="+", type=float, default=list(ADAPTIVE_RTOLS), help="dpm-adaptive's tolerances")
     parser.add_argument("--results", type=Path, default=DOCS / "samplers_results.jsonl")
+    parser.add_argument("--inception", action="store_true", help="also the standard FID and KID of each cell (TF-Inception)")
+    parser.add_argument("--tag", default="", help="a suffix for the table and plot's names")
     args = parser.parse_args()
     run = trained_run(args)
     model = load_run(run)
@@ -249,16 +260,17 @@ def main() -> None:
     name = str(run.resolve().relative_to(ROOT)) if run.resolve().is_relative_to(ROOT) else str(run)
     base = {"run": name, "samples": args.samples, "precision": args.precision, "guidance": args.guidance}
     todo = cells_to_measure(args, base)
-    done = {cell_key(c) for c in load_cells(args.results)}
+    done = {cell_key(c) for c in load_cells(args.results) if "inception_fid" in c or not args.inception}
     todo = [c for c in todo if cell_key(c) not in done]
 
     from tqdm import tqdm
 
     scorer = Scorer(args.dataset)
+    inception = InceptionScorer(args.dataset) if args.inception else None
     if todo:  # compile (and warm) the network outside the timed cells, on a full batch
         model.sample(args.batch_size, steps=2, batch_size=args.batch_size, precision=args.precision, progress=False)
     for cell in tqdm(todo, desc="sampler cells"):
-        result = measure(model, cell, scorer, args.batch_size)
+        result = measure(model, cell, scorer, args.batch_size, inception)
         budget = f"rtol={cell['rtol']:g}" if cell["nfe"] is None else f"nfe={cell['nfe']:3d}"
         tqdm.write(f"{cell['sampler']:18s} {walk_name(cell['spacing'], cell['sigma_max']):24s} clip={cell['clip']!s:5s} "
                    f"{budget}: {result['evaluations']:.1f} evaluations, FID {result['fid']:.2f}, KID {result['kid']:.4f}, "
@@ -267,12 +279,13 @@ def main() -> None:
             f.write(json.dumps(result) + "\n")
 
     cells = load_cells(args.results)
-    floor = scorer(scorer.real(args.samples), with_precision_recall=False)
+    real = scorer.real(args.samples)
+    floor = {**scorer(real, with_precision_recall=False), **(inception(real) if inception else {})}
     text = table(cells, name, args.samples, args.precision, args.guidance, floor)
     print(text)
     command = "python benchmarks/samplers.py " + " ".join(sys.argv[1:])
     # The table and the plot go beside the results (docs/ by default), named for the scoring data.
-    stem = "samplers" if args.dataset == "mnist" else f"samplers_{args.dataset}"
+    stem = ("samplers" if args.dataset == "mnist" else f"samplers_{args.dataset}") + (f"_{args.tag}" if args.tag else "")
     (args.results.parent / f"{stem}_table.md").write_text(f"<!-- written by: {command.strip()} (run {name}) -->\n{text}\n")
     plot(cells, name, args.samples, args.precision, args.guidance, args.results.parent / f"{stem}_fid.png")
 

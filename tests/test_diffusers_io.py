@@ -234,3 +234,15 @@ def test_export_refuses_networks_unet2dmodel_cannot_express_and_writes_nothing(t
     assert main(["sample", "--run", str(tmp_path / "fine"), "--n", "2", "--steps", "2", "--no-progress",
                  "--out", str(tmp_path / "drawn")]) == 0
     assert (tmp_path / "drawn" / "00001.png").is_file()
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine"])
+def test_a_shifted_schedule_is_written_as_its_table(name):
+    from pixel_diffusion.diffusers_io import scheduler_config
+    from pixel_diffusion.schedules import make_schedule
+
+    config = scheduler_config({"schedule": name, "schedule_options": {"shift": 2.0}, "prediction": "velocity"})
+    assert config["trained_betas"] is not None
+    theirs = diffusers.DDPMScheduler(**{k: v for k, v in config.items() if not k.startswith("_")})
+    ours = make_schedule(name, shift=2.0)
+    torch.testing.assert_close(theirs.alphas_cumprod.double(), ours.alphas_cumprod, rtol=1e-4, atol=0)  # theirs: float32

@@ -11,6 +11,8 @@ ALL = {name: factory() for name, factory in SCHEDULES.items() if name not in ("u
 ALL["betas"] = schedules.betas(torch.linspace(1e-4, 0.05, 300).tolist())  # a table needs its values
 ALL["linear-200"] = schedules.linear(200, 1e-4, 0.02)
 ALL["linear-100"] = schedules.linear(100, 1e-4, 0.04)
+ALL["cosine-shift-2"] = make_schedule("cosine", shift=2)
+ALL["sigmoid-shift-4"] = make_schedule("sigmoid", shift=4)
 FINE = torch.linspace(0, 1, 20001, dtype=torch.float64)
 
 
@@ -194,3 +196,44 @@ def test_uniform_mixing_ddim_is_the_tutorials_sampler():
     torch.testing.assert_close(ddim(denoiser, x, sampling_times(schedule, steps)), expected, rtol=1e-5, atol=1e-5)
     alpha, sigma = schedule.rates(torch.tensor([0.0, 0.25, 1.0]))
     assert alpha.tolist() == [1.0, 0.75, 0.0] and sigma.tolist() == [0.0, 0.25, 1.0]
+
+
+@pytest.mark.parametrize("name", ["cosine", "linear", "continuous-cosine", "sigmoid"])
+def test_a_shift_lowers_the_log_snr_by_twice_its_log_at_every_time(name):
+    base, moved = make_schedule(name), make_schedule(name, shift=2.0)
+    # A table is moved at its grid points (between them it interpolates log alpha-bar, as any table).
+    t = FINE[1:-1] if base.num_steps is None else torch.arange(1, base.num_steps + 1, dtype=torch.float64) / base.num_steps
+    torch.testing.assert_close(log_snr(moved, t), log_snr(base, t) - 2 * math.log(2), rtol=0, atol=1e-9)
+    assert moved.num_steps == base.num_steps and moved.t_min == base.t_min
+    torch.testing.assert_close(make_schedule(name, shift=1).rates(FINE)[1], base.rates(FINE)[1], rtol=0, atol=0)
+
+
+def test_the_shifted_cosine_is_simple_diffusions_closed_form():
+    # Hoogeboom et al. 2023, eq. 4 with their base 64 and resolution 128: lambda(t) = -2 log tan(pi t / 2) + 2 log(64 / 128).
+    moved = make_schedule("continuous-cosine", min_signal_rate=0.0, max_signal_rate=1.0, shift=2)
+    t = FINE[1:-1]
+    torch.testing.assert_close(log_snr(moved, t), -2 * torch.log(torch.tan(math.pi * t / 2)) + 2 * math.log(64 / 128),
+                               rtol=0, atol=1e-8)
+
+
+def test_a_shift_is_sd3s_time_shift_of_rectified_flow():
+    # Rectified flow mixes x_t = (1 - t) x_0 + t eps, whose log-SNR is 2 log((1 - t) / t); SD3 (Esser et al.
+    # 2024, eq. 23) samples it at t' = s t / (1 + (s - 1) t). Its variance-preserving twin, shifted by s, agrees.
+    class RectifiedFlow:
+        num_steps, t_min, noise = None, 0.0, "gaussian"
+
+        def rates(self, t):
+            t = torch.as_tensor(t, dtype=torch.float64)
+            norm = torch.sqrt((1 - t) ** 2 + t**2)
+            return (1 - t) / norm, t / norm
+
+    s, t = 3.0, FINE[1:-1]
+    moved = schedules.shifted(RectifiedFlow(), s)
+    torch.testing.assert_close(log_snr(moved, t), log_snr(RectifiedFlow(), s * t / (1 + (s - 1) * t)), rtol=0, atol=1e-8)
+
+
+def test_a_shift_that_cannot_be_made_says_why():
+    with pytest.raises(ValueError, match="shift must be a positive number"):
+        make_schedule("cosine", shift=0)
+    with pytest.raises(ValueError, match="uniform-mixing has none"):
+        make_schedule("uniform-mixing", shift=2)

@@ -21,6 +21,7 @@ from pixel_diffusion.diffusion import DiffusionLoss
 from pixel_diffusion.presets import PRESETS, preset
 from pixel_diffusion.runs import load_run
 from pixel_diffusion.training import TrainingError, train
+from pixel_diffusion.viz import read_parameters
 
 # A network and budget small enough for a test: digits are 8x8, one downsampling.
 TINY = [
@@ -268,10 +269,37 @@ def test_sample_command_writes_npz_grid_and_pngs(tmp_path):
         assert np.array_equal(saved["images"], images)  # one seed, one image, whatever the batch
 
 
+def test_a_run_on_labels_samples_its_classes_in_turn_at_its_own_guidance(tmp_path):
+    run = tmp_path / "run"
+    train(tiny(steps=3, conditional=True, guidance=2.0, checkpoint_every=3), run)
+    model = json.loads((latest_checkpoint(run) / "model.json").read_text())
+    assert model["guidance"] == 2.0 and model["num_classes"] == 10
+
+    def drawn(*options):
+        out = tmp_path / "-".join(options or ("default",))
+        assert main(["sample", "--run", str(run), "--n", "12", "--steps", "3", "--no-progress", "--out", str(out), *options]) == 0
+        with np.load(out / "samples.npz") as saved:
+            return saved["images"], [read_parameters(out / f"{k:05d}.png") for k in range(12)]
+
+    images, made = drawn()
+    assert [m["drawn_label"] for m in made] == [k % 10 for k in range(12)]  # every class in turn
+    assert {m["guidance"] for m in made} == {2.0}  # the run's own scale
+    explicit, _ = drawn("--guidance", "2")
+    assert np.array_equal(images, explicit)
+    unguided, made_1 = drawn("--guidance", "1")
+    assert {m["guidance"] for m in made_1} == {1.0} and not np.array_equal(images, unguided)
+    threes, _ = drawn("--label", "3")
+    assert np.array_equal(threes[3], images[3]) and not np.array_equal(threes[4], images[4])  # one seed, one image
+    # A model with no labels has nothing to guide: its own scale is 1 whatever the config said.
+    train(tiny(steps=1, guidance=3.0, clusters=0), tmp_path / "plain")
+    assert json.loads((latest_checkpoint(tmp_path / "plain") / "model.json").read_text())["guidance"] == 1.0
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
         (["train", "--preset", "nope"], "unknown preset 'nope'"),
+        (["sample", "--run", ".", "--guidance", "-1"], "expected a guidance scale in [0, 20]"),
         (["train", "--steps", "-3"], "expected a positive integer"),
         (["train", "colour=blue"], "unknown config field 'colour'"),
         (["train", "lr=fast"], "lr: expected a number"),

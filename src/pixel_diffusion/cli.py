@@ -66,7 +66,8 @@ def _sample_command(commands) -> None:
     add_options(sample, "run", "checkpoint", "weights", "sampler", "steps")
     add_walk_arguments(sample)
     sample.add_argument("--n", type=positive_int, default=64, help="number of images (default: 64; grid.png shows the first 100)")
-    add_options(sample, "seed", "label", "guidance", label={"help": "class to draw, for runs trained with labels (default: none)"})
+    add_options(sample, "seed", "label", "guidance", label={"help": "class to draw, for runs trained with labels or clusters (default: every class in turn, "
+                                                              "clusters by their share)"})
     sample.add_argument("--batch-size", type=positive_int, default=64, help="images per batch (default: 64)")
     sample.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                         help="network arithmetic: bf16 autocast is about twice as fast on CPUs with AMX (default: fp32)")
@@ -316,19 +317,20 @@ def run_sample(args) -> None:
 
     run = load_named_run(args)
     options = walk_options(args)  # checked before any progress bar is drawn
-    labels = None if args.label is None else run.sample_labels(args.n, args.label)
+    # The named class for all, else each class in turn (a run on clusters: each cluster by its share).
+    labels = run.sample_labels(args.n, args.label) if args.label is not None else run.spec.default_labels(args.n, args.seed)
+    guidance = run.spec.guidance_for(args.guidance, labels)
     report: dict = {}
     images = run.sample(args.n, sampler=args.sampler, steps=args.steps, seed=args.seed, labels=labels,
-                        guidance=args.guidance, batch_size=args.batch_size, precision=args.precision,
+                        guidance=guidance, batch_size=args.batch_size, precision=args.precision,
                         progress=not args.no_progress, report=report, **options)
     base = args.run if run.directory is None else run.directory
     out = args.out or base / f"samples-{args.sampler}-{args.steps}"
     entry = get_sampler(args.sampler)
     made = generation_parameters(run, str(args.run), sampler=args.sampler, steps=args.steps, seed=args.seed,
-                                 label=args.label, guidance=args.guidance, precision=args.precision, options=options)
-    drawn = labels if labels is not None else run.spec.drawn_clusters(args.n, args.seed)  # classes or clusters
-    write_samples(out, images, made, drawn, grid_images=GRID_IMAGES, pngs=not args.no_png)
-    guided = (labels is not None or run.spec.on_clusters) and args.guidance != 1
+                                 label=args.label, guidance=guidance, precision=args.precision, options=options)
+    write_samples(out, images, made, labels, grid_images=GRID_IMAGES, pngs=not args.no_png)
+    guided = labels is not None and guidance != 1
     spent = np.asarray(report["evaluations"]) * (2 if guided else 1)  # guidance runs the network twice
     if entry.adaptive:
         walk, each = "adaptive", f"{spent.mean():.1f} network evaluations each ({spent.min()} to {spent.max()})"
@@ -387,7 +389,7 @@ def run_evaluate(args) -> None:
         run = load_named_run(args)
         requested = run.sample_labels(args.n)  # each class in turn, so a class-conditional run's accuracy is measured
         images = run.sample(args.n, sampler=args.sampler, steps=args.steps, seed=args.seed, labels=requested,
-                            guidance=args.guidance, progress=not args.no_progress, **walk_options(args))
+                            guidance=args.guidance, progress=not args.no_progress, **walk_options(args))  # None: the run's own
     if not args.reference and (run is None or run.data is None):
         raise ValueError("--images needs --reference (the data to compare with)" if run is None else
                          f"{args.run} stands alone (no run's config.json beside it); name the data with --reference")
@@ -405,6 +407,7 @@ def run_evaluate(args) -> None:
     if out is not None:
         atomic_write_text(out, json.dumps({**scores, "extractor": extractor.key, "reference": source,
                                            "sampler": args.sampler if run else None, "steps": args.steps if run else None,
+                                           "guidance": run.spec.guidance_for(args.guidance, run.spec.default_labels(1, 0)) if run else None,
                                            "checkpoint": str(run.checkpoint) if run else None}, indent=2) + "\n")
         print(f"written to {out}")
 

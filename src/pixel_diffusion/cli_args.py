@@ -31,6 +31,16 @@ def positive_float(text: str) -> float:
     return value
 
 
+def guidance_scale(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 20:
+        raise argparse.ArgumentTypeError(f"expected a guidance scale in [0, 20] (1: none), got {text!r}")
+    return value
+
+
 def checkpoint_name(text: str) -> str:
     if text in ("latest", "best") or text.removeprefix("step-").isdigit():
         return text
@@ -58,8 +68,8 @@ OPTIONS = {
     "no_progress": (("--no-progress",), dict(action="store_true", help="no progress bars (default: shown)")),
     "sampler": (("--sampler",), dict(help="sampler (default: {default}); one of {samplers}")),
     "steps": (("--steps",), dict(type=positive_int, help="sampling steps (default: {default})")),
-    "guidance": (("--guidance",), dict(type=float, default=1.0,
-                                       help="classifier-free guidance scale for labelled runs (default: 1, none)")),
+    "guidance": (("--guidance",), dict(type=guidance_scale, help="classifier-free guidance scale for runs on labels or "
+                                       "clusters, 1 for none (default: the run's own, its preset's measured best)")),
     "label": (("--label",), dict(type=int, help="class to draw, for runs trained with labels or clusters (default: every class)")),
 }
 

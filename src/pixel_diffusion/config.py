@@ -37,6 +37,7 @@ RESUMABLE_FIELDS = BUDGET_FIELDS + (
     "threads",
     "skip_nonfinite",
     "data.workers",
+    "guidance",
 )
 
 
@@ -55,6 +56,7 @@ class TrainConfig:
     conditional: bool = False  # train on the data's labels (class-conditional)
     label_dropout: float = 0.1  # fraction trained with "no label", for classifier-free guidance
     clusters: int = 0  # k > 0: condition on k k-means clusters of the images instead (clusters.py; no labels needed)
+    guidance: float = 1.0  # the classifier-free guidance scale the trained model samples at unless told (its model.json)
     # Optimisation.
     optimizer: str = "adamw"  # adamw | adam
     lr: float = 1e-3
@@ -124,6 +126,8 @@ class TrainConfig:
             raise ValueError(f"lr must be positive; got {self.lr}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must lie in [0, 1); got {self.ema_decay}")
+        if not 0 <= self.guidance <= 20:
+            raise ValueError(f"guidance must lie in [0, 20]; got {self.guidance}")
         if not 0 <= self.label_dropout < 1:
             raise ValueError(f"label_dropout must lie in [0, 1); got {self.label_dropout}")
         if not isinstance(self.skip_nonfinite, int) or isinstance(self.skip_nonfinite, bool) or self.skip_nonfinite < 0:

@@ -359,7 +359,7 @@ def scheduler_config(spec: dict) -> dict:
         raise _cannot("schedule", spec["schedule"], "diffusers' DDPM and DDIM schedulers take a table of betas")
     options = {"beta_schedule": "linear", "beta_start": 0.0001, "beta_end": 0.02, "trained_betas": None}
     name, given = spec["schedule"], spec["schedule_options"]
-    if name in ("linear", "scaled-linear"):
+    if name in ("linear", "scaled-linear") and "shift" not in given:
         defaults = {"linear": (0.0001, 0.02), "scaled-linear": (0.00085, 0.012)}[name]
         options.update(beta_schedule=name.replace("-", "_"), beta_start=given.get("beta_start", defaults[0]),
                        beta_end=given.get("beta_end", defaults[1]))

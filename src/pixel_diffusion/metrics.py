@@ -250,7 +250,18 @@ def evaluate_images(
         raise ValueError(f"the images are {kinds.get(images.shape[-1], images.shape[-1])} and the reference "
                          f"{kinds.get(shape[-1], shape[-1])}; compare images of one kind")
     features, probabilities = extractor(images)
-    scores = {"n": len(images), "fid": frechet_distance(reference.stats, FeatureStats.of(features))}
+    return evaluate_features(features, reference, probabilities=probabilities, requested=requested, kid_subsets=kid_subsets,
+                             kid_subset_size=kid_subset_size, k=k, with_precision_recall=with_precision_recall, device=device)
+
+
+def evaluate_features(
+    features: np.ndarray, reference: Reference | np.ndarray, *, probabilities=None, requested=None, kid_subsets: int = 100,
+    kid_subset_size: int = 1000, k: int = 3, with_precision_recall: bool = True, device="cpu",
+) -> dict[str, float]:
+    """`evaluate_images` on features (N, D) already extracted (and the classifier's probabilities)."""
+    if not isinstance(reference, Reference):
+        reference = Reference.of(reference)
+    scores = {"n": len(features), "fid": frechet_distance(reference.stats, FeatureStats.of(features))}
     if reference.features is not None:
         scores["kid"], scores["kid_std"] = kid(reference.features, features, subsets=kid_subsets, subset_size=kid_subset_size)
         if with_precision_recall:

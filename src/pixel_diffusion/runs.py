@@ -53,6 +53,7 @@ class ModelSpec:
     class_names: tuple[str, ...] = ()
     label_prior: tuple[float, ...] | None = None  # a run on clusters: each cluster's share of the data
     clip: bool = True  # samplers clip the image estimate to the data range (diffusers' clip_sample)
+    guidance: float = 1.0  # the classifier-free guidance scale sampling uses unless told (the preset's measured best)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -72,6 +73,7 @@ class ModelSpec:
             "channels": self.channels, "image_size": list(self.image_size), "num_classes": self.num_classes,
             "class_names": list(self.class_names),
             "label_prior": None if self.label_prior is None else list(self.label_prior), "clip": self.clip,
+            "guidance": self.guidance,
         }
 
     @classmethod
@@ -101,6 +103,9 @@ class ModelSpec:
         clip = data.get("clip", True)
         if not isinstance(clip, bool):
             raise _field_error(where, "clip", "true or false", clip)
+        guidance = data.get("guidance", 1.0)
+        if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not 0 <= guidance <= 20:
+            raise _field_error(where, "guidance", "a number in [0, 20]", guidance)
         for name, registry in (("prediction", PREDICTIONS), ("noise_input", NOISE_INPUTS)):
             if get(name, str, "one of " + ", ".join(registry)) not in registry:
                 raise _field_error(where, name, "one of " + ", ".join(registry), data[name])
@@ -123,6 +128,7 @@ class ModelSpec:
                 num_classes=get("num_classes", int, "an integer or null", optional=True),
                 class_names=tuple(get("class_names", list, "a list of names", optional=True) or ()),
                 label_prior=None if prior is None else tuple(float(p) for p in prior), clip=clip,
+                guidance=float(guidance),
             )
         except (TypeError, ValueError) as error:
             raise CheckpointError(f"{where}: {str(error).splitlines()[0]}") from None
@@ -159,19 +165,33 @@ class ModelSpec:
         images (sample i keeps its cluster for a seed whatever n is); None for any other."""
         return draw_clusters(list(self.label_prior), n, seed=seed) if self.on_clusters else None
 
+    def default_labels(self, n: int, seed: int) -> torch.Tensor | None:
+        """What n samples are drawn with when no label is named: each class in turn for a model on
+        labels, clusters by their share for one on clusters, None for an unconditional model."""
+        return self.classes_in_turn(n) if not self.on_clusters else self.drawn_clusters(n, seed)
+
+    def guidance_for(self, guidance: float | None, labels: torch.Tensor | None) -> float:
+        """The guidance scale a walk uses: the one asked for, else this model's own for a
+        conditional draw; 1 (none) for an unconditional one."""
+        if guidance is not None:
+            return guidance
+        return self.guidance if labels is not None else 1.0
+
 
 @torch.no_grad()
 def sample_images(
     denoiser, spec: ModelSpec, n: int, *, sampler: str = DEFAULT_SAMPLER, steps: int = DEFAULT_STEPS, seed: int = 0,
-    labels: torch.Tensor | None = None, guidance: float = 1.0, batch_size: int = 64, progress: bool = True,
+    labels: torch.Tensor | None = None, guidance: float | None = None, batch_size: int = 64, progress: bool = True,
     device: str | torch.device = "cpu", precision: str = "fp32", **options,
 ) -> np.ndarray:
     """n uint8 images (n, H, W, C) from a model's denoiser, clipped to the data range. With
     precision "bf16" the network runs under bf16 autocast; the sampler's arithmetic stays float32.
-    A model trained on clusters draws each sample's cluster by its share unless `labels` name them."""
+    Unless `labels` name them, a model on labels draws its classes in turn and one on clusters
+    each sample's cluster by its share; `guidance` None is the model's own scale (`spec.guidance`)."""
     get_sampler(sampler)
     if labels is None:
-        labels = spec.drawn_clusters(n, seed)
+        labels = spec.default_labels(n, seed)
+    guidance = spec.guidance_for(guidance, labels)
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"unknown sampling precision {precision!r}; expected fp32 or bf16")
     if labels is not None:

@@ -186,6 +186,45 @@ class UniformMixing:
         return 1 - t, t
 
 
+@dataclass(frozen=True)
+class Shifted:
+    """A continuous schedule moved to a higher resolution (Hoogeboom et al. 2023, "simple
+    diffusion", sec. 3.1): log-SNR'(t) = log-SNR(t) - 2 log(shift), so that an image with `shift`
+    times the pixels per side is as destroyed at t as the base resolution's. SD3's time shift of
+    rectified flow, t' = s t / (1 + (s - 1) t), is the same move."""
+
+    base: object
+    shift: float
+    noise = "gaussian"
+    num_steps: None = field(default=None, init=False)
+
+    @property
+    def t_min(self) -> float:
+        return self.base.t_min
+
+    def rates(self, t) -> tuple[Tensor, Tensor]:
+        moved = log_snr(self.base, t) - 2 * math.log(self.shift)
+        return torch.sigmoid(moved).sqrt(), torch.sigmoid(-moved).sqrt()
+
+
+def shifted(schedule: Schedule, shift: float) -> Schedule:
+    """`schedule` with its log-SNR lowered by 2 log(shift) at every time (`Shifted`); a discrete
+    schedule stays a table of betas, its alpha-bar moved at every grid point."""
+    if not (isinstance(shift, (int, float)) and not isinstance(shift, bool) and shift > 0):
+        raise ValueError(f"shift must be a positive number (the resolution over the base one); got {shift!r}")
+    if shift == 1:
+        return schedule
+    if schedule.noise != "gaussian":
+        raise ValueError("shift moves the log-SNR of a Gaussian schedule; uniform-mixing has none")
+    if not isinstance(schedule, DiscreteSchedule):
+        return Shifted(schedule, float(shift))
+    log_alpha_sq = schedule.log_alpha_sq[1:]  # (T,) at the grid times
+    moved = log_alpha_sq - torch.log(-torch.expm1(log_alpha_sq)) - 2 * math.log(shift)  # lambda - 2 log(shift)
+    log_moved = -torch.nn.functional.softplus(-moved)  # log sigmoid: log alpha-bar'
+    steps = torch.diff(log_moved, prepend=log_moved.new_zeros(1))
+    return DiscreteSchedule(-torch.expm1(steps))  # beta_i = 1 - alpha-bar'_i / alpha-bar'_{i-1}
+
+
 def uniform_mixing(t_min: float = 0.0) -> UniformMixing:
     return UniformMixing(t_min)
 
@@ -212,11 +251,12 @@ SCHEDULES = {
 }
 
 
-def make_schedule(name: str, **kwargs) -> Schedule:
-    """Build a schedule from its registry name and keyword arguments."""
+def make_schedule(name: str, shift: float = 1.0, **kwargs) -> Schedule:
+    """Build a schedule from its registry name and keyword arguments; `shift` (any schedule but
+    uniform-mixing) moves it to `shift` times the resolution it was made for (`shifted`)."""
     if name not in SCHEDULES:
         raise ValueError(f"unknown schedule {name!r}; expected one of {', '.join(SCHEDULES)}")
-    return SCHEDULES[name](**kwargs)
+    return shifted(SCHEDULES[name](**kwargs), shift)
 
 
 def log_snr(schedule: Schedule, t) -> Tensor:

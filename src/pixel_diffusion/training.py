@@ -186,6 +186,7 @@ def build_model(config: TrainConfig, prepared: TrainingData) -> Model:
         normalisation=data.normalisation, channels=data.channels, image_size=tuple(data.size),
         num_classes=prepared.num_classes, class_names=tuple(data.class_names),
         label_prior=None if prepared.label_prior is None else tuple(prepared.label_prior),
+        guidance=config.guidance if prepared.num_classes is not None else 1.0,
     )
     torch.manual_seed(config.seed)
     net = build_network(spec.network)

@@ -268,10 +268,11 @@ def read_parameters(path: Path) -> dict:
 # Each takes a loaded run (runs.load_run) and keyword options, and returns a PIL image.
 
 
-def sample_grid(run, *, n: int = 64, seed: int = 0, label: int | None = None, guidance: float = 1.0,
+def sample_grid(run, *, n: int = 64, seed: int = 0, label: int | None = None, guidance: float | None = None,
                 steps: int = 50, sampler: str = "ddim") -> Image.Image:
     """n samples; a class-conditional run without `label` draws every class in turn, labelled (a
-    run on clusters draws them by their share of the data, unlabelled)."""
+    run on clusters draws them by their share of the data, unlabelled), at the run's own guidance
+    unless `guidance` names a scale."""
     spec = run.spec
     labels = run.sample_labels(n, label)
     images = run.sample(n, sampler=sampler, steps=steps, seed=seed, labels=labels, guidance=guidance)

@@ -66,7 +66,7 @@ class Generate(BaseModel):
     seed: int = Field(0, ge=0, le=2**63 - 1)
     n: int = Field(16, ge=1, le=64)
     label: int | None = None
-    guidance: float = Field(1.0, ge=0, le=20)
+    guidance: float | None = Field(None, ge=0, le=20)  # None: the run's own
     precision: str = Field("fp32", pattern="^(fp32|bf16)$")
 
 
@@ -113,7 +113,7 @@ class Runs:
                 "steps_trained": state.get("step") if isinstance(state, dict) else None,
                 "image_shape": [model.get("channels"), *(model.get("image_size") or [])],
                 "classes": model.get("num_classes"), "class_names": model.get("class_names") or [],
-                "on_clusters": bool(model.get("label_prior")),
+                "on_clusters": bool(model.get("label_prior")), "guidance": model.get("guidance", 1.0),
                 "checkpoints": ["latest"] + (["best"] if (folder / "checkpoints" / "best").is_dir() else []) + kept[::-1],
                 "training": lock.is_file() and bool(lock.read_text().strip())}
 
@@ -142,18 +142,18 @@ def _generate_work(run, folder: Path, request: Generate, labels):
     """The job of a generate request: the images (and PNG bytes) `pixel-diffusion sample --run
     FOLDER` writes for the same values."""
     options = {"spacing": request.spacing}
+    guidance = run.spec.guidance_for(request.guidance, labels)
     total = None if get_sampler(request.sampler).adaptive else request.steps
 
     def work(job: Job) -> list[bytes]:
         job.advance(0, total)
         images = run.sample(request.n, sampler=request.sampler, steps=request.steps, seed=request.seed, labels=labels,
-                            guidance=request.guidance, batch_size=64, precision=request.precision, progress=False,
+                            guidance=guidance, batch_size=64, precision=request.precision, progress=False,
                             callback=Previews(job, run, total), **options)
         made = generation_parameters(run, str(folder), sampler=request.sampler, steps=request.steps, seed=request.seed,
-                                     label=request.label, guidance=request.guidance, precision=request.precision,
+                                     label=request.label, guidance=guidance, precision=request.precision,
                                      options=options)
-        drawn = labels if labels is not None else run.spec.drawn_clusters(request.n, request.seed)
-        return [png_bytes(as_picture(image), image_parameters(made, k, drawn)) for k, image in enumerate(images)]
+        return [png_bytes(as_picture(image), image_parameters(made, k, labels)) for k, image in enumerate(images)]
 
     return work
 
@@ -253,7 +253,8 @@ def _jobs_api(app: FastAPI, runs: Runs, queue: JobQueue) -> None:
         if request.spacing is not None and request.spacing not in SPACINGS:
             raise Problem(400, f"unknown spacing {request.spacing!r}; expected one of {', '.join(SPACINGS)}")
         run = runs.load(request.run, request.checkpoint)
-        labels = None if request.label is None else run.sample_labels(request.n, request.label)
+        labels = (run.spec.default_labels(request.n, request.seed) if request.label is None
+                  else run.sample_labels(request.n, request.label))  # every class in turn, or clusters by their share
         job = queue.submit("generate", _generate_work(run, runs.folder(request.run), request, labels))
         return _job_state(queue, job)
 

@@ -35,6 +35,7 @@ async function chooseRun() {
   $("checkpoint").innerHTML = "";
   run.checkpoints.forEach((c) => option($("checkpoint"), c));
   if (run.checkpoints.includes(kept)) $("checkpoint").value = kept;
+  $("guidance").value = run.guidance ?? 1;  // the run's own scale (its preset's measured best)
   describe(run);
   clearInterval(watch);
   if (run.training) watch = setInterval(async () => describe(await api(`/api/runs/${encodeURIComponent(run.name)}`)), 5000);
