@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pixel_diffusion.data import DataConfig, load_images
+from pixel_diffusion.data import DataConfig, fit_image, load_images
 from pixel_diffusion.features import load_extractor
 from pixel_diffusion.features.classifier import train_classifier
 from pixel_diffusion.metrics import evaluate_features, evaluate_images, load_reference, reference_features
@@ -71,7 +71,11 @@ class Scorer:
         return replace(self.classifier_data, validation_fraction=0.0)
 
     def __call__(self, images, with_precision_recall: bool = True) -> dict[str, float]:
-        images = self.to_data_size(np.asarray(images))
+        images = np.asarray(images)
+        if self.dataset.classifier_size is not None:  # resized as the reference images were
+            fitted = [fit_image(image, self.classifier_data) for image in images]  # a grey image comes back 1-channel
+            images = np.stack([np.repeat(f, images.shape[-1] // f.shape[-1], -1) for f in fitted])
+        images = self.to_data_size(images)
         return evaluate_images(images, self.reference, self.extractor, kid_subset_size=min(1000, len(images)),
                                with_precision_recall=with_precision_recall)
 
