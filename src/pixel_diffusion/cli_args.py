@@ -21,24 +21,22 @@ def positive_int(text: str) -> int:
     return value
 
 
-def positive_float(text: str) -> float:
+def _number(text: str, accepts, expected: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+        value = float("nan")  # refused below, with the same message
+    if not accepts(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value
+
+
+def positive_float(text: str) -> float:
+    return _number(text, lambda v: v > 0, "a positive number")
 
 
 def guidance_scale(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value <= 20:
-        raise argparse.ArgumentTypeError(f"expected a guidance scale in [0, 20] (1: none), got {text!r}")
-    return value
+    return _number(text, lambda v: 0 <= v <= 20, "a guidance scale in [0, 20] (1: none)")
 
 
 def checkpoint_name(text: str) -> str:
