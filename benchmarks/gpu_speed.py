@@ -37,7 +37,7 @@ VARIANTS = {
     "cifar10": ("colour", "cifar10", 32, "the `cifar10` preset (patch-cifar, bf16, batch 64)"),
     "diffusers-64": ("colour-64", "ddpm-anime", 64, "diffusers train_unconditional at 64"),
     "keras-flowers": ("colour-64", "keras-flowers", 64, "Keras DDIM example (keras-ddim, fp32, batch 64)"),
-    "colour-64": ("colour-64", "colour-64", 64, "the `colour-64` preset (patch-64, bf16, batch 64)"),
+    "colour-64": ("colour-64", "colour-64", 64, "the `colour-64` preset (photo-64, bf16, batch 64)"),
 }
 
 

@@ -27,7 +27,8 @@ NATIVE = {
     "residual-mnist": (1, 28, "plain residual U-Net for small grayscale images"),
     "patch-mnist": (1, 28, "the `mnist` preset: residual-mnist on 2x2 patches"),
     "patch-cifar": (3, 32, "the `cifar10` preset: residual U-Net on 2x2 patches, attention at 8x8"),
-    "patch-64": (3, 64, "the `colour-64` preset: patch-cifar on 4x4 patches"),
+    "patch-64": (3, 64, "patch-cifar on 4x4 patches (the `colour-64` preset before the Tiny ImageNet trials)"),
+    "photo-64": (3, 64, "the `colour-64` presets: patch-cifar with a 32x32 level, widths 32/64/128"),
 }
 
 

@@ -7,7 +7,7 @@
 Each recipe trains on the data set (mnist: mnist-5k, ours and its class-conditional form against
 the MNIST tutorial's; cifar10: the 50,000 CIFAR-10 training images, `cifar10` and
 `cifar10-conditional` against the labml.ai DDPM; tiny-imagenet-100: the 50,000 64x64 photos of
-its ten shards, streamed, `colour-64` against the Keras DDIM and diffusers DDPM presets) for
+its ten shards, streamed, `colour-64-conditional` and `colour-64` as it was (on patch-64) against the Keras DDIM and diffusers DDPM presets) for
 `--minutes` of wall-clock time on this
 machine (its preset, with the budget replaced by minutes; learning-rate decay follows the time
 budget), writing a checkpoint every few hundred steps. Every checkpoint is then sampled with the
@@ -49,7 +49,9 @@ CIFAR_RECIPES = {"ours": ("cifar10", 1500, CIFAR), "ours-conditional": ("cifar10
 # Tiny ImageNet-100 streamed from its shards; the reference systems' presets on their own recipes
 # (ddpm-anime's fp16 is a GPU's: bf16 autocast here).
 TINY = {"data.source": str(DATASETS["tiny-imagenet-100"].data.source)}
-TINY_RECIPES = {"colour-64": ("colour-64", 300, TINY), "keras-flowers": ("keras-flowers", 40, TINY),
+TINY_RECIPES = {"colour-64-conditional": ("colour-64-conditional", 300, TINY),
+                "colour-64-before": ("colour-64", 300, {**TINY, "network": "patch-64"}),
+                "keras-flowers": ("keras-flowers", 40, TINY),
                 "ddpm-anime": ("ddpm-anime", 60, {**TINY, "precision": "bf16"})}
 # dataset: (recipes, prefix of the files written to docs/)
 BENCHMARKS = {"mnist": (RECIPES, "performance"), "cifar10": (CIFAR_RECIPES, "performance_cifar10"),

@@ -105,7 +105,7 @@ COLOUR_TRIALS = {
 }
 # The 64x64 trials: `colour-64` on CIFAR-10 upscaled to 64 (`--dataset cifar10-64`), scored by the
 # CIFAR-10 classifier on samples averaged back down to 32x32.
-AT_64 = {**CIFAR, "data.image_size": 64, "data.allow_upscale": True}
+AT_64 = {**CIFAR, "data.image_size": 64, "data.allow_upscale": True, "network": "patch-64"}
 COLOUR_64_TRIALS = {
     "colour-64": ("the preset as shipped: patch-64, 4x4 patches, widths 64/128 at 16/8, attention at 8x8: 0.42 GFLOP",
                   AT_64, "clock"),
@@ -115,7 +115,9 @@ COLOUR_64_TRIALS = {
 }
 # The 64x64 photo trials: `colour-64` on Tiny ImageNet-100's shards, streamed (`--dataset tiny-imagenet-100`),
 # one change each from what the literature found for higher resolutions.
-TINY = {"data.source": str(ROOT.parent / "shared" / "data" / "tiny-imagenet-100" / "train-{0000..0009}.tar")}
+# They start from the preset as it was (patch-64); it moved to the `patch-2-three-levels` network, photo-64.
+TINY = {"data.source": str(ROOT.parent / "shared" / "data" / "tiny-imagenet-100" / "train-{0000..0009}.tar"),
+        "network": "patch-64"}
 TINY_TRIALS = {
     "colour-64": ("the preset as shipped: patch-64, 4x4 patches, widths 64/128 at 16/8, attention in the 8x8 middle, "
                   "50 clusters", TINY, "clock"),

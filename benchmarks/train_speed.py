@@ -73,7 +73,9 @@ COLOUR_64 = {
     "keras-flowers": ("keras-flowers", {**AT_64, "kid_every": 0}, "the Keras DDIM example: keras-ddim U-Net (2.0M), fp32"),
     "ddpm-anime": ("ddpm-anime", {**AT_64, "precision": "bf16"},
                    "the diffusers DDPM walkthrough: ddpm-64 UNet2DModel (114M), bf16 here (fp16 needs a GPU)"),
-    "colour-64": ("colour-64", AT_64, "the `colour-64` preset as shipped (patch-64: patch-cifar on 4x4 patches)"),
+    "colour-64-patch-4": ("colour-64", {**AT_64, "network": "patch-64"},
+                          "the `colour-64` preset on patch-64 (patch-cifar on 4x4 patches), as it was"),
+    "colour-64": ("colour-64", AT_64, "the `colour-64` preset as shipped (photo-64: 2x2 patches, 32/64/128)"),
 }
 # suite: (variants, reference variant, input shape of one image, table)
 SUITES = {

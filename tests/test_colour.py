@@ -8,6 +8,7 @@ from PIL import Image
 
 from pixel_diffusion.cli import main
 from pixel_diffusion.config import apply_overrides
+from pixel_diffusion.data import DataConfig
 from pixel_diffusion.presets import choose_preset, preset
 from pixel_diffusion.runs import load_run
 from pixel_diffusion.training import train
@@ -37,14 +38,30 @@ def test_the_recipe_fits_the_data(tmp_path, sizes, gray, expected, said):
     assert choice.reason.endswith("; clusters 0, batch size 4 for so few images")
 
 
-def test_class_folders_choose_the_conditional_form(tmp_path):
+@pytest.mark.parametrize("size, plain", [(32, "cifar10"), (96, "colour-64")])
+def test_class_folders_choose_the_conditional_form(tmp_path, size, plain):
     for name in ("cats", "dogs"):
-        photos(tmp_path / "data" / name, [(32, 32)] * 3)
+        photos(tmp_path / "data" / name, [(size, size)] * 3)
     choice = choose_preset(str(tmp_path / "data"))
-    assert choice.preset == "cifar10-conditional" and choice.overrides == {"data.class_folders": True, "batch_size": 4}
+    assert choice.preset == f"{plain}-conditional" and choice.overrides == {"data.class_folders": True, "batch_size": 4}
     assert "in 2 class folders" in choice.reason
-    photos(tmp_path / "data", [(32, 32)])  # an image beside the class folders: not a labelled folder
-    assert choose_preset(str(tmp_path / "data")).preset == "cifar10"
+    photos(tmp_path / "data", [(size, size)])  # an image beside the class folders: not a labelled folder
+    assert choose_preset(str(tmp_path / "data")).preset == plain
+
+
+def test_labelled_shards_of_photos_choose_colour_64_conditional(tmp_path):
+    from pixel_diffusion.data import open_source
+    from pixel_diffusion.shards import write_shards
+
+    for name in ("cats", "dogs"):
+        photos(tmp_path / "data" / name, [(80, 64)] * 4, seed=len(name))
+    spec, written, _ = write_shards(open_source(DataConfig(str(tmp_path / "data"), class_folders=True)),
+                                    tmp_path / "shards", shard_size=5, progress=False)
+    choice = choose_preset(spec)
+    assert written == 8 and choice.preset == "colour-64-conditional" and "8 colour images of 80x64 with labels" in choice.reason
+    assert choice.overrides == {"batch_size": 8}  # the shards carry their labels: no class folders to name
+    config = preset(choice.preset)
+    assert config.conditional and config.clusters == 0 and config.guidance > 1 and config.network == "photo-64"
 
 
 def test_a_folder_of_mixed_size_photos_trains_with_no_option_set(tmp_path, capsys):

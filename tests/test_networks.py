@@ -19,7 +19,7 @@ from pixel_diffusion.networks import (
 
 # A size each network takes (divisible by its total downsampling), kept small for speed.
 SIZES = {"keras-ddim": 32, "ddpm-mnist": 28, "ddpm-64": 64, "convnext-fashion": 28, "labml-cifar": 32, "basic-mnist": 28,
-         "residual-mnist": 28, "patch-mnist": 28, "patch-cifar": 32, "patch-64": 64}
+         "residual-mnist": 28, "patch-mnist": 28, "patch-cifar": 32, "patch-64": 64, "photo-64": 64}
 FAST = [n for n in NETWORKS if n != "ddpm-64"]  # 113M parameters: built only where needed
 
 
@@ -209,7 +209,7 @@ def test_docs_table_lists_every_network_with_its_parameter_count():
     from pathlib import Path
 
     docs = (Path(__file__).resolve().parents[1] / "docs" / "networks.md").read_text()
-    channels = {"keras-ddim": 3, "ddpm-64": 3, "labml-cifar": 3, "patch-cifar": 3, "patch-64": 3}
+    channels = {"keras-ddim": 3, "ddpm-64": 3, "labml-cifar": 3, "patch-cifar": 3, "patch-64": 3, "photo-64": 3}
     for name in NETWORKS:
         net = build_network(network_config(name, in_channels=channels.get(name, 1)))
         row = next((line for line in docs.splitlines() if line.startswith(f"| `{name}` |")), None)

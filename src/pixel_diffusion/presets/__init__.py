@@ -227,10 +227,20 @@ def cifar10_conditional() -> TrainConfig:
 
 
 def colour_64() -> TrainConfig:
-    """Colour photos at 64x64 (flowers, faces) on a CPU: patch-64 (the patch-cifar U-Net on 4x4
-    patches, so that it runs at 16x16 and 8x8 too), the `cifar10` recipe otherwise."""
-    return dataclasses.replace(cifar10(), preset="colour-64", network="patch-64",
+    """Colour photos at 64x64 (flowers, faces, objects) on a CPU: photo-64 (the patch-cifar U-Net
+    with a 32x32 level, widths 32/64/128) on 50 clusters, the `cifar10` recipe otherwise. The
+    Tiny ImageNet-100 trials (docs/performance.md) chose the network over 4x4 patches (patch-64)
+    and left the cosine schedule unshifted and the noise levels uniform in time."""
+    return dataclasses.replace(cifar10(), preset="colour-64", network="photo-64",
                                data=DataConfig("", image_size=64, flip=True, channels="3"))
+
+
+def colour_64_conditional() -> TrainConfig:
+    """`colour-64` trained on the labels of class sub-folders or labelled shards (10% without one,
+    for classifier-free guidance) instead of clusters."""
+    config = colour_64()
+    return dataclasses.replace(config, preset="colour-64-conditional", conditional=True, clusters=0, guidance=2.0,
+                               data=dataclasses.replace(config.data, class_folders=True))
 
 
 PRESETS = {
@@ -245,6 +255,7 @@ PRESETS = {
     "cifar10": cifar10,
     "cifar10-conditional": cifar10_conditional,
     "colour-64": colour_64,
+    "colour-64-conditional": colour_64_conditional,
 }
 
 
@@ -268,7 +279,7 @@ def choose_preset(source: str, probe: int = 64) -> Choice:
     and pick a recipe: `mnist` (or `mnist-conditional`) for grayscale, `cifar10` at 32x32 for
     small colour images (shorter side under 48 for most), `colour-64` at 64x64 for larger ones;
     the `-conditional` forms where a folder's images all sit in class sub-folders or the source
-    has labels (there is no conditional form of colour-64: it trains on clusters)."""
+    has labels."""
     from ..sources import list_image_files
 
     found = open_source(DataConfig(source))
@@ -301,7 +312,7 @@ def choose_preset(source: str, probe: int = 64) -> Choice:
         reason = f"{what}: {name} (grayscale) at {side}"
     else:
         name, side = ("cifar10", 32) if short < 48 else ("colour-64", 64)
-        name = "cifar10-conditional" if labelled and name == "cifar10" else name
+        name = f"{name}-conditional" if labelled else name
         reason = f"{what}: {name} at {side}x{side}" + (" (resized and centre-cropped)" if short != side or len(sizes) > 1 else "")
     overrides = _fit_to_count(preset(name), found.count, {"data.class_folders": True} if folders else {})
     small = [f"{k.replace('_', ' ')} {v}" for k, v in overrides.items() if k in ("clusters", "batch_size")]
