@@ -119,8 +119,8 @@ COLOUR_64_TRIALS = {
 TINY = {"data.source": str(ROOT.parent / "shared" / "data" / "tiny-imagenet-100" / "train-{0000..0009}.tar"),
         "network": "patch-64"}
 TINY_TRIALS = {
-    "colour-64": ("the preset as shipped: patch-64, 4x4 patches, widths 64/128 at 16/8, attention in the 8x8 middle, "
-                  "50 clusters", TINY, "clock"),
+    "colour-64": ("the preset before these trials: patch-64, 4x4 patches, widths 64/128 at 16/8, attention in the "
+                  "8x8 middle, 50 clusters", TINY, "clock"),
     "conditional": ("the shards' 100 class labels instead of clusters, 10% without a label; sampled with the classes in "
                     "turn, no guidance", {**TINY, "conditional": True, "clusters": 0}, "clock"),
     "shift-2": ("the cosine schedule shifted to 64x64, log-SNR lowered by 2 log 2 (simple diffusion; none)",
