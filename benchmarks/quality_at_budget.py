@@ -7,8 +7,8 @@
 Each recipe trains on the data set (mnist: mnist-5k, ours and its class-conditional form against
 the MNIST tutorial's; cifar10: the 50,000 CIFAR-10 training images, `cifar10` and
 `cifar10-conditional` against the labml.ai DDPM; tiny-imagenet-100: the 50,000 64x64 photos of
-its ten shards, streamed, `colour-64-conditional` and `colour-64` as it was (on patch-64) against the Keras DDIM and diffusers DDPM presets) for
-`--minutes` of wall-clock time on this
+its ten shards, streamed, `colour-64-conditional` and `colour-64` as it was (on patch-64)
+against the Keras DDIM and diffusers DDPM presets) for `--minutes` of wall-clock time on this
 machine (its preset, with the budget replaced by minutes; learning-rate decay follows the time
 budget), writing a checkpoint every few hundred steps. Every checkpoint is then sampled with the
 same seeds (`--sampler`, `--steps`; `--curve-samples` for the intermediate ones, `--samples` for
