@@ -8,9 +8,10 @@ from PIL import Image
 
 from pixel_diffusion.cli import main
 from pixel_diffusion.config import apply_overrides
-from pixel_diffusion.data import DataConfig
+from pixel_diffusion.data import DataConfig, open_source
 from pixel_diffusion.presets import choose_preset, preset
 from pixel_diffusion.runs import load_run
+from pixel_diffusion.shards import write_shards
 from pixel_diffusion.training import train
 
 
@@ -50,9 +51,6 @@ def test_class_folders_choose_the_conditional_form(tmp_path, size, plain):
 
 
 def test_labelled_shards_of_photos_choose_colour_64_conditional(tmp_path):
-    from pixel_diffusion.data import open_source
-    from pixel_diffusion.shards import write_shards
-
     for name in ("cats", "dogs"):
         photos(tmp_path / "data" / name, [(80, 64)] * 4, seed=len(name))
     spec, written, _ = write_shards(open_source(DataConfig(str(tmp_path / "data"), class_folders=True)),
