@@ -259,6 +259,15 @@ def test_any_config_json_loads_or_says_what_is_wrong_in_one_line(release_copy, c
         assert str(error) and "\n" not in str(error)
 
 
+@pytest.mark.parametrize("field", ["blocks_per_level", "mid_blocks"])
+def test_a_network_far_larger_than_its_weights_is_refused_before_it_is_built(release_copy, field):
+    config = json.loads((RELEASE / "config.json").read_text())
+    config["model"]["network"][field] = 10**6  # a million blocks: minutes to build, even without memory
+    (release_copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"names \d{7} blocks or more, but its weights hold only \d+ tensors$"):
+        load_run(release_copy)
+
+
 @pytest.fixture(scope="module")
 def png_bytes():
     import io

@@ -349,6 +349,10 @@ def _build(spec: ModelSpec, folder: Path, shapes: dict[str, tuple[int, ...]]) ->
     checked against the shapes of the weights to load into it, so that a description that does not
     fit them is one line before anything is allocated."""
     try:
+        config = config_from_dict(spec.network) if isinstance(spec.network, dict) else spec.network
+        if getattr(config, "least_blocks", 0) > len(shapes):  # building would take minutes
+            raise CheckpointError(f"{folder}: its model description names {config.least_blocks} blocks or more, "
+                                  f"but its weights hold only {len(shapes)} tensors")
         with torch.device("meta"):
             wanted = {k: tuple(v.shape) for k, v in build_network(spec.network).state_dict().items()}
         if wanted != shapes:

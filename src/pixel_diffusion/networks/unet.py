@@ -117,6 +117,12 @@ class UNetConfig:
     def downsamplings(self) -> int:
         return len(self.widths) - (0 if self.down_after_last else 1)
 
+    @property
+    def least_blocks(self) -> int:
+        """The encoder's and middle's blocks, fewer than the network's weight tensors (each holds one
+        or more): a cheap bound to check a description against its weights before building it."""
+        return len(self.widths) * self.blocks_per_level + self.mid_blocks
+
 
 class _Layer(nn.Module):
     """A block, optionally followed by attention."""
