@@ -38,6 +38,9 @@ from quality_at_budget import score_run
 PLAIN = {"network": "residual-mnist", "clusters": 0}
 # The trials before the preset moved to clusters ran unconditional patch-mnist, against its 2907 steps.
 UNCONDITIONAL = {"clusters": 0}
+# Flow matching in place of diffusion, all else equal (presets.flow_matching): rectified flow's straight path,
+# the flow velocity as the network's output and the loss's target, logit-normal times, the time as the noise input.
+FLOW = {"schedule": "rectified-flow", "prediction": "flow", "noise_input": "time", "loss.kind": "flow-matching"}
 # name: (what changes, overrides of the mnist preset, budget): "clock" for a change of the time a
 # step takes (trained for --minutes), "steps" for any other (as many steps as the `mnist` trial
 # made), or a number of steps (the trials that matched an earlier preset's steps).
@@ -77,6 +80,8 @@ TRIALS = {
     "lr-3e-3": ("no-clusters, learning rate 3e-3 (2e-3)", {**UNCONDITIONAL, "lr": 3e-3}, 2907),
     "conditional": ("the digit labels instead of clusters, 10% of examples without a label; sampled with the classes "
                     "in turn, no guidance", {"conditional": True, "clusters": 0}, "clock"),
+    "flow-matching": ("flow matching: the straight path x_t = (1 - t) x_0 + t eps, the flow velocity eps - x_0, "
+                      "logit-normal times (diffusion: cosine schedule, velocity, min-SNR-5, uniform times)", FLOW, "steps"),
 }
 # The colour trials: the `cifar10` preset with one change each on the CIFAR-10 folder, all trained
 # for the same minutes (`--dataset cifar10`). Both rounds ran with learning rate 1e-3, the preset's
@@ -102,6 +107,7 @@ COLOUR_TRIALS = {
                    {**BEFORE, "loss.time_sampling": "log-normal"}, "clock"),
     "lr-2e-3": ("learning rate 2e-3 (1e-3): the preset as shipped", {**CIFAR, "lr": 2e-3}, "clock"),
     "lr-3e-3": ("learning rate 3e-3 (1e-3)", {**CIFAR, "lr": 3e-3}, "clock"),
+    "flow-matching": ("the preset as shipped, trained by flow matching (diffusion)", {**CIFAR, **FLOW}, "clock"),
 }
 # The 64x64 trials: `colour-64` on CIFAR-10 upscaled to 64 (`--dataset cifar10-64`), scored by the
 # CIFAR-10 classifier on samples averaged back down to 32x32.
@@ -133,6 +139,9 @@ TINY_TRIALS = {
                      {**TINY, "network_options.attention_levels": (0,)}, "clock"),
     "log-normal": ("noise levels drawn log-normally, EDM's P_mean -1.2, P_std 1.2 (uniform in time)",
                    {**TINY, "loss.time_sampling": "log-normal"}, "clock"),
+    "photo-64": ("photo-64 as shipped (= patch-2-three-levels), trained again on the day", {**TINY, "network": "photo-64"},
+                 "clock"),
+    "flow-matching": ("photo-64 trained by flow matching (diffusion)", {**TINY, "network": "photo-64", **FLOW}, "clock"),
 }
 # dataset: (trials, the preset they change, the data set whose classifier scores them, table)
 DATASETS = {"mnist": (TRIALS, "mnist", "mnist", "performance_recipes.md"),

@@ -2,6 +2,7 @@
 private names, files and functions stay readable in one sitting."""
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -60,27 +61,38 @@ def test_the_package_has_no_import_cycle():
             visit(module, [module])
 
 
-def _reaches(start: str) -> set[str]:
-    seen, todo = set(), [start]
-    while todo:
-        for target in GRAPH[todo.pop()]:
-            if target not in seen:
-                seen.add(target)
-                todo.append(target)
-    return seen
+DOCS = PACKAGE.parents[1] / "docs" / "architecture.md"
 
 
-@pytest.mark.parametrize("lower, upper", [
-    ("pixel_diffusion.runs", "pixel_diffusion.training"),
-    ("pixel_diffusion.runs", "pixel_diffusion.viz"),
-    ("pixel_diffusion.runs", "pixel_diffusion.cli"),
-    ("pixel_diffusion.viz", "pixel_diffusion.training"),
-    ("pixel_diffusion.editing", "pixel_diffusion.runs"),
-    ("pixel_diffusion.samplers", "pixel_diffusion.runs"),
-    ("pixel_diffusion.metrics", "pixel_diffusion.training"),
-])
-def test_imports_go_one_way(lower, upper):
-    assert upper not in _reaches(lower), f"{lower} imports {upper}, which sits above it"
+def _layer_rows() -> dict[str, int]:
+    """Each module's line in docs/architecture.md's layer table: a file (`runs.py`) or a package
+    (`samplers/`, every module in it) named in the modules column."""
+    text = DOCS.read_text().split("## The layers", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|") for line in text.splitlines() if line.startswith("| ") and not line.startswith("| layer")]
+    rows_of = {}
+    for index, cells in enumerate(rows):
+        for named in re.findall(r"`([\w/]+?)(?:\.py)?/?`", cells[2]):
+            rows_of[f"pixel_diffusion.{named.strip('/').replace('/', '.')}"] = index
+    return rows_of
+
+
+def _row(module: str, rows: dict[str, int]) -> int | None:
+    parts = module.split(".")
+    for end in range(len(parts), 1, -1):
+        if ".".join(parts[:end]) in rows:
+            return rows[".".join(parts[:end])]
+    return None
+
+
+def test_every_module_imports_only_from_the_lines_above_it_in_the_layer_table():
+    rows = _layer_rows()
+    outside = ("pixel_diffusion", "pixel_diffusion.__main__")  # the package's front door
+    missing = [name for name in MODULES if name not in outside and _row(name, rows) is None]
+    assert not missing, f"modules the layer table does not name: {missing}"
+    upward = [f"{name} (line {_row(name, rows)}) imports {target} (line {_row(target, rows)})"
+              for name in MODULES if name not in outside for target in GRAPH[name]
+              if target not in outside and _row(target, rows) > _row(name, rows)]
+    assert not upward
 
 
 def test_no_module_imports_a_private_name_of_another():

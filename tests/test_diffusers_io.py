@@ -246,3 +246,12 @@ def test_a_shifted_schedule_is_written_as_its_table(name):
     theirs = diffusers.DDPMScheduler(**{k: v for k, v in config.items() if not k.startswith("_")})
     ours = make_schedule(name, shift=2.0)
     torch.testing.assert_close(theirs.alphas_cumprod.double(), ours.alphas_cumprod, rtol=1e-4, atol=0)  # theirs: float32
+
+
+def test_a_flow_model_is_refused_by_the_diffusers_scheduler_config_in_one_line():
+    from pixel_diffusion.diffusers_io import scheduler_config
+
+    with pytest.raises(ValueError, match=r"schedule = 'rectified-flow' \(diffusers' DDPM and DDIM schedulers take a table"):
+        scheduler_config({"schedule": "rectified-flow", "schedule_options": {}, "prediction": "flow"})
+    with pytest.raises(ValueError, match=r"prediction = 'flow' \(diffusers' DDPM and DDIM schedulers take noise"):
+        scheduler_config({"schedule": "cosine", "schedule_options": {}, "prediction": "flow"})

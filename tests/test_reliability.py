@@ -17,7 +17,7 @@ from pixel_diffusion import checkpoints
 from pixel_diffusion.checkpoints import CheckpointError, latest_checkpoint, load_checkpoint
 from pixel_diffusion.cli import main
 from pixel_diffusion.config import apply_overrides
-from pixel_diffusion.diffusion import DiffusionLoss
+from pixel_diffusion.objectives import Diffusion
 from pixel_diffusion.presets import preset
 from pixel_diffusion.runs import load_run
 from pixel_diffusion.training import TrainingError, train
@@ -150,7 +150,7 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_says_what_was_needed(whole, t
 
 
 def _nan_at(monkeypatch, calls: set[int], gradients: bool = False):
-    real, count = DiffusionLoss.__call__, {"n": 0}
+    real, count = Diffusion.__call__, {"n": 0}
 
     def faulty(self, denoiser, *args, **kwargs):
         count["n"] += 1
@@ -161,7 +161,7 @@ def _nan_at(monkeypatch, calls: set[int], gradients: bool = False):
             return loss + torch.sqrt(0 * next(denoiser.parameters()).sum())
         return loss * float("nan")
 
-    monkeypatch.setattr(DiffusionLoss, "__call__", faulty)
+    monkeypatch.setattr(Diffusion, "__call__", faulty)
 
 
 def test_skip_nonfinite_skips_such_steps_and_logs_them(tmp_path, monkeypatch):

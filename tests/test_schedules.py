@@ -13,14 +13,16 @@ ALL["linear-200"] = schedules.linear(200, 1e-4, 0.02)
 ALL["linear-100"] = schedules.linear(100, 1e-4, 0.04)
 ALL["cosine-shift-2"] = make_schedule("cosine", shift=2)
 ALL["sigmoid-shift-4"] = make_schedule("sigmoid", shift=4)
+ALL["rectified-flow-shift-3"] = make_schedule("rectified-flow", shift=3)
 FINE = torch.linspace(0, 1, 20001, dtype=torch.float64)
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_rates_are_variance_preserving_and_monotone(name):
+def test_rates_are_variance_preserving_or_straight_as_said_and_monotone(name):
     alpha, sigma = ALL[name].rates(FINE)
     assert alpha.dtype == torch.float64
-    torch.testing.assert_close(alpha**2 + sigma**2, torch.ones_like(alpha), rtol=0, atol=1e-12)
+    total = alpha**2 + sigma**2 if ALL[name].variance_preserving else alpha + sigma
+    torch.testing.assert_close(total, torch.ones_like(alpha), rtol=0, atol=1e-12)
     assert bool((alpha[1:] < alpha[:-1]).all()), "alpha must decrease strictly in t"
     assert bool((sigma[1:] > sigma[:-1]).all())
     lam = log_snr(ALL[name], FINE[1:])
@@ -102,8 +104,11 @@ def test_sampling_times_decrease_to_zero(name, spacing):
         assert float(times[-2]) >= s.t_min - 1e-9
     if spacing in ("uniform", "trailing"):
         assert float(sampling_times(s, 1, spacing)[0]) == 1.0  # one step starts from pure noise
-    if spacing in ("karras", "log-snr"):
+    if spacing in ("karras", "log-snr") and s.variance_preserving:
         assert float(sampling_times(s, 1, spacing, sigma_max=math.inf)[0]) == 1.0
+    elif spacing in ("karras", "log-snr"):  # alpha(1) = 0: no finite noise level to start from at t = 1
+        with pytest.raises(ValueError, match="pure noise at t = 1"):
+            sampling_times(s, 1, spacing, sigma_max=math.inf)
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -120,7 +125,8 @@ def test_noise_level_spacings_start_at_sigma_max_or_at_t_one(name, spacing):
         else:
             assert float(times[0]) < 1 and start == pytest.approx(cap, rel=1e-6)
         # the rest of the walk is unchanged: same end, strictly decreasing
-        assert float(times[-2]) == pytest.approx(float(sampling_times(s, 12, spacing, sigma_max=math.inf)[-2]), rel=1e-9)
+        uncapped = math.inf if math.isfinite(top) else 1e9
+        assert float(times[-2]) == pytest.approx(float(sampling_times(s, 12, spacing, sigma_max=uncapped)[-2]), rel=1e-9)
 
 
 def test_grid_spacings_refuse_sigma_max():
@@ -177,6 +183,8 @@ def test_bad_arguments_say_what_is_allowed():
         schedules.DiscreteSchedule(torch.tensor([0.1, 1.5]))
     with pytest.raises(ValueError, match="min_signal_rate < max_signal_rate"):
         schedules.continuous_cosine(0.9, 0.5)
+    with pytest.raises(ValueError, match="rectified flow needs shift > 0"):
+        make_schedule("rectified-flow", t_min=1.0)
 
 
 def test_uniform_mixing_ddim_is_the_tutorials_sampler():
@@ -198,7 +206,7 @@ def test_uniform_mixing_ddim_is_the_tutorials_sampler():
     assert alpha.tolist() == [1.0, 0.75, 0.0] and sigma.tolist() == [0.0, 0.25, 1.0]
 
 
-@pytest.mark.parametrize("name", ["cosine", "linear", "continuous-cosine", "sigmoid"])
+@pytest.mark.parametrize("name", ["cosine", "linear", "continuous-cosine", "sigmoid", "rectified-flow"])
 def test_a_shift_lowers_the_log_snr_by_twice_its_log_at_every_time(name):
     base, moved = make_schedule(name), make_schedule(name, shift=2.0)
     # A table is moved at its grid points (between them it interpolates log alpha-bar, as any table).
@@ -216,20 +224,27 @@ def test_the_shifted_cosine_is_simple_diffusions_closed_form():
                                rtol=0, atol=1e-8)
 
 
-def test_a_shift_is_sd3s_time_shift_of_rectified_flow():
-    # Rectified flow mixes x_t = (1 - t) x_0 + t eps, whose log-SNR is 2 log((1 - t) / t); SD3 (Esser et al.
-    # 2024, eq. 23) samples it at t' = s t / (1 + (s - 1) t). Its variance-preserving twin, shifted by s, agrees.
-    class RectifiedFlow:
-        num_steps, t_min, noise = None, 0.0, "gaussian"
+def test_a_shift_is_sd3s_time_shift_of_rectified_flow_and_keeps_it_straight():
+    # SD3 (Esser et al. 2024, eq. 23) samples x_t = (1 - t') x_0 + t' eps at t' = s t / (1 + (s - 1) t);
+    # the variance-preserving twin of that path, shifted as `Shifted` moves a schedule, agrees in log-SNR.
+    s, t = 3.0, FINE[1:-1]
+    moved = make_schedule("rectified-flow", shift=s)
+    alpha, sigma = moved.rates(t)
+    torch.testing.assert_close(sigma, s * t / (1 + (s - 1) * t), rtol=0, atol=1e-12)
+    torch.testing.assert_close(alpha + sigma, torch.ones_like(t), rtol=0, atol=1e-12)
+
+    class VarianceRectifiedFlow:
+        num_steps, t_min, noise, variance_preserving = None, 0.0, "gaussian", True
 
         def rates(self, t):
             t = torch.as_tensor(t, dtype=torch.float64)
             norm = torch.sqrt((1 - t) ** 2 + t**2)
             return (1 - t) / norm, t / norm
 
-    s, t = 3.0, FINE[1:-1]
-    moved = schedules.shifted(RectifiedFlow(), s)
-    torch.testing.assert_close(log_snr(moved, t), log_snr(RectifiedFlow(), s * t / (1 + (s - 1) * t)), rtol=0, atol=1e-8)
+    twin = schedules.shifted(VarianceRectifiedFlow(), s)
+    torch.testing.assert_close(log_snr(twin, t), log_snr(moved, t), rtol=0, atol=1e-8)
+    assert make_schedule("rectified-flow", shift=2.0, t_min=0.01).t_min == 0.01
+    assert schedules.shifted(make_schedule("rectified-flow", shift=2.0), 1.5).shift == 3.0
 
 
 def test_a_shift_that_cannot_be_made_says_why():

@@ -6,6 +6,8 @@ x_0 = mu + s (x - alpha_T mu) / sqrt(alpha_T^2 s^2 + sigma_T^2). Deterministic s
 converge to it at their order."""
 
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -252,3 +254,44 @@ def test_sample_reports_the_evaluations_each_image_took():
     assert len(adaptive["evaluations"]) == len(adaptive["accepted"]) == 5
     assert all(e == 3 * a + 2 * r + 1 for e, a, r in zip(adaptive["evaluations"], adaptive["accepted"],
                                                          adaptive["rejected"]))  # a refused step keeps its start
+
+
+# ---- on the straight path of rectified flow ----------------------------------------------------
+
+
+@pytest.mark.parametrize("sampler, order", [("ddim", 1), ("euler", 1), ("heun", 2), ("dpmpp-2m", 2), ("unipc", 3)])
+def test_deterministic_samplers_converge_at_their_order_on_rectified_flow(sampler, order):
+    # The samplers see only the split and the rates, so a straight path (alpha + sigma = 1) is walked unchanged.
+    denoiser, x, _ = _setup("rectified-flow")
+    counts = [16, 32, 64, 128]
+    errors = [_before_last_step(sampler, denoiser, x, sampling_times(denoiser.schedule, n, "karras")) for n in counts]
+    slope = np.polyfit(np.log(counts), np.log(errors), 1)[0]
+    assert {1: -1.25 < slope < -0.8, 2: slope < -1.8, 3: slope < -2.7}[order], (errors, slope)
+
+
+@pytest.mark.parametrize("sampler, options, steps", [("ddpm", {}, 1000), ("ddim", {"eta": 1.0}, 1000), ("dpmpp-2m-sde", {}, 200)])
+def test_stochastic_samplers_reach_the_data_moments_on_rectified_flow(sampler, options, steps):
+    # DDPM's posterior on any schedule: beta_ts = sigma_t^2 - (alpha_t / alpha_s)^2 sigma_s^2.
+    denoiser, _, _ = _setup("rectified-flow")
+    run = lambda n: sample(denoiser, (1, 4, 4), 4096, sampler=sampler, steps=n, spacing="log-snr", seed=1,  # noqa: E731
+                           batch_size=4096, progress=False, **options)
+    out = run(steps)
+    assert out.mean().item() == pytest.approx(MU, abs=0.01)
+    assert out.var().item() == pytest.approx(STD**2, rel=0.025)
+    assert abs(run(steps // 10).var().item() - STD**2) > abs(out.var().item() - STD**2)
+
+
+def test_a_walk_on_rectified_flow_starts_from_noise_of_the_marginal_size():
+    # Karras's walk starts at EDM sigma 80, t = 80 / 81 on this path, where x_t has standard deviation
+    # sqrt(alpha^2 s^2 + sigma^2), not 1: sample() scales its noise by sqrt(alpha^2 + sigma^2).
+    denoiser, _, _ = _setup("rectified-flow")
+    starts = []
+    out = sample(denoiser, (1, 4, 4), 4096, sampler="dpmpp-2m", steps=100, seed=2, batch_size=4096, progress=False,
+                 callback=lambda i, x_t, image: starts.append(x_t) if i == 0 else None)
+    t0 = float(sampling_times(denoiser.schedule, 100, "karras")[0])
+    assert t0 == pytest.approx(80 / 81)
+    alpha, sigma = (float(r) for r in denoiser.schedule.rates(torch.tensor(t0, dtype=torch.float64)))
+    assert starts[0].std().item() == pytest.approx(math.hypot(alpha, sigma), rel=0.02)
+    assert abs(math.hypot(alpha, sigma) - 1) > 0.01  # the scale is really needed
+    assert out.mean().item() == pytest.approx(MU, abs=0.01)
+    assert out.var().item() == pytest.approx(STD**2, rel=0.03)

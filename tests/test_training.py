@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from pixel_diffusion import checkpoints
 from pixel_diffusion.checkpoints import CheckpointError, latest_checkpoint, load_checkpoint
 from pixel_diffusion.cli import main
 from pixel_diffusion.config import TrainConfig, apply_overrides, read_config_file
-from pixel_diffusion.diffusion import DiffusionLoss
+from pixel_diffusion.objectives import Diffusion
 from pixel_diffusion.presets import PRESETS, preset
 from pixel_diffusion.runs import load_run
 from pixel_diffusion.training import TrainingError, train
@@ -191,7 +192,7 @@ def test_a_pickled_checkpoint_is_refused_without_running_it(tmp_path):
 
 
 def test_non_finite_loss_stops_naming_the_step_and_keeps_the_checkpoint(tmp_path, monkeypatch):
-    real = DiffusionLoss.__call__
+    real = Diffusion.__call__
     calls = {"n": 0}
 
     def sometimes_nan(self, *args, **kwargs):
@@ -199,7 +200,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_checkpoint(tmp_path
         loss = real(self, *args, **kwargs)
         return loss * float("nan") if calls["n"] == 5 else loss
 
-    monkeypatch.setattr(DiffusionLoss, "__call__", sometimes_nan)
+    monkeypatch.setattr(Diffusion, "__call__", sometimes_nan)
     with pytest.raises(TrainingError, match=r"became nan at step 5.*step-0000004, is kept"):
         train(tiny(steps=10, checkpoint_every=2), tmp_path)
     assert latest_checkpoint(tmp_path).name == "step-0000004"
@@ -361,6 +362,19 @@ def test_overrides_and_config_files(tmp_path):
         apply_overrides(config, ["batch_size=0"])
     with pytest.raises(ValueError, match="expected one of fp32, bf16, fp16"):
         apply_overrides(config, ["precision=fp8"])
+
+
+def test_a_config_file_s_quoted_number_is_read_and_a_wrong_kind_is_one_line(tmp_path):
+    (tmp_path / "c.toml").write_text('lr = "3e-4"\nsteps = "100"\nema_profiles = [0.05, 0.1]\n[data]\nflip = "false"\n'
+                                     '[loss]\nkind = "flow-matching"\nlogit_normal_std = "0.8"\n')
+    config = apply_overrides(preset("mnist-flow"), read_config_file(tmp_path / "c.toml"))
+    assert config.lr == 3e-4 and config.steps == 100 and config.ema_profiles == (0.05, 0.1) and config.data.flip is False
+    assert config.loss.kind == "flow-matching" and config.loss.logit_normal_std == 0.8
+    for text, says in (('lr = "fast"', "lr: expected a number, got 'fast'"), ("lr = [1]", "lr: expected a number, got [1]"),
+                       ('steps = 1.5', "steps: expected an integer, got 1.5"), ("betas = 0.9", "betas: expected a list")):
+        (tmp_path / "bad.toml").write_text(text + "\n")
+        with pytest.raises(ValueError, match=f"^{re.escape(says)}"):
+            apply_overrides(preset("mnist"), read_config_file(tmp_path / "bad.toml"))
 
 
 def test_speed_levers_leave_the_training_the_same(tmp_path):

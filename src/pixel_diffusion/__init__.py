@@ -1,6 +1,7 @@
 """pixel-diffusion: train, sample, measure and look at denoising diffusion models of images."""
 
-from .diffusion import Denoiser, DiffusionLoss, Split, add_noise, forward_chain
+from .diffusion import Denoiser, Split, add_noise, forward_chain
+from .objectives import OBJECTIVES, Diffusion, FlowMatching
 from .runs import ModelSpec, Run, load_run
 from .samplers import SAMPLERS, ImageNoise, ddim, ddpm, sample
 from .schedules import SCHEDULES, SPACINGS, make_schedule, sampling_times
@@ -9,9 +10,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Denoiser",
-    "DiffusionLoss",
+    "Diffusion",
+    "FlowMatching",
     "ImageNoise",
     "ModelSpec",
+    "OBJECTIVES",
     "Run",
     "SAMPLERS",
     "SCHEDULES",

@@ -6,7 +6,10 @@
     runs/NAME/checkpoints/step-NNNNNNN/         model.safetensors, ema.safetensors,
                                                 optimizer.safetensors, optimizer.json,
                                                 state.json, model.json (the model description),
-                                                manifest.json (each file's size and SHA-256)
+                                                manifest.json (each file's size and SHA-256);
+                                                named weights beside them (ema-0.100.safetensors:
+                                                a power-function EMA profile, kept or rebuilt)
+    runs/NAME/ema-snapshots/step-NNNNNNN.safetensors   the EMA profiles at a step, for post-hoc EMA
     runs/NAME/checkpoints/best/                 the weights KID selection kept, model.json, manifest.json
     runs/NAME/checkpoints/latest                the newest checkpoint's folder name
     runs/NAME/.lock                             held by the one process that trains the run
@@ -194,8 +197,10 @@ def save_checkpoint(
     state: dict,
     keep: int = 3,
     description: dict | None = None,
+    named: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> Path:
-    """Write checkpoints/step-NNNNNNN atomically, point `latest` at it, keep the newest `keep`."""
+    """Write checkpoints/step-NNNNNNN atomically, point `latest` at it, keep the newest `keep`;
+    `named` weights (name -> tensors) go beside the model's as NAME.safetensors."""
     folder = Path(run) / CHECKPOINTS
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / step_name(step)
@@ -205,6 +210,8 @@ def save_checkpoint(
     try:
         save_file({k: v.detach().cpu().contiguous() for k, v in model.items()}, tmp / "model.safetensors")
         save_file({k: v.detach().cpu().contiguous() for k, v in ema.items()}, tmp / "ema.safetensors")
+        for name, weights in (named or {}).items():
+            save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, tmp / f"{check_weights_name(name)}.safetensors")
         tensors, rest = optimizer_to_files(optimizer)
         save_file(tensors, tmp / "optimizer.safetensors")
         write_json(tmp / "optimizer.json", rest)
@@ -341,7 +348,8 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_checkpoint(folder: Path) -> dict:
-    """{'model', 'ema', 'optimizer', 'state'} from a checkpoint folder; never runs code."""
+    """{'model', 'ema', 'optimizer', 'state', 'named'} from a checkpoint folder ('named': its
+    other weights by name); never runs code."""
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"no checkpoint at {folder}")
@@ -351,7 +359,91 @@ def load_checkpoint(folder: Path) -> dict:
         "ema": _load_tensors(folder / "ema.safetensors"),
         "optimizer": optimizer_from_files(_load_tensors(folder / "optimizer.safetensors"), read_json(folder / "optimizer.json")),
         "state": read_json(folder / "state.json"),
+        "named": {name: _load_tensors(folder / f"{name}.safetensors") for name in weights_names(folder)
+                  if name not in ("model", "ema")},
     }
+
+
+# ---- named weights and EMA snapshots ------------------------------------------------------------
+
+NOT_WEIGHTS = ("optimizer",)
+SNAPSHOTS = "ema-snapshots"
+
+
+def check_weights_name(name: str) -> str:
+    """A weights name is lower-case letters, digits, dots and dashes (`ema`, `model`, `ema-0.100`)."""
+    if not (isinstance(name, str) and name and name[0].isalnum() and name not in NOT_WEIGHTS
+            and all(c.isdigit() or c in ".-" or ("a" <= c <= "z") for c in name)):
+        raise ValueError(f"weights name {name!r} must be lower-case letters, digits, dots and dashes (ema, model, ema-0.100)")
+    return name
+
+
+def weights_names(folder: Path) -> list[str]:
+    """The weights a checkpoint folder holds, by name: model, ema and any others."""
+    return sorted(p.stem for p in Path(folder).glob("*.safetensors") if p.stem not in NOT_WEIGHTS)
+
+
+def add_weights(folder: Path, name: str, tensors: dict[str, torch.Tensor]) -> Path:
+    """Write NAME.safetensors into a checkpoint folder and list it in the manifest, each step
+    atomic: a crash leaves the folder as it was or with an unlisted file that the next write replaces."""
+    folder = Path(folder)
+    verify_checkpoint(folder)
+    path = folder / f"{check_weights_name(name)}.safetensors"
+    if name in ("model", "ema"):
+        raise ValueError(f"{name} weights are written by training; name the added weights otherwise (ema-0.100)")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=folder)
+    os.close(fd)
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    if (folder / MANIFEST).exists():
+        write_manifest(folder)
+    return path
+
+
+def save_snapshot(run: Path, step: int, profiles: dict[str, dict[str, torch.Tensor]], sigma_rels: dict[str, float]) -> Path:
+    """ema-snapshots/step-NNNNNNN.safetensors: each profile's tensors as NAME/KEY, its sigma_rel in the metadata."""
+    path = Path(run) / SNAPSHOTS / f"{step_name(step)}.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    tensors = {f"{name}/{key}": value.detach().cpu().contiguous() for name, weights in profiles.items()
+               for key, value in weights.items()}
+    try:
+        save_file(tensors, tmp, metadata={"step": str(step), "sigma_rels": json.dumps(sigma_rels)})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def snapshot_info(path: Path) -> tuple[int, dict[str, float]]:
+    """(step, {profile name: sigma_rel}) of a snapshot file, from its header alone."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        step, sigma_rels = int(metadata["step"]), json.loads(metadata["sigma_rels"])
+        return step, {str(k): float(v) for k, v in sigma_rels.items()}
+    except (SafetensorError, OSError, KeyError, ValueError, TypeError, AttributeError) as error:
+        raise CheckpointError(f"{path} is not an EMA snapshot ({str(error).splitlines()[0][:80] if str(error) else type(error).__name__})") from None
+
+
+def snapshot_weights(path: Path, name: str) -> dict[str, torch.Tensor]:
+    """One profile's tensors from a snapshot file; never runs code."""
+    prefix = f"{name}/"
+    return {key[len(prefix):]: value for key, value in _load_tensors(Path(path)).items() if key.startswith(prefix)}
+
+
+def list_snapshots(run: Path) -> list[Path]:
+    """A run's EMA snapshot files, oldest first."""
+    folder = Path(run) / SNAPSHOTS
+    return sorted(folder.glob("step-*.safetensors")) if folder.is_dir() else []
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:

@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for add in (_train_command, _sample_command, _classifier_command, _evaluate_command, _show_command, _export_command,
-                _info_command, _pack_command, _serve_command, _demo_command):
+                _ema_command, _info_command, _pack_command, _serve_command, _demo_command):
         add(commands)
     return parser
 
@@ -177,6 +177,26 @@ def _export_command(commands) -> None:
     export.add_argument("--format", choices=("diffusers",), default="diffusers", help="the format (default: diffusers)")
     export.add_argument("--out", type=Path, required=True, help="the new pipeline folder (must not exist)")
     export.set_defaults(handler=run_export, device="cpu")
+
+
+def _ema_command(commands) -> None:
+    command = commands.add_parser(
+        "ema", help="rebuild EMA weights of any length after training (post-hoc EMA)",
+        description="From the EMA profiles a run kept (train with ema_profiles=[0.05,0.1] and ema_snapshot_every=N), "
+        "rebuild the power-function EMA of each --sigma-rel at a checkpoint (Karras et al. 2024, EDM2) and write it "
+        "into that checkpoint as weights ema-SIGMA, which sample, show, evaluate and export take with --weights.")
+    add_options(command, "run", "checkpoint")
+    command.add_argument("--sigma-rel", type=positive_float, nargs="+", required=True,
+                         help="EMA lengths, as a fraction of training (EDM2's sigma_rel, such as 0.05 0.1 0.2)")
+    command.set_defaults(handler=run_ema)
+
+
+def run_ema(args) -> None:
+    from .runs import write_posthoc_ema
+
+    for name, count in write_posthoc_ema(args.run, args.sigma_rel, args.checkpoint):
+        print(f"{name}: the sum of {count} kept profiles, written into {args.run}'s {args.checkpoint} checkpoint; "
+              f"sample it with --weights {name}")
 
 
 def _info_command(commands) -> None:
@@ -403,12 +423,14 @@ def run_evaluate(args) -> None:
     for key, value in scores.items():
         print(f"  {key:14s} {value:.5g}" if isinstance(value, float) else f"  {key:14s} {value}")
     base = None if run is None else (run.directory or args.run)
-    out = args.out or (base / f"metrics-{args.sampler}-{args.steps}.json" if base else None)
+    named = "" if run is None or run.weights == "ema" else f"-{run.weights}"  # one file per weights evaluated
+    out = args.out or (base / f"metrics-{args.sampler}-{args.steps}{named}.json" if base else None)
     if out is not None:
         atomic_write_text(out, json.dumps({**scores, "extractor": extractor.key, "reference": source,
                                            "sampler": args.sampler if run else None, "steps": args.steps if run else None,
                                            "guidance": run.spec.guidance_for(args.guidance, run.spec.default_labels(1, 0)) if run else None,
-                                           "checkpoint": str(run.checkpoint) if run else None}, indent=2) + "\n")
+                                           "checkpoint": str(run.checkpoint) if run else None,
+                                           "weights": run.weights if run else None}, indent=2) + "\n")
         print(f"written to {out}")
 
 

@@ -9,12 +9,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import tomllib
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .data import DataConfig
-from .diffusion import DiffusionLoss
+from .diffusion import check_variance_preserving
+from .objectives import OBJECTIVES, Diffusion, Objective, objective_from_dict
+from .schedules import make_schedule
 
 BUDGET_FIELDS = ("steps", "epochs", "minutes")
 # Fields that may change between a run and its resumption: how long, how often, where.
@@ -38,6 +41,7 @@ RESUMABLE_FIELDS = BUDGET_FIELDS + (
     "skip_nonfinite",
     "data.workers",
     "guidance",
+    "ema_snapshot_every",
 )
 
 
@@ -52,7 +56,7 @@ class TrainConfig:
     schedule_options: dict = field(default_factory=dict)
     prediction: str = "noise"
     noise_input: str = "timestep"
-    loss: DiffusionLoss = field(default_factory=DiffusionLoss)
+    loss: Objective = field(default_factory=Diffusion)  # objectives.OBJECTIVES, picked by loss.kind
     conditional: bool = False  # train on the data's labels (class-conditional)
     label_dropout: float = 0.1  # fraction trained with "no label", for classifier-free guidance
     clusters: int = 0  # k > 0: condition on k k-means clusters of the images instead (clusters.py; no labels needed)
@@ -71,6 +75,8 @@ class TrainConfig:
     accumulation: int = 1  # micro-batches per optimiser step (batch_size is split among them)
     ema_decay: float = 0.999
     ema_warmup: bool = True  # decay min(ema_decay, (1 + n) / (10 + n)) at optimiser step n
+    ema_profiles: tuple[float, ...] = ()  # EDM2 power-function EMA lengths (sigma_rel) kept beside `ema`, e.g. (0.05, 0.1)
+    ema_snapshot_every: int = 0  # steps between snapshots of those profiles, for `pixel-diffusion ema` (0: none)
     precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast + loss scaling, GPU only)
     # Speed levers that leave the mathematics alone (docs/performance.md measures each).
     compile: bool = False  # torch.compile the network's forward and backward
@@ -105,8 +111,9 @@ class TrainConfig:
         if isinstance(self.data, dict):
             self.data = DataConfig(**self.data)
         if isinstance(self.loss, dict):
-            self.loss = DiffusionLoss(**self.loss)
+            self.loss = objective_from_dict(self.loss)
         self.betas = tuple(self.betas)
+        self.ema_profiles = tuple(self.ema_profiles)
         checks = [
             ("optimizer", self.optimizer, ("adamw", "adam")),
             ("lr_decay", self.lr_decay, ("constant", "cosine")),
@@ -140,10 +147,31 @@ class TrainConfig:
                              "found in the images; set one of them (clusters=0 to train on the labels)")
         if self.threads is not None and (not isinstance(self.threads, int) or isinstance(self.threads, bool) or self.threads < 1):
             raise ValueError(f"threads must be a positive integer or None; got {self.threads!r}")
+        for sigma_rel in self.ema_profiles:
+            if isinstance(sigma_rel, bool) or not isinstance(sigma_rel, (int, float)) or not 0 < sigma_rel < 12**-0.5:
+                raise ValueError(f"ema_profiles holds EMA lengths sigma_rel in (0, 0.288), such as [0.05, 0.1]; got {sigma_rel!r}")
+        if len({round(s, 3) for s in self.ema_profiles}) != len(self.ema_profiles):
+            raise ValueError(f"ema_profiles must differ in their first three decimals (they name weights); got {self.ema_profiles}")
+        if not isinstance(self.ema_snapshot_every, int) or isinstance(self.ema_snapshot_every, bool) or self.ema_snapshot_every < 0:
+            raise ValueError(f"ema_snapshot_every must be 0 (none) or a number of steps; got {self.ema_snapshot_every!r}")
+        if self.ema_snapshot_every and not self.ema_profiles:
+            raise ValueError("ema_snapshot_every takes snapshots of the ema_profiles; set ema_profiles too, such as [0.05, 0.1]")
         for name in BUDGET_FIELDS:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be positive; got {value}")
+        self.check_model()
+
+    def check_model(self) -> None:
+        """The schedule, prediction and objective fit together (one line, before any data is read)."""
+        if not isinstance(self.schedule_options, dict):
+            raise ValueError(f"schedule_options must be a table of the schedule's options; got {self.schedule_options!r}")
+        try:
+            schedule = make_schedule(self.schedule, **self.schedule_options)
+        except TypeError as error:
+            raise ValueError(f"schedule_options do not fit schedule {self.schedule!r} ({error})") from None
+        check_variance_preserving("prediction", self.prediction, schedule)
+        self.loss.check(schedule, self.prediction)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -189,13 +217,43 @@ def _coerce(text: str, current, annotation):
     return value
 
 
+def _kinds(annotation) -> tuple:
+    """The members of a union (int | None -> int, None), else the annotation itself."""
+    return typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+
+
+def _wants_number(annotation) -> bool:
+    """A field that holds a number or a switch (int, float, bool, or one of them or None)."""
+    return any(kind in (int, float, bool) for kind in _kinds(annotation))
+
+
+def _check_parsed(value, annotation) -> None:
+    """A value a JSON or TOML file gave (parsed already) fits a field that holds a number, a switch or a list."""
+    kinds = _kinds(annotation)
+    if value is None and type(None) in kinds:
+        return
+    if bool in kinds and isinstance(value, bool):
+        return
+    if float in kinds and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return
+    if int in kinds and isinstance(value, int) and not isinstance(value, bool):
+        return
+    if _wants_number(annotation):
+        wanted = "true or false" if bool in kinds else "an integer" if float not in kinds else "a number"
+        raise ValueError(f"expected {wanted}, got {value!r}")
+    if typing.get_origin(annotation) is tuple and not isinstance(value, (list, tuple)):
+        raise ValueError(f"expected a list, got {value!r}")
+
+
 def apply_overrides(config: TrainConfig, overrides: list[str] | dict) -> TrainConfig:
     """A new config with `key=value` strings (or a {key: value} dict of parsed values) applied."""
     data = config.to_dict()
     # A file's [data] and [loss] tables change only the fields they name.
     items = flatten(overrides).items() if isinstance(overrides, dict) else [_split(o) for o in overrides]
+    items = _kind_first(items, data)
+    kind = data["loss"].get("kind", "diffusion")
     hints = {"": typing.get_type_hints(TrainConfig), "data": typing.get_type_hints(DataConfig),
-             "loss": typing.get_type_hints(DiffusionLoss)}
+             "loss": typing.get_type_hints(OBJECTIVES[kind]) if kind in OBJECTIVES else {}}
     for key, value in items:
         section, _, name = key.rpartition(".")
         target = data
@@ -205,13 +263,28 @@ def apply_overrides(config: TrainConfig, overrides: list[str] | dict) -> TrainCo
             target = data[section]
         if section not in ("network_options", "schedule_options") and name not in target:
             raise ValueError(f"unknown config field {key!r}")
-        if isinstance(value, str) and not isinstance(overrides, dict):
-            try:
-                value = _coerce(value, target.get(name), hints.get(section, {}).get(name, type(None)))
-            except ValueError as error:
-                raise ValueError(f"{key}: {error}") from None
+        annotation = hints.get(section, {}).get(name, type(None))
+        try:
+            if isinstance(value, str) and (not isinstance(overrides, dict) or _wants_number(annotation)):
+                value = _coerce(value, target.get(name), annotation)  # a file's quoted number ("3e-4") too
+            elif isinstance(overrides, dict):
+                _check_parsed(value, annotation)
+        except ValueError as error:
+            raise ValueError(f"{key}: {error}") from None
         target[name] = value
     return TrainConfig.from_dict(data)
+
+
+def _kind_first(items, data: dict) -> list:
+    """The overrides without `loss.kind`, which is applied first: another objective starts from
+    its own defaults, so that the loss fields set beside it are its own."""
+    items = list(items)
+    kinds = [value for key, value in items if key == "loss.kind"]
+    if kinds and kinds[-1] != data["loss"].get("kind"):
+        if kinds[-1] not in OBJECTIVES:
+            raise ValueError(f"loss.kind: unknown objective {kinds[-1]!r}; expected one of {', '.join(OBJECTIVES)}")
+        data["loss"] = dataclasses.asdict(OBJECTIVES[kinds[-1]]())
+    return [(key, value) for key, value in items if key != "loss.kind"]
 
 
 def _split(override: str) -> tuple[str, str]:

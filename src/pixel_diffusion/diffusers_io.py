@@ -368,6 +368,8 @@ def scheduler_config(spec: dict) -> dict:
     else:
         options["trained_betas"] = schedule.betas.tolist()
     theirs = {ours: their for their, ours in PREDICTIONS.items()}
+    if spec["prediction"] not in theirs:
+        raise _cannot("prediction", spec["prediction"], "diffusers' DDPM and DDIM schedulers take noise, velocity or image")
     return {"_class_name": "DDPMScheduler", "_diffusers_version": DIFFUSERS_VERSION,
             "num_train_timesteps": schedule.num_steps, **options, "variance_type": "fixed_small",
             "clip_sample": bool(spec.get("clip", True)), "clip_sample_range": 1.0,

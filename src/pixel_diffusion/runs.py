@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import checkpoints, diffusers_io
+from . import checkpoints, diffusers_io, ema
 from .checkpoints import CheckpointError
 from .clusters import draw_clusters
 from .data import DataConfig, Normalisation, load_images
-from .diffusion import NOISE_INPUTS, PREDICTIONS, Denoiser, Guided
+from .diffusion import NOISE_INPUTS, PREDICTIONS, Denoiser, Guided, check_variance_preserving
 from .networks import build_network, config_from_dict, config_to_dict, summary
 from .samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, get_sampler, sample
 from .schedules import make_schedule
@@ -111,7 +111,7 @@ class ModelSpec:
                 raise _field_error(where, name, "one of " + ", ".join(registry), data[name])
         schedule, options = get("schedule", str, "a schedule name"), get("schedule_options", dict, "an object", optional=True) or {}
         try:
-            make_schedule(schedule, **options)
+            check_variance_preserving("prediction", data["prediction"], make_schedule(schedule, **options))
         except TypeError as error:
             raise CheckpointError(f"{where}: field 'schedule_options' does not fit schedule {schedule!r} ({error})") from None
         except ValueError as error:
@@ -320,12 +320,15 @@ def read_spec(folder: Path, run_dir: Path | None) -> ModelSpec:
 def load_run(run_dir: Path, checkpoint: str | int = "latest", weights: str = "ema",
              device: str | torch.device = "cpu") -> Run:
     """A trained model from a run directory (or a checkpoint folder on its own): `checkpoint` is
-    "latest", "best" or a step; `weights` "ema" (default) or "model". Never runs code from a file."""
-    if weights not in WEIGHTS:
-        raise ValueError(f"weights must be ema or model; got {weights!r}")
+    "latest", "best" or a step; `weights` "ema" (default), "model" or another name the checkpoint
+    holds (an EMA profile such as ema-0.100, kept in training or rebuilt by `pixel-diffusion ema`).
+    Never runs code from a file."""
+    checkpoints.check_weights_name(weights)
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {device} asked for, but this machine has no CUDA GPU; use --device cpu")
     if diffusers_io.is_pipeline_folder(run_dir):
+        if weights not in WEIGHTS:
+            raise ValueError(f"{run_dir} is a diffusers pipeline folder with one set of weights; drop --weights")
         return _load_pipeline(Path(run_dir), checkpoint, torch.device(device))
     folder = find_checkpoint(run_dir, checkpoint)
     run_root = folder.parent.parent if folder.parent.name == checkpoints.CHECKPOINTS else None
@@ -333,6 +336,8 @@ def load_run(run_dir: Path, checkpoint: str | int = "latest", weights: str = "em
         run_root = None
     _check_intact(folder, run_root)
     spec = read_spec(folder, run_root)
+    if weights not in WEIGHTS and not (folder / f"{weights}.safetensors").is_file():
+        raise ValueError(f"{folder} holds no {weights} weights; it holds {', '.join(checkpoints.weights_names(folder))}")
     tensors = checkpoints.load_weights(folder / f"{weights}.safetensors")
     net = _build(spec, folder, {k: tuple(v.shape) for k, v in tensors.items()})
     net.load_state_dict(tensors)
@@ -438,3 +443,34 @@ images = pipeline(batch_size=16, num_inference_steps=50).images
 
 or, with any of pixel-diffusion's samplers: `pixel-diffusion sample --run {name} --sampler dpmpp-2m --steps 10`.
 """
+
+
+def write_posthoc_ema(run_dir: Path, sigma_rels, checkpoint: str | int = "latest") -> list[tuple[str, int]]:
+    """Rebuild the power-function EMA of each length in `sigma_rels` at a checkpoint, from the run's
+    snapshots before it and the profiles the checkpoint keeps (EDM2's post-hoc EMA, ema.py), and
+    write it into the checkpoint as named weights (ema-0.200). Returns (name, profiles combined)."""
+    folder = find_checkpoint(run_dir, checkpoint)
+    if folder.parent.name != checkpoints.CHECKPOINTS or folder.name == checkpoints.BEST:
+        raise ValueError(f"{folder} is not one of a run's step checkpoints; post-hoc EMA needs the run's snapshots")
+    root = folder.parent.parent
+    _check_intact(folder, root)
+    step = int(checkpoints.read_json(folder / "state.json")["step"])
+    train = checkpoints.read_json(root / "config.json").get("train", {}) if (root / "config.json").exists() else {}
+    kept = {ema.weights_name(s): float(s) for s in train.get("ema_profiles", ())}
+    if not kept:
+        raise ValueError(f"{root} kept no EMA profiles to rebuild from; train with ema_profiles=[0.05,0.1] "
+                         "and ema_snapshot_every=N (steps)")
+    pieces = [(path, at, name, s) for path in checkpoints.list_snapshots(root)
+              for at, rels in [checkpoints.snapshot_info(path)] if at < step for name, s in rels.items()]
+    pieces += [(folder / f"{name}.safetensors", step, name, s) for name, s in kept.items()]
+    written = []
+    for sigma_rel in sigma_rels:
+        name = ema.weights_name(sigma_rel)
+        if name in kept:
+            raise ValueError(f"{name} is kept by training in {folder.name}; ask for other lengths")
+        x = ema.posthoc_coefficients([(at, ema.sigma_rel_to_gamma(s)) for _, at, _, s in pieces], step, sigma_rel)
+        loads = (checkpoints.snapshot_weights(path, n) if at < step else checkpoints.load_weights(path)
+                 for path, at, n, _ in pieces)
+        checkpoints.add_weights(folder, name, ema.combine(loads, x))
+        written.append((name, len(pieces)))
+    return written

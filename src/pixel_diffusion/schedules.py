@@ -1,6 +1,9 @@
 """Noise schedules: the signal rate alpha(t) and noise rate sigma(t) for t in [0, 1].
 
-    x_t = alpha(t) x_0 + sigma(t) eps,    alpha(t)^2 + sigma(t)^2 = 1.
+    x_t = alpha(t) x_0 + sigma(t) eps,
+
+variance preserving (alpha^2 + sigma^2 = 1) for every diffusion schedule, straight (alpha + sigma
+= 1) for rectified flow and the uniform-mixing corruption; `variance_preserving` says which.
 
 A schedule is data: `rates(t)` for any tensor of times, `num_steps` (T for a discrete schedule,
 None for a continuous one) and `t_min`, the smallest time a network is trained at. Respacing a
@@ -28,6 +31,7 @@ class Schedule(Protocol):
     num_steps: int | None
     t_min: float
     noise: str  # "gaussian" (every diffusion schedule) or "uniform" (UniformMixing)
+    variance_preserving: bool  # alpha^2 + sigma^2 = 1 (the others here are straight: alpha + sigma = 1)
 
     def rates(self, t: Tensor) -> tuple[Tensor, Tensor]: ...
 
@@ -45,6 +49,7 @@ class DiscreteSchedule:
 
     betas: Tensor
     noise = "gaussian"
+    variance_preserving = True
     num_steps: int = field(init=False)
     t_min: float = field(init=False)
     log_alpha_sq: Tensor = field(init=False, repr=False)  # (T + 1,): times 0, 1/T, ..., 1
@@ -122,6 +127,7 @@ class ContinuousCosine:
     min_signal_rate: float = 0.02
     max_signal_rate: float = 0.95
     noise = "gaussian"
+    variance_preserving = True
     num_steps: None = field(default=None, init=False)
     t_min: float = field(default=0.0, init=False)
 
@@ -151,6 +157,7 @@ class Sigmoid:
     min_alpha_sq: float = 1e-9
     t_min: float = 1e-3
     noise = "gaussian"
+    variance_preserving = True
     num_steps: None = field(default=None, init=False)
 
     def __post_init__(self):
@@ -179,11 +186,36 @@ class UniformMixing:
 
     t_min: float = 0.0
     noise = "uniform"
+    variance_preserving = False
     num_steps: None = field(default=None, init=False)
 
     def rates(self, t) -> tuple[Tensor, Tensor]:
         t = _times(t)
         return 1 - t, t
+
+
+@dataclass(frozen=True)
+class RectifiedFlow:
+    """The straight path of flow matching (Lipman et al. 2023; Liu et al. 2023, rectified flow):
+    x_t = (1 - t') x_0 + t' eps with Gaussian eps, where t' = s t / (1 + (s - 1) t) is SD3's
+    resolution shift (Esser et al. 2024, eq. 23; s = `shift`, 1 for none). The shift lowers the
+    log-SNR by 2 log s at every time, as `Shifted` does to a variance-preserving schedule, and keeps
+    the path straight."""
+
+    shift: float = 1.0
+    t_min: float = 1e-5
+    noise = "gaussian"
+    variance_preserving = False
+    num_steps: None = field(default=None, init=False)
+
+    def __post_init__(self):
+        if not (self.shift > 0 and 0 <= self.t_min < 1):
+            raise ValueError(f"rectified flow needs shift > 0 and 0 <= t_min < 1; got shift={self.shift}, t_min={self.t_min}")
+
+    def rates(self, t) -> tuple[Tensor, Tensor]:
+        t = _times(t)
+        moved = self.shift * t / (1 + (self.shift - 1) * t)
+        return 1 - moved, moved
 
 
 @dataclass(frozen=True)
@@ -196,6 +228,7 @@ class Shifted:
     base: object
     shift: float
     noise = "gaussian"
+    variance_preserving = True
     num_steps: None = field(default=None, init=False)
 
     @property
@@ -214,6 +247,8 @@ def shifted(schedule: Schedule, shift: float) -> Schedule:
         raise ValueError(f"shift must be a positive number (the resolution over the base one); got {shift!r}")
     if shift == 1:
         return schedule
+    if isinstance(schedule, RectifiedFlow):
+        return RectifiedFlow(schedule.shift * shift, schedule.t_min)
     if schedule.noise != "gaussian":
         raise ValueError("shift moves the log-SNR of a Gaussian schedule; uniform-mixing has none")
     if not isinstance(schedule, DiscreteSchedule):
@@ -227,6 +262,10 @@ def shifted(schedule: Schedule, shift: float) -> Schedule:
 
 def uniform_mixing(t_min: float = 0.0) -> UniformMixing:
     return UniformMixing(t_min)
+
+
+def rectified_flow(shift: float = 1.0, t_min: float = 1e-5) -> RectifiedFlow:
+    return RectifiedFlow(shift, t_min)
 
 
 def continuous_cosine(min_signal_rate: float = 0.02, max_signal_rate: float = 0.95) -> ContinuousCosine:
@@ -248,6 +287,7 @@ SCHEDULES = {
     "continuous-cosine": continuous_cosine,
     "sigmoid": sigmoid,
     "uniform-mixing": uniform_mixing,
+    "rectified-flow": rectified_flow,
 }
 
 
@@ -336,6 +376,9 @@ def _log_snr_range(schedule: Schedule, sigma_max: float | None) -> tuple[Tensor,
     """(lambda at t_min, lambda where the walk starts, whether that start lies before t = 1)."""
     lam_max, lam_min = log_snr(schedule, torch.tensor([schedule.t_min, 1.0], dtype=torch.float64))
     sigma_max = SIGMA_MAX if sigma_max is None else sigma_max
+    if not (math.isfinite(sigma_max) or math.isfinite(float(lam_min))):
+        raise ValueError("this schedule is pure noise at t = 1 (its sigma/alpha is infinite there): a karras or "
+                         f"log-snr walk starts at a finite sigma_max (default {SIGMA_MAX:g})")
     floor = -2 * math.log(sigma_max) if math.isfinite(sigma_max) else -math.inf
     if floor <= lam_min:
         return lam_max, lam_min, False

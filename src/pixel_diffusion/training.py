@@ -15,7 +15,6 @@ once per optimiser step.
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import math
 import os
@@ -30,6 +29,7 @@ from . import checkpoints
 from .clusters import label_by_clusters
 from .config import TrainConfig, differences
 from .data import ImageData, load_images
+from .ema import EMA, PowerEMA
 from .loader import BatchLoader, LoaderError, StepItems, loader_workers, step_generator
 from .logbook import RunLog
 from .networks import build_network, config_from_dict, config_to_dict, network_config, summary
@@ -50,23 +50,6 @@ def resolve_network(config: TrainConfig, channels: int, num_classes: int | None)
     base = config_to_dict(network_config(config.network, in_channels=channels, num_classes=num_classes))
     base.update(config.network_options)
     return config_from_dict(base)
-
-
-class EMA:
-    """Exponential moving average of a network's parameters (buffers are copied)."""
-
-    def __init__(self, net: torch.nn.Module, decay: float, warmup: bool):
-        self.net = copy.deepcopy(net).eval().requires_grad_(False)
-        self.decay, self.warmup = decay, warmup
-
-    @torch.no_grad()
-    def update(self, net: torch.nn.Module, step: int) -> None:
-        """After optimiser step `step` (1-based)."""
-        decay = min(self.decay, (1 + step) / (10 + step)) if self.warmup else self.decay
-        ema, live = list(self.net.parameters()), list(net.parameters())
-        torch._foreach_lerp_(ema, live, 1 - decay)
-        for ema_buffer, buffer in zip(self.net.buffers(), net.buffers()):
-            ema_buffer.copy_(buffer)
 
 
 def learning_rate(config: TrainConfig, step: int, total: int | None, fraction: float | None = None) -> float:
@@ -175,6 +158,17 @@ class Model:
     net: torch.nn.Module
     ema: EMA
     optimizer: torch.optim.Optimizer
+    profiles: PowerEMA | None = None  # EDM2's power-function EMA profiles (ema_profiles)
+
+    def named_weights(self) -> dict[str, dict[str, torch.Tensor]]:
+        """The profiles' weights by name (ema-0.050, ...), saved beside model and ema."""
+        if self.profiles is None:
+            return {}
+        return {name: net.state_dict() for name, net in zip(self.profiles.names(), self.profiles.nets)}
+
+    def averages_to(self, device) -> None:
+        for net in [self.ema.net, *(self.profiles.nets if self.profiles is not None else ())]:
+            net.to(device)
 
 
 def build_model(config: TrainConfig, prepared: TrainingData) -> Model:
@@ -196,7 +190,7 @@ def build_model(config: TrainConfig, prepared: TrainingData) -> Model:
     optimizer_class = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
     optimizer = optimizer_class(net.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay,
                                 **({"fused": True} if config.fused_optimizer else {}))
-    return Model(spec, net, ema, optimizer)
+    return Model(spec, net, ema, optimizer, PowerEMA(net, config.ema_profiles) if config.ema_profiles else None)
 
 
 def resume(config: TrainConfig, run_dir: Path, model: Model) -> tuple[int, float]:
@@ -221,6 +215,10 @@ def resume(config: TrainConfig, run_dir: Path, model: Model) -> tuple[int, float
                               "aside to train from the start")
     model.net.load_state_dict(state["model"])
     model.ema.net.load_state_dict(state["ema"])
+    for name, net in zip(model.profiles.names(), model.profiles.nets) if model.profiles is not None else ():
+        if name not in state["named"]:
+            raise checkpoints.CheckpointError(f"{folder} holds no {name} weights to resume the EMA profile from")
+        net.load_state_dict(state["named"][name])
     model.optimizer.load_state_dict(state["optimizer"])
     return int(state["state"]["step"]), float(state["state"].get("elapsed_s", 0.0))
 
@@ -384,6 +382,8 @@ def train_step(loop: Loop, step: int, lr: float) -> tuple[float, torch.Tensor | 
     model.optimizer.step()
     model.optimizer.zero_grad(set_to_none=True)
     model.ema.update(accelerator.unwrap_model(model.net), step + 1)
+    if model.profiles is not None:
+        model.profiles.update(accelerator.unwrap_model(model.net), step + 1)
     return step_loss, norm
 
 
@@ -460,7 +460,7 @@ def _train(config: TrainConfig, run_dir: Path, accelerator) -> Path:
     model.net, model.optimizer = accelerator.prepare(model.net, model.optimizer)  # DDP under accelerate
     if config.compile:  # in place, so state_dict keys stay those of the plain network
         accelerator.unwrap_model(model.net).compile()
-    model.ema.net.to(device)
+    model.averages_to(device)
     loop = Loop(config, accelerator, model, prepared, model.spec.build_denoiser(model.net), run_dir)
     kid = KIDSelection(config, device) if config.kid_every and main else None
     budget = Budget.of(config, prepared.steps_per_epoch)
@@ -484,7 +484,7 @@ def _train(config: TrainConfig, run_dir: Path, accelerator) -> Path:
             optimizer=(optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer).state_dict(),
             state={"epoch": at // prepared.steps_per_epoch, "images_seen": at * config.batch_size,
                    "elapsed_s": elapsed()},
-            keep=config.keep_checkpoints, description=model.spec.to_dict())
+            keep=config.keep_checkpoints, description=model.spec.to_dict(), named=model.named_weights())
 
     with _stop_on_signals() as stop, _progress(config, budget, step, main) as bar, contextlib.closing(log):
         last, window = None, Window()
@@ -510,6 +510,8 @@ def _train(config: TrainConfig, run_dir: Path, accelerator) -> Path:
                 preview(config, model.spec, model.ema.net, run_dir, step)
             if step % config.checkpoint_every == 0:
                 last = save(step)
+            if config.ema_snapshot_every and step % config.ema_snapshot_every == 0 and main:
+                checkpoints.save_snapshot(run_dir, step, model.named_weights(), model.profiles.sigma_rel_names())
             if agreed(float(stop["signal"] is not None)) > 0:  # a signal to any process stops them all
                 break
         if last is None or int(last.name.split("-")[1]) != step:

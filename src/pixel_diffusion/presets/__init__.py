@@ -1,5 +1,5 @@
 """Named training configurations: one per reference system, and `mnist`, the fast default (with
-`mnist-conditional`, its form on the data's labels).
+`mnist-conditional`, its form on the data's labels, and `mnist-flow`, trained by flow matching).
 
 Each function returns a TrainConfig; its docstring names the source and what was chosen where
 the source is vague. docs/presets.md lists them. Presets whose data is not built in need --data.
@@ -14,7 +14,7 @@ import numpy as np
 
 from ..config import TrainConfig
 from ..data import IMAGE_SUFFIXES, DataConfig, is_gray, open_source
-from ..diffusion import DiffusionLoss
+from ..objectives import Diffusion, FlowMatching
 
 
 def mnist() -> TrainConfig:
@@ -31,7 +31,7 @@ def mnist() -> TrainConfig:
         schedule="cosine",
         prediction="velocity",
         noise_input="timestep",
-        loss=DiffusionLoss(target="velocity", weighting="min-snr"),
+        loss=Diffusion(target="velocity", weighting="min-snr"),
         optimizer="adamw",
         lr=2e-3,
         lr_warmup=200,
@@ -70,7 +70,7 @@ def keras_flowers() -> TrainConfig:
         schedule="continuous-cosine",
         prediction="noise",
         noise_input="variance",
-        loss=DiffusionLoss(target="noise", distance="mae"),
+        loss=Diffusion(target="noise", distance="mae"),
         optimizer="adamw",
         lr=1e-3,
         weight_decay=1e-4,
@@ -99,7 +99,7 @@ def ddpm_anime() -> TrainConfig:
         network="ddpm-64",
         schedule="linear",
         prediction="noise",
-        loss=DiffusionLoss(),
+        loss=Diffusion(),
         optimizer="adamw",
         lr=1e-4,
         betas=(0.95, 0.999),
@@ -125,7 +125,7 @@ def mnist_tutorial() -> TrainConfig:
         network="ddpm-mnist",
         schedule="cosine",
         prediction="noise",
-        loss=DiffusionLoss(),
+        loss=Diffusion(),
         optimizer="adam",
         lr=1e-3,
         grad_clip=None,
@@ -148,7 +148,7 @@ def mnist_basic() -> TrainConfig:
         schedule="uniform-mixing",
         prediction="image",
         noise_input="variance",
-        loss=DiffusionLoss(target="image"),
+        loss=Diffusion(target="image"),
         optimizer="adam",
         lr=1e-3,
         grad_clip=None,
@@ -172,7 +172,7 @@ def fashion_mindspore() -> TrainConfig:
         schedule="linear",
         schedule_options={"num_steps": 200, "beta_start": 1e-4, "beta_end": 0.02},
         prediction="noise",
-        loss=DiffusionLoss(distance="huber"),
+        loss=Diffusion(distance="huber"),
         optimizer="adam",
         lr=1e-4,
         lr_decay="cosine",
@@ -195,7 +195,7 @@ def cifar_labml() -> TrainConfig:
         schedule="linear",
         schedule_options={"num_steps": 100, "beta_start": 1e-4, "beta_end": 0.04},
         prediction="noise",
-        loss=DiffusionLoss(),
+        loss=Diffusion(),
         optimizer="adamw",
         lr=3e-4,
         batch_size=128,
@@ -244,6 +244,29 @@ def colour_64_conditional() -> TrainConfig:
                                data=dataclasses.replace(config.data, class_folders=True))
 
 
+def flow_matching(config: TrainConfig, name: str) -> TrainConfig:
+    """`config` with flow matching in place of diffusion, all else equal: the straight path
+    x_t = (1 - t) x_0 + t eps (schedule rectified-flow), the network predicting its velocity
+    eps - x_0 from the time, logit-normal times (Esser et al. 2024)."""
+    return dataclasses.replace(config, preset=name, schedule="rectified-flow", schedule_options={}, prediction="flow",
+                               noise_input="time", loss=FlowMatching())
+
+
+def mnist_flow() -> TrainConfig:
+    """`mnist` trained by flow matching (`flow_matching`)."""
+    return flow_matching(mnist(), "mnist-flow")
+
+
+def cifar10_flow() -> TrainConfig:
+    """`cifar10` trained by flow matching (`flow_matching`)."""
+    return flow_matching(cifar10(), "cifar10-flow")
+
+
+def colour_64_flow() -> TrainConfig:
+    """`colour-64` trained by flow matching (`flow_matching`)."""
+    return flow_matching(colour_64(), "colour-64-flow")
+
+
 PRESETS = {
     "mnist": mnist,
     "mnist-conditional": mnist_conditional,
@@ -257,6 +280,9 @@ PRESETS = {
     "cifar10-conditional": cifar10_conditional,
     "colour-64": colour_64,
     "colour-64-conditional": colour_64_conditional,
+    "mnist-flow": mnist_flow,
+    "cifar10-flow": cifar10_flow,
+    "colour-64-flow": colour_64_flow,
 }
 
 

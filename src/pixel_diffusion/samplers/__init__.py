@@ -46,7 +46,9 @@ from .kernel import (
     log_snrs,
     posterior_mean,
     predict,
+    start_scale,
     time_at_edm_sigma,
+    transition_variance,
     walk_rates,
 )
 from .multistep import dpmpp_3m, dpmpp_3m_sde, ipndm, unipc
@@ -60,7 +62,7 @@ __all__ = [
     "check_times", "combine_seeds", "ddim", "ddpm", "dpm_adaptive", "dpmpp_2m", "dpmpp_2m_sde",
     "dpmpp_2s_ancestral", "dpmpp_3m", "dpmpp_3m_sde", "edm_sigmas", "euler", "euler_ancestral", "evaluations",
     "get_sampler", "heun", "ipndm", "log_snrs", "posterior_mean", "predict", "sample", "samplers_with_option",
-    "time_at_edm_sigma", "unipc", "walk_rates",
+    "start_scale", "time_at_edm_sigma", "transition_variance", "unipc", "walk_rates",
 ]
 
 
@@ -169,6 +171,7 @@ def sample(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch size must be a positive integer; got {batch_size!r}")
     times = sampling_times(denoiser.schedule, steps, walk.spacing if spacing is None else spacing, sigma_max)
+    scale = start_scale(denoiser.schedule, float(times[0]))
     batches = range(0, n, batch_size)
     out = []
     report = {} if report is None else report
@@ -186,6 +189,8 @@ def sample(
             indices = range(start, min(start + batch_size, n))
             noise = ImageNoise.from_seed(seed, indices, getattr(denoiser.schedule, "noise", "gaussian"))
             x = noise(torch.empty(len(indices), *shape, device=device))
+            if scale != 1:
+                x = x * scale
             batch_labels = None if labels is None else labels[start : start + len(indices)].to(device)
             if walk.adaptive:  # its bar moves by images; the walk forms its estimates only for a caller's callback
                 x = walk(denoiser, x, times, labels=batch_labels, noise=noise, callback=callback, report=report,

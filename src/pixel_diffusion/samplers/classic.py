@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from .kernel import DDPM_VARIANCES, Callback, as_noise, check_eta, check_times, posterior_mean, predict, walk_rates
+from .kernel import DDPM_VARIANCES, Callback, as_noise, check_eta, check_times, posterior_mean, predict, transition_variance, walk_rates
 
 Tensor = torch.Tensor
 
@@ -27,7 +27,8 @@ def ddpm(
     """Ancestral sampling (Ho et al. 2020, Algorithm 2) on any decreasing times.
 
     Step t -> s draws x_s ~ q(x_s | x_t, x_0 = predicted image), Ho et al. eq. 7 with
-    beta_ts = 1 - alpha_t^2 / alpha_s^2 so respaced walks work (Nichol & Dhariwal 2021, sec. 4):
+    beta_ts = sigma_t^2 - (alpha_t / alpha_s)^2 sigma_s^2 (1 - alpha_t^2 / alpha_s^2 on a
+    variance-preserving schedule) so respaced walks work (Nichol & Dhariwal 2021, sec. 4):
         mean = alpha_s beta_ts / sigma_t^2 x_0 + (alpha_t / alpha_s) sigma_s^2 / sigma_t^2 x_t
         var  = beta_ts sigma_s^2 / sigma_t^2 ("posterior", beta-tilde) or beta_ts ("beta").
     No noise is added on the last step."""
@@ -64,7 +65,7 @@ def ddim(
     clip=None,
 ) -> Tensor:
     """DDIM (Song et al. 2021, eq. 12): x_s = alpha_s x_0 + sqrt(sigma_s^2 - c^2) eps + c z, with
-    c = eta sqrt(sigma_s^2 / sigma_t^2 (1 - alpha_t^2 / alpha_s^2)) (eq. 16). eta = 0 is the
+    c = eta sqrt(sigma_s^2 / sigma_t^2 beta_ts) (eq. 16; beta_ts as in `ddpm`). eta = 0 is the
     deterministic sampler; eta = 1 is DDPM ancestral sampling with the posterior variance."""
     check_eta(eta)
     times = check_times(times)
@@ -76,7 +77,7 @@ def ddim(
         image, eps = predict(denoiser, x, float(times[i]), a_t, s_t, labels, clip)
         if callback is not None:
             callback(i, x, image)
-        c = 0.0 if eta == 0 else eta * math.sqrt(s_s**2 / s_t**2 * -math.expm1(2 * (math.log(a_t) - math.log(a_s))))
+        c = 0.0 if eta == 0 else eta * math.sqrt(s_s**2 / s_t**2 * transition_variance(a_t, s_t, a_s, s_s))
         x = a_s * image + math.sqrt(max(s_s**2 - c**2, 0.0)) * eps
         if c > 0:
             x = x + c * draw(x)

@@ -81,6 +81,17 @@ def walk_rates(schedule: Schedule, times: Tensor) -> tuple[list[float], list[flo
     return alpha, sigma
 
 
+def start_scale(schedule: Schedule, t: float) -> float:
+    """The standard deviation of x_t at a walk's first time for data of unit variance,
+    sqrt(alpha^2 + sigma^2), that pure noise is scaled by: 1 on a variance-preserving schedule, under
+    1 on a straight one (alpha + sigma = 1) wherever a walk starts before t = 1 (the karras and log-snr
+    spacings start at EDM sigma 80: t = 0.988 on rectified flow, where it is 0.988)."""
+    if getattr(schedule, "variance_preserving", True):
+        return 1.0
+    alpha, sigma = (float(r) for r in schedule.rates(torch.tensor(float(t), dtype=torch.float64)))
+    return math.sqrt(alpha**2 + sigma**2)
+
+
 def predict(denoiser, x: Tensor, t: float, alpha: float, sigma: float, labels, clip) -> tuple[Tensor, Tensor]:
     """One network evaluation of a walk: the denoiser's (image, noise) for x at time t (rates
     alpha, sigma), the time broadcast over the batch; with `clip`, the image is clamped to the data range
@@ -108,9 +119,17 @@ def predict_scaled(denoiser, y: Tensor, t: float, labels, clip) -> Tensor:
     return predict(denoiser, y * alpha, float(t), alpha, sigma, labels, clip)[0]
 
 
+def transition_variance(a_t: float, s_t: float, a_s: float, s_s: float) -> float:
+    """beta_ts, the variance of x_t given x_s (s < t): x_t = (alpha_t / alpha_s) x_s + N(0, beta_ts)
+    with beta_ts = sigma_t^2 - (alpha_t / alpha_s)^2 sigma_s^2 on any schedule; 1 - alpha_t^2 / alpha_s^2
+    where alpha^2 + sigma^2 = 1 (Ho et al. 2020's beta over a respaced step)."""
+    ratio = a_t / a_s
+    return max(s_t**2 - (ratio * s_s) ** 2, 0.0)
+
+
 def posterior_mean(image: Tensor, x: Tensor, a_t: float, s_t: float, a_s: float, s_s: float) -> tuple[Tensor, float]:
-    """Mean of q(x_s | x_t, x_0 = image) and beta_ts = 1 - alpha_t^2 / alpha_s^2 (Ho et al. eq. 7)."""
-    beta = -math.expm1(2 * (math.log(a_t) - math.log(a_s)))
+    """Mean of q(x_s | x_t, x_0 = image) and beta_ts (`transition_variance`; Ho et al. eq. 7 on any schedule)."""
+    beta = transition_variance(a_t, s_t, a_s, s_s)
     return (a_s * beta / s_t**2) * image + (a_t / a_s * s_s**2 / s_t**2) * x, beta
 
 

@@ -1,0 +1,244 @@
+"""Training objectives: what one step asks of the model, as a registry (`OBJECTIVES`).
+
+An objective is a frozen dataclass with a `kind`. Called as
+`objective(denoiser, images, labels, generator, **parts) -> (B,)` per-example losses (the caller
+reduces), it draws its own times and noise, builds x_t, and compares the denoiser's split with
+its target. `needs` names the parts of the model bundle it takes besides the denoiser (none for
+the two here; a distillation objective takes its frozen teacher), and `check(schedule, prediction)`
+refuses, in one line, a model description it cannot train.
+
+- `Diffusion`: x_t = alpha x_0 + sigma eps on any schedule; a noise, image or velocity target,
+  MSE/MAE/Huber, min-SNR or P2 weighting, uniform or log-normal noise levels.
+- `FlowMatching`: the straight path x_t = (1 - t) x_0 + t eps (the `rectified-flow` schedule) and
+  its velocity u = eps - x_0 (Lipman et al. 2023; Liu et al. 2023), with logit-normal or uniform
+  times (Esser et al. 2024, sec. 3.1). The samplers walk such a model through the same split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from .diffusion import Denoiser, Split, check_variance_preserving, draw_noise, per_example
+from .schedules import Schedule, time_at_log_snr
+
+Tensor = torch.Tensor
+
+
+def _check_choice(kind: str, value: str, options) -> None:
+    if value not in options:
+        raise ValueError(f"unknown {kind} {value!r}; expected one of {', '.join(options)}")
+
+
+# ---- times ------------------------------------------------------------------------------------
+# Where training draws its noise levels: (schedule, n, generator, device, objective) -> (B,) float64 times.
+
+
+def _uniform_times(schedule: Schedule, n: int, generator, device, objective) -> Tensor:
+    # Discrete: a grid step uniformly; continuous: t ~ U(t_min, 1].
+    if schedule.num_steps is not None:
+        index = torch.randint(schedule.num_steps, (n,), generator=generator, device=device)
+        return (index.double() + 1) / schedule.num_steps
+    u = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
+    return 1 - u * (1 - schedule.t_min)
+
+
+def _log_normal_times(schedule: Schedule, n: int, generator, device, objective) -> Tensor:
+    # Karras et al. 2022, table 1: ln(sigma / alpha) ~ N(P_mean, P_std^2), i.e. the log-SNR
+    # lambda = -2 ln(sigma / alpha) ~ N(-2 P_mean, (2 P_std)^2); mapped to the time where the
+    # schedule reaches it, and held inside its [t_min, 1] (a discrete schedule's times between
+    # grid points are its interpolated rates).
+    z = torch.randn(n, generator=generator, device=device, dtype=torch.float64)
+    lam = -2 * (objective.log_normal_mean + objective.log_normal_std * z)
+    return time_at_log_snr(schedule, lam.cpu()).to(device).clamp(schedule.t_min, 1.0)
+
+
+def _logit_normal_times(schedule: Schedule, n: int, generator, device, objective) -> Tensor:
+    # Esser et al. 2024, eq. 19: t = sigmoid(u), u ~ N(m, s^2); held inside [t_min, 1].
+    z = torch.randn(n, generator=generator, device=device, dtype=torch.float64)
+    return torch.sigmoid(objective.logit_normal_mean + objective.logit_normal_std * z).clamp(schedule.t_min, 1.0)
+
+
+TIME_SAMPLERS = {"uniform": _uniform_times, "log-normal": _log_normal_times, "logit-normal": _logit_normal_times}
+
+
+# ---- what is compared, and how ----------------------------------------------------------------
+
+# A Split's coordinate the diffusion objective compares, given the rates.
+TARGETS: dict[str, Callable[[Split, Tensor, Tensor], Tensor]] = {
+    "noise": lambda split, alpha, sigma: split.noise,
+    "image": lambda split, alpha, sigma: split.image,
+    "velocity": lambda split, alpha, sigma: alpha * split.noise - sigma * split.image,
+}
+
+# Squared error of each target relative to the image's: |d eps|^2 = snr |d x_0|^2 and
+# |d v|^2 = (snr + 1) |d x_0|^2 (from x_t = alpha x_0 + sigma eps being fixed; v on a
+# variance-preserving schedule).
+_IMAGE_ERROR_SCALE = {
+    "noise": lambda snr: snr,
+    "image": lambda snr: torch.ones_like(snr),
+    "velocity": lambda snr: snr + 1,
+}
+
+
+def _distance_mse(a: Tensor, b: Tensor, objective) -> Tensor:
+    return (a - b).square()
+
+
+def _distance_mae(a: Tensor, b: Tensor, objective) -> Tensor:
+    return (a - b).abs()
+
+
+def _distance_huber(a: Tensor, b: Tensor, objective) -> Tensor:
+    # Smooth L1 at delta 1 (MindSpore's SmoothL1Loss): 0.5 d^2 / delta inside, |d| - delta / 2 outside.
+    return F.smooth_l1_loss(a, b, reduction="none", beta=objective.huber_delta)
+
+
+DISTANCES = {"mse": _distance_mse, "mae": _distance_mae, "huber": _distance_huber}
+
+
+# Weightings, each stated as a weight on the image's squared error and divided by
+# _IMAGE_ERROR_SCALE[target] so one setting means the same thing for every target.
+
+
+def _min_snr(snr: Tensor, objective) -> Tensor:
+    # Hang et al. 2023, eq. 10: w = min(snr, gamma) on the image error.
+    return snr.clamp(max=objective.min_snr_gamma)
+
+
+def _p2(snr: Tensor, objective) -> Tensor:
+    # Choi et al. 2022, eq. 8: w = 1 / (k + snr)^gamma on the noise error.
+    return snr / (objective.p2_k + snr) ** objective.p2_gamma
+
+
+WEIGHTINGS = {"none": None, "min-snr": _min_snr, "p2": _p2}
+
+
+def _draw(objective, denoiser: Denoiser, images: Tensor, generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """An objective's times and noise for a batch: (t, alpha, sigma, all (B,) float64; eps like
+    the images). Drawn where the generator lives (a CPU generator serves a GPU batch too), then moved."""
+    schedule, n = denoiser.schedule, images.shape[0]
+    where = generator.device if generator is not None else images.device
+    t = TIME_SAMPLERS[objective.time_sampling](schedule, n, generator, where, objective).to(images.device)
+    noise = draw_noise(getattr(schedule, "noise", "gaussian"), images.shape, generator=generator, device=where)
+    alpha, sigma = schedule.rates(t)
+    return t, alpha, sigma, noise.to(images.device)
+
+
+def _check_positive(objective, names) -> None:
+    for name in names:
+        if not getattr(objective, name) > 0:
+            raise ValueError(f"{name} must be positive; got {getattr(objective, name)}")
+
+
+# ---- the objectives ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Diffusion:
+    """Denoising diffusion: each example draws a time and noise, is noised in closed form, split by
+    the denoiser, and compared with the truth in the space of `target` by `distance` (mean over
+    pixels), then weighted by its signal-to-noise ratio."""
+
+    target: str = "noise"
+    distance: str = "mse"
+    weighting: str = "none"
+    time_sampling: str = "uniform"
+    log_normal_mean: float = -1.2  # EDM's P_mean and P_std, for time_sampling "log-normal"
+    log_normal_std: float = 1.2
+    min_snr_gamma: float = 5.0
+    p2_gamma: float = 1.0
+    p2_k: float = 1.0
+    huber_delta: float = 1.0
+    kind: str = field(default="diffusion", init=False)
+    needs: ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self):
+        _check_choice("loss target", self.target, TARGETS)
+        _check_choice("loss distance", self.distance, DISTANCES)
+        _check_choice("loss weighting", self.weighting, WEIGHTINGS)
+        _check_choice("time sampling", self.time_sampling, ("uniform", "log-normal"))
+        _check_positive(self, ("min_snr_gamma", "p2_k", "huber_delta", "log_normal_std"))
+        if not math.isfinite(self.log_normal_mean):
+            raise ValueError(f"log_normal_mean must be a finite number; got {self.log_normal_mean}")
+        if not self.p2_gamma >= 0:
+            raise ValueError(f"p2_gamma must be >= 0; got {self.p2_gamma}")
+
+    def check(self, schedule: Schedule, prediction: str) -> None:
+        check_variance_preserving("loss target", self.target, schedule)
+
+    def __call__(self, denoiser: Denoiser, images: Tensor, labels: Tensor | None = None,
+                 generator: torch.Generator | None = None) -> Tensor:
+        t, alpha, sigma, noise = _draw(self, denoiser, images, generator)
+        images = images.float()
+        a, s = per_example(alpha, images), per_example(sigma, images)
+        predicted = denoiser(a * images + s * noise, t, labels)
+        target = TARGETS[self.target]
+        error = DISTANCES[self.distance](target(predicted, a, s), target(Split(images, noise), a, s), self)
+        loss = error.flatten(1).mean(1)  # (B,)
+        weight = WEIGHTINGS[self.weighting]
+        if weight is None:
+            return loss
+        snr = (alpha / sigma) ** 2
+        return loss * (weight(snr, self) / _IMAGE_ERROR_SCALE[self.target](snr)).float()
+
+
+@dataclass(frozen=True)
+class FlowMatching:
+    """Conditional flow matching on the straight path: x_t = (1 - t) x_0 + t eps, and the loss
+    |u_theta(x_t, t) - (eps - x_0)|^2 (mean over pixels), where u_theta = eps_hat - x0_hat is read
+    from the denoiser's split whatever the network predicts (`flow` predicts u itself). Times are
+    logit-normal (Esser et al. 2024: mean 0, std 1 was their best) or uniform; the schedule's
+    `shift` moves them for the resolution."""
+
+    time_sampling: str = "logit-normal"
+    logit_normal_mean: float = 0.0
+    logit_normal_std: float = 1.0
+    distance: str = "mse"
+    huber_delta: float = 1.0
+    kind: str = field(default="flow-matching", init=False)
+    needs: ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self):
+        _check_choice("time sampling", self.time_sampling, ("logit-normal", "uniform"))
+        _check_choice("loss distance", self.distance, DISTANCES)
+        _check_positive(self, ("logit_normal_std", "huber_delta"))
+        if not math.isfinite(self.logit_normal_mean):
+            raise ValueError(f"logit_normal_mean must be a finite number; got {self.logit_normal_mean}")
+
+    def check(self, schedule: Schedule, prediction: str) -> None:
+        if getattr(schedule, "variance_preserving", True) or getattr(schedule, "noise", "gaussian") != "gaussian":
+            raise ValueError("flow matching trains on the straight path x_t = (1 - t) x_0 + t eps: "
+                             "use schedule rectified-flow (schedule_options.shift for the resolution)")
+
+    def __call__(self, denoiser: Denoiser, images: Tensor, labels: Tensor | None = None,
+                 generator: torch.Generator | None = None) -> Tensor:
+        t, alpha, sigma, noise = _draw(self, denoiser, images, generator)
+        images = images.float()
+        predicted = denoiser(per_example(alpha, images) * images + per_example(sigma, images) * noise, t, labels)
+        error = DISTANCES[self.distance](predicted.noise - predicted.image, noise - images, self)
+        return error.flatten(1).mean(1)  # (B,)
+
+
+OBJECTIVES = {"diffusion": Diffusion, "flow-matching": FlowMatching}
+Objective = Diffusion | FlowMatching
+
+
+def objective_from_dict(data: dict) -> Objective:
+    """An objective from its saved fields; `kind` picks it (a run saved before objectives had
+    kinds is `diffusion`)."""
+    data = dict(data)
+    kind = data.pop("kind", "diffusion")
+    if kind not in OBJECTIVES:
+        raise ValueError(f"unknown objective kind {kind!r}; expected one of {', '.join(OBJECTIVES)}")
+    names = {f.name for f in dataclasses.fields(OBJECTIVES[kind]) if f.init}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"unknown {kind} loss fields {unknown}; expected some of {sorted(names)}")
+    return OBJECTIVES[kind](**data)
