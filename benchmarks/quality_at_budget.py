@@ -51,8 +51,8 @@ CIFAR_RECIPES = {"ours": ("cifar10", 1500, CIFAR), "ours-conditional": ("cifar10
 TINY = {"data.source": str(DATASETS["tiny-imagenet-100"].data.source)}
 TINY_RECIPES = {"colour-64-conditional": ("colour-64-conditional", 300, TINY),
                 "colour-64-before": ("colour-64", 300, {**TINY, "network": "patch-64"}),
-                "keras-flowers": ("keras-flowers", 40, TINY),
-                "ddpm-anime": ("ddpm-anime", 150, {**TINY, "precision": "bf16"})}
+                "keras-flowers": ("keras-flowers", 100, TINY),
+                "ddpm-anime": ("ddpm-anime", 200, {**TINY, "precision": "bf16"})}
 # dataset: (recipes, prefix of the files written to docs/)
 BENCHMARKS = {"mnist": (RECIPES, "performance"), "cifar10": (CIFAR_RECIPES, "performance_cifar10"),
               "tiny-imagenet-100": (TINY_RECIPES, "performance_tiny")}
