@@ -8,9 +8,10 @@ Each recipe trains on the data set (mnist: mnist-5k, ours and its class-conditio
 the MNIST tutorial's; cifar10: the 50,000 CIFAR-10 training images, `cifar10` and
 `cifar10-conditional` against the labml.ai DDPM; tiny-imagenet-100: the 50,000 64x64 photos of
 its ten shards, streamed, `colour-64-conditional` and `colour-64` as it was (on patch-64)
-against the Keras DDIM and diffusers DDPM presets) for `--minutes` of wall-clock time on this
-machine (its preset, with the budget replaced by minutes; learning-rate decay follows the time
-budget), writing a checkpoint every few hundred steps. Every checkpoint is then sampled with the
+against the Keras DDIM and diffusers DDPM presets; each data set's `*-flow*` recipe is its own
+recipe trained by flow matching) for `--minutes` of wall-clock time on this machine (its preset,
+with the budget replaced by minutes; learning-rate decay follows the time budget), or for
+`--train-steps` steps to match a run trained earlier, writing a checkpoint every few hundred steps. Every checkpoint is then sampled with the
 same seeds (`--sampler`, `--steps`; `--curve-samples` for the intermediate ones, `--samples` for
 the last) and scored with the data set's classifier features against all of its training images:
 FID, KID, and the share of samples the classifier calls with confidence > 0.9 (a
@@ -40,31 +41,39 @@ from pixel_diffusion.training import train
 
 from common import DATASETS, ROOT, InceptionScorer, Scorer, cpu_name, nearest_training_distance, training_images
 
+# Flow matching in place of diffusion (presets.flow_matching), and EMA profiles with snapshots
+# for benchmarks/posthoc_ema.py.
+FLOW = {"schedule": "rectified-flow", "schedule_options": {}, "prediction": "flow", "noise_input": "time",
+        "loss.kind": "flow-matching"}
+SNAPSHOTS = {"ema_profiles": [0.05, 0.1], "ema_snapshot_every": 250}
 # name: (preset, checkpoint every so many steps, overrides)
 RECIPES = {"ours": ("mnist", 300, {}), "ours-conditional": ("mnist-conditional", 300, {}),
-           "tutorial": ("mnist-tutorial", 40, {})}
+           "tutorial": ("mnist-tutorial", 40, {}), "ours-flow": ("mnist-flow", 300, {})}
 CIFAR = {"data.source": str(DATASETS["cifar10"].data.source)}
 CIFAR_RECIPES = {"ours": ("cifar10", 1500, CIFAR), "ours-conditional": ("cifar10-conditional", 1500, CIFAR),
-                 "labml": ("cifar-labml", 250, CIFAR)}
+                 "labml": ("cifar-labml", 250, CIFAR),
+                 "ours-flow-conditional": ("cifar10-conditional", 1500, {**CIFAR, **FLOW, **SNAPSHOTS})}
 # Tiny ImageNet-100 streamed from its shards; the reference systems' presets on their own recipes
 # (ddpm-anime's fp16 is a GPU's: bf16 autocast here).
 TINY = {"data.source": str(DATASETS["tiny-imagenet-100"].data.source)}
 TINY_RECIPES = {"colour-64-conditional": ("colour-64-conditional", 300, TINY),
                 "colour-64-before": ("colour-64", 300, {**TINY, "network": "patch-64"}),
                 "keras-flowers": ("keras-flowers", 100, TINY),
-                "ddpm-anime": ("ddpm-anime", 200, {**TINY, "precision": "bf16"})}
+                "ddpm-anime": ("ddpm-anime", 200, {**TINY, "precision": "bf16"}),
+                "colour-64-flow-conditional": ("colour-64-conditional", 300, {**TINY, **FLOW, **SNAPSHOTS})}
 # dataset: (recipes, prefix of the files written to docs/)
 BENCHMARKS = {"mnist": (RECIPES, "performance"), "cifar10": (CIFAR_RECIPES, "performance_cifar10"),
               "tiny-imagenet-100": (TINY_RECIPES, "performance_tiny")}
 
 
-def train_recipe(recipes: dict, name: str, minutes: float, out: Path) -> Path:
+def train_recipe(recipes: dict, name: str, minutes: float, out: Path, steps: int | None = None) -> Path:
     run = out / name
     if checkpoints.latest_checkpoint(run) is not None:
         print(f"{run} is trained already; delete it to train again")
         return run
     name_of_preset, every, overrides = recipes[name]
-    config = apply_overrides(preset(name_of_preset), {**overrides, "steps": None, "epochs": None, "minutes": minutes,
+    budget = {"steps": None, "minutes": minutes} if steps is None else {"steps": steps, "minutes": None}
+    config = apply_overrides(preset(name_of_preset), {**overrides, **budget, "epochs": None,
                                                       "checkpoint_every": every, "keep_checkpoints": 1000,
                                                       "preview_every": 0, "kid_every": 0})
     train(config, run)
@@ -156,6 +165,8 @@ def main() -> None:
     parser.add_argument("--dataset", default="mnist", choices=list(BENCHMARKS))
     parser.add_argument("--recipes", nargs="+", help="some of the data set's recipes (default: all)")
     parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--train-steps", type=int,
+                        help="train new runs for this many steps instead (to match a run trained earlier, perhaps on another processor)")
     parser.add_argument("--samples", type=int, default=1000, help="samples scored at the end of each run")
     parser.add_argument("--curve-samples", type=int, default=500, help="samples scored at the intermediate checkpoints")
     parser.add_argument("--sampler", default="ddpm")
@@ -175,7 +186,7 @@ def main() -> None:
 
     from pixel_diffusion.viz import image_grid
 
-    runs = {name: train_recipe(recipes, name, args.minutes, out) for name in args.recipes}
+    runs = {name: train_recipe(recipes, name, args.minutes, out, args.train_steps) for name in args.recipes}
     scorer = Scorer(args.dataset)
     inception = InceptionScorer(args.dataset) if args.inception else None
     score = dict(sampler=args.sampler, steps=args.steps, spacing=args.spacing, samples=args.samples,

@@ -14,6 +14,11 @@ the first `--warmup` steps (which hold torch.compile's work); each row reports t
 rounds and the spread (min-max), and the ratio to the suite's reference system. The same run
 measures the machine's peak: a 2048x2048 matrix product in float32 and in bf16.
 
+`--against REV` measures every variant twice in each round: on this tree and on the package as of
+git revision REV (checked out into a temporary worktree and put first on the worker's PYTHONPATH),
+so a change's speed is read as a ratio from one run (its table goes to the suite's
+`*_against.md`).
+
 `--loss-steps N` adds the check that a lever does not cost quality: fp32 and bf16 runs of the
 default recipe for N steps from the same seed, mean training loss over the last 20% of steps.
 """
@@ -23,6 +28,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import platform
 import resource
 import statistics
@@ -112,10 +118,12 @@ def worker(suite: str, name: str, steps: int, warmup: int, extra: dict) -> dict:
     }
 
 
-def run_worker(suite: str, name: str, steps: int, warmup: int, extra: dict | None = None) -> dict:
+def run_worker(suite: str, name: str, steps: int, warmup: int, extra: dict | None = None, source: Path | None = None) -> dict:
+    """One variant in a process of its own; `source`: a src/ folder to import the package from."""
     command = [sys.executable, __file__, "--suite", suite, "--worker", name, "--steps", str(steps), "--warmup", str(warmup),
                "--extra", json.dumps(extra or {})]
-    out = subprocess.run(command, check=True, capture_output=True, text=True)
+    env = None if source is None else {**os.environ, "PYTHONPATH": str(source)}
+    out = subprocess.run(command, check=True, capture_output=True, text=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -151,6 +159,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10, help="steps left out of the speed (compilation, caches)")
     parser.add_argument("--loss-steps", type=int, default=0, help="also compare fp32 and bf16 loss after this many steps (mnist)")
     parser.add_argument("--doc", type=Path, help="table to write (default: the suite's in docs/)")
+    parser.add_argument("--against", metavar="REV", help="also measure each variant on the package as of this git revision")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--extra", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -167,24 +176,41 @@ def main() -> None:
 
     from pixel_diffusion.presets import preset
 
-    results: dict[str, list[dict]] = {name: [] for name in args.variants}
+    sources, worktree = {"": None}, None
+    if args.against:
+        worktree = Path(tempfile.mkdtemp(prefix="train_speed-")) / "tree"
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(worktree), args.against],
+                       check=True, capture_output=True)
+        sources[f" @ {args.against}"] = worktree / "src"
+        doc = doc.with_name(f"{doc.stem}_against.md")
+    runs = [(name, label) for name in args.variants for label in sources]
+    results: dict[str, list[dict]] = {name + label: [] for name, label in runs}
     peaks = {"fp32": [], "bf16": []}
-    with tqdm(total=args.repeats * len(args.variants), desc="train_speed") as bar:
-        for round_ in range(args.repeats):
-            shift = round_ % len(args.variants)
-            for name in args.variants[shift:] + args.variants[:shift]:
-                results[name].append(run_worker(args.suite, name, args.steps, args.warmup))
-                bar.update(1)
-            peaks["fp32"].append(peak_gflops(torch.float32))
-            peaks["bf16"].append(peak_gflops(torch.bfloat16))
+    try:
+        with tqdm(total=args.repeats * len(runs), desc="train_speed") as bar:
+            for round_ in range(args.repeats):
+                shift = round_ % len(runs)
+                for name, label in runs[shift:] + runs[:shift]:
+                    results[name + label].append(run_worker(args.suite, name, args.steps, args.warmup, source=sources[label]))
+                    bar.update(1)
+                peaks["fp32"].append(peak_gflops(torch.float32))
+                peaks["bf16"].append(peak_gflops(torch.bfloat16))
+    finally:
+        if worktree is not None:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(worktree)], capture_output=True)
     peak = {k: statistics.median(v) for k, v in peaks.items()}
 
-    reference = statistics.median(r["images_per_s"] for r in results[reference_name]) if reference_name in results else None
-    rows = [f"| variant | what | batch | images/s (median) | spread (min-max) | vs {reference_name} | peak memory (MB) "
+    def speed(key: str) -> float | None:
+        return statistics.median(r["images_per_s"] for r in results[key]) if key in results else None
+
+    # The ratio column: against the suite's reference system, or with --against each variant against itself at REV.
+    against = f" @ {args.against}" if args.against else None
+    reference_of = (lambda name: speed(name + against)) if against else (lambda name: speed(reference_name))
+    rows = [f"| variant | what | batch | images/s (median) | spread (min-max) | vs {'itself' + against if against else reference_name} | peak memory (MB) "
             "| GFLOP/s (fwd+bwd = 3x fwd) | of peak |",
             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for name in args.variants:
-        speeds = [r["images_per_s"] for r in results[name]]
+    for name, label in runs:
+        speeds = [r["images_per_s"] for r in results[name + label]]
         median = statistics.median(speeds)
         preset_name, overrides, what = suite[name]
         config = preset(preset_name)
@@ -192,11 +218,12 @@ def main() -> None:
         network = overrides.get("network", config.network)
         achieved = 3 * forward_gflops(network, overrides.get("network_options", {}), shape) * median
         fraction = achieved / peak["bf16" if precision == "bf16" else "fp32"]
+        reference = reference_of(name)
         ratio = f"{median / reference:.2f}x" if reference else "-"
         rows.append(
-            f"| `{name}` | {what} | {results[name][0]['batch_size']} | {median:.0f} | "
+            f"| `{name}`{label} | {what} | {results[name + label][0]['batch_size']} | {median:.0f} | "
             f"{min(speeds):.0f}-{max(speeds):.0f} | {ratio} | "
-            f"{statistics.median(r['peak_rss_mb'] for r in results[name]):.0f} | {achieved:.0f} | {100 * fraction:.0f}% |"
+            f"{statistics.median(r['peak_rss_mb'] for r in results[name + label]):.0f} | {achieved:.0f} | {100 * fraction:.0f}% |"
         )
     lines = [
         "| measured peak | GFLOP/s (2048x2048 matrix product, median) |", "|---|---:|",

@@ -154,6 +154,18 @@ class ModelSpec:
         if not 0 <= label < self.num_classes:
             raise ValueError(f"--label must lie in 0..{self.num_classes - 1}; got {label}")
 
+    def check_labels(self, labels: torch.Tensor, n: int) -> None:
+        """Refuse, in one line, labels that are not n integers in 0..K (K: no label); the network
+        takes them unchecked."""
+        if self.num_classes is None:
+            raise ValueError("this run was trained without labels; drop --label")
+        labels = torch.as_tensor(labels)
+        if labels.shape != (n,) or labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise ValueError(f"labels must be {n} integers; got {labels.dtype} of shape {tuple(labels.shape)}")
+        if n and not 0 <= int(labels.min()) <= int(labels.max()) <= self.num_classes:
+            raise ValueError(f"labels must lie in 0..{self.num_classes - 1} ({self.num_classes}: no label); "
+                             f"got {int(labels.min())}..{int(labels.max())}")
+
     def classes_in_turn(self, n: int) -> torch.Tensor | None:
         """Labels 0, 1, ..., K-1, 0, ... for n samples of a model trained on its data's K labels,
         so each class is drawn equally often (and a classifier's accuracy can be measured); None
@@ -195,8 +207,7 @@ def sample_images(
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"unknown sampling precision {precision!r}; expected fp32 or bf16")
     if labels is not None:
-        if spec.num_classes is None:
-            raise ValueError("this run was trained without labels; drop --label")
+        spec.check_labels(labels, n)
         denoiser = Guided(denoiser, guidance, spec.num_classes)
     options.setdefault("clip", spec.data_range(device) if spec.clip else None)
     with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16"):
@@ -334,7 +345,7 @@ def load_run(run_dir: Path, checkpoint: str | int = "latest", weights: str = "em
     run_root = folder.parent.parent if folder.parent.name == checkpoints.CHECKPOINTS else None
     if run_root is not None and not (run_root / "config.json").exists():
         run_root = None
-    _check_intact(folder, run_root)
+    _check_intact(folder, run_root, reads=(f"{weights}.safetensors", "state.json", MODEL_FILE))
     spec = read_spec(folder, run_root)
     if weights not in WEIGHTS and not (folder / f"{weights}.safetensors").is_file():
         raise ValueError(f"{folder} holds no {weights} weights; it holds {', '.join(checkpoints.weights_names(folder))}")
@@ -372,10 +383,11 @@ def _build(spec: ModelSpec, folder: Path, shapes: dict[str, tuple[int, ...]]) ->
                               f"({str(error).splitlines()[0][:120] if str(error) else type(error).__name__})") from None
 
 
-def _check_intact(folder: Path, run_root: Path | None) -> None:
-    """Refuse a damaged checkpoint folder in one line that names the newest intact one."""
+def _check_intact(folder: Path, run_root: Path | None, reads=None) -> None:
+    """Refuse a damaged checkpoint folder in one line that names the newest intact one; `reads`:
+    the files the caller reads, the only ones hashed."""
     try:
-        checkpoints.verify_checkpoint(folder)
+        checkpoints.verify_checkpoint(folder, reads)
     except CheckpointError as error:
         other = checkpoints.newest_intact(run_root, besides=folder) if run_root is not None else None
         hint = (f"; the newest intact checkpoint is {other.name} (--checkpoint {int(other.name.split('-')[1])})"

@@ -30,17 +30,12 @@ from .clusters import label_by_clusters
 from .config import TrainConfig, differences
 from .data import ImageData, load_images
 from .ema import EMA, PowerEMA
-from .loader import BatchLoader, LoaderError, StepItems, loader_workers, step_generator
+from .loader import StepItems, loader_workers
 from .logbook import RunLog
 from .networks import build_network, config_from_dict, config_to_dict, network_config, summary
 from .runs import ModelSpec, sample_images
-from .samplers import combine_seeds
+from .steps import SKIPPED, Health, Loop, SkippedStep, TrainingError, Window, train_step  # noqa: F401 (TrainingError: callers catch it here)
 from .viz import image_grid
-
-
-class TrainingError(RuntimeError):
-    """Training stopped; the message says why and what was kept."""
-
 
 # ---- pieces -----------------------------------------------------------------------------------
 
@@ -106,7 +101,6 @@ class TrainingData:
         return self.items.steps_per_epoch
 
 
-SKIPPED = "skipped.txt"  # in the run: every data item left out, `item<TAB>why` a line
 SHARDS = "shards.json"  # in a run on tar shards: [name, bytes, samples] of each, checked on resuming
 
 
@@ -292,144 +286,6 @@ def preview(config: TrainConfig, spec: ModelSpec, net: torch.nn.Module, run_dir:
     return path
 
 
-# ---- one optimiser step -----------------------------------------------------------------------
-
-
-@dataclass
-class Loop:
-    """What every step uses: the engine, the prepared model and data, the loss's denoiser."""
-
-    config: TrainConfig
-    accelerator: object
-    model: Model
-    prepared: TrainingData
-    denoiser: torch.nn.Module
-    run_dir: Path
-    nonfinite: int = 0  # non-finite steps in a row (skip_nonfinite)
-
-    batches: object = None  # the BatchLoader's iterator, from the step training starts at
-    broken: set = dataclasses.field(default_factory=set)  # items found unreadable in training batches
-
-    def batch_of(self, step: int):
-        """This process's share of the global batch of `step`, read (ahead, by the loader's workers)."""
-        if self.batches is None:
-            self.batches = iter(BatchLoader(self.prepared.items, step, workers=self.config.data.workers))
-        try:
-            batch = next(self.batches)
-        except LoaderError as error:
-            kept = checkpoints.latest_checkpoint(self.run_dir)
-            raise TrainingError(f"{error} at step {step + 1}" + (f"; the last checkpoint, {kept.name}, is kept" if kept else "")) from None
-        if batch.error is not None:
-            raise ValueError(f"step {step + 1}: {batch.error}")
-        if batch.step != step:
-            raise RuntimeError(f"the loader gave the batch of step {batch.step} for step {step}")
-        if batch.broken:
-            self.report_broken(batch.broken)
-        return batch
-
-    def report_broken(self, broken: list[tuple[str, str]]) -> None:
-        """Unreadable items met in training: named (the first few) and listed in skipped.txt, once each."""
-        new = [(name, why) for name, why in broken if name not in self.broken]
-        if new and self.accelerator.is_main_process:
-            with open(self.run_dir / SKIPPED, "a") as f:
-                f.writelines(f"{name}\t{why}\n" for name, why in new)
-            if len(self.broken) < 5:
-                print(f"skipped {new[0][0]} ({new[0][1]}), replaced by another image of its batch; all such are listed in "
-                      f"{self.run_dir / SKIPPED}")
-        self.broken.update(name for name, _ in new)
-
-    def micro_batch(self, batch, step: int, k: int, micro: int):
-        """(images on the device, labels with dropout or None, generator) of micro-batch k."""
-        config, rank = self.config, self.accelerator.process_index
-        generator = step_generator(config.seed, 2, step, rank, k)
-        x = self.prepared.data.serve_images(batch.images[k * micro : (k + 1) * micro], generator=generator)
-        labels = None if batch.labels is None else batch.labels[k * micro : (k + 1) * micro]
-        if labels is not None and (config.conditional or config.clusters):
-            dropped = torch.rand(len(labels), generator=generator) < config.label_dropout
-            labels = torch.where(dropped, torch.full_like(labels, self.prepared.num_classes), labels)
-            labels = labels.to(self.accelerator.device)
-        else:
-            labels = None
-        layout = torch.channels_last if config.channels_last else torch.contiguous_format
-        return x.to(self.accelerator.device, memory_format=layout), labels, generator
-
-
-def train_step(loop: Loop, step: int, lr: float) -> tuple[float, torch.Tensor | None]:
-    """Optimiser step `step` + 1 over its global batch. Returns (loss, gradient norm before
-    clipping, or None where nothing clips or the engine clips by itself)."""
-    config, accelerator, model = loop.config, loop.accelerator, loop.model
-    for group in model.optimizer.param_groups:
-        group["lr"] = lr
-    torch.manual_seed(combine_seeds(config.seed, combine_seeds(step, accelerator.process_index)))  # dropout
-    mine, micro = loop.batch_of(step), config.batch_size // accelerator.num_processes // config.accumulation
-    step_loss, norm = 0.0, None
-    for k in range(config.accumulation):
-        x, labels, generator = loop.micro_batch(mine, step, k, micro)
-        with accelerator.autocast():
-            loss = config.loss(loop.denoiser, x, labels, generator=generator).mean() / config.accumulation
-        if not torch.isfinite(loss):
-            _non_finite(loop, step, f"the loss became {loss.item()}")
-        with accelerator.no_sync(model.net) if k < config.accumulation - 1 else contextlib.nullcontext():
-            accelerator.backward(loss)
-        step_loss += loss.item()
-    if config.grad_clip:
-        norm = accelerator.clip_grad_norm_(model.net.parameters(), config.grad_clip)
-    if config.skip_nonfinite and config.precision != "fp16":  # fp16's loss scaler skips such steps itself
-        grads = [p.grad.isfinite().all() for p in model.net.parameters() if p.grad is not None]
-        if grads and not bool(torch.stack(grads).all()):  # one synchronisation, whatever the device
-            _non_finite(loop, step, "the gradients became non-finite")
-    loop.nonfinite = 0
-    model.optimizer.step()
-    model.optimizer.zero_grad(set_to_none=True)
-    model.ema.update(accelerator.unwrap_model(model.net), step + 1)
-    if model.profiles is not None:
-        model.profiles.update(accelerator.unwrap_model(model.net), step + 1)
-    return step_loss, norm
-
-
-class SkippedStep(Exception):
-    """A step left out for a non-finite loss or gradient (skip_nonfinite); the loop logs it."""
-
-
-def _non_finite(loop: Loop, step: int, what: str) -> None:
-    # Today's stop at the first one, or (skip_nonfinite=N) skip it as a loss scaler would, and
-    # stop after N in a row; the last good checkpoint stays.
-    config = loop.config
-    loop.model.optimizer.zero_grad(set_to_none=True)
-    loop.nonfinite += 1
-    if loop.nonfinite <= config.skip_nonfinite:
-        raise SkippedStep(f"{what}; step skipped ({loop.nonfinite} in a row of at most {config.skip_nonfinite})")
-    kept = checkpoints.latest_checkpoint(loop.run_dir)
-    in_a_row = f" ({loop.nonfinite} steps in a row)" if config.skip_nonfinite else ""
-    raise TrainingError(
-        f"{what} at step {step + 1}{in_a_row}; training stopped. "
-        + (f"The last good checkpoint, {kept.name}, is kept. " if kept else "No checkpoint was written yet. ")
-        + "Try a lower lr, grad_clip, or fp32" + ("." if config.skip_nonfinite else ", or skip_nonfinite=N."))
-
-
-class Window:
-    """The metrics of the steps since the last log line: mean loss, mean gradient norm, speed."""
-
-    def __init__(self):
-        self.loss, self.grad, self.steps, self.start = 0.0, None, 0, time.perf_counter()
-
-    def add(self, loss: float, norm) -> None:
-        self.loss += loss
-        self.steps += 1
-        if norm is not None:  # accumulated as a tensor: a GPU synchronises only when a line is logged
-            self.grad = norm if self.grad is None else self.grad + norm
-
-    def record(self, loop: Loop, step: int, lr: float, elapsed_s: float) -> dict:
-        seconds = time.perf_counter() - self.start
-        loss = loop.accelerator.reduce(torch.tensor(self.loss / self.steps, device=loop.accelerator.device), "mean")
-        record = {"step": step, "loss": loss.item(), "lr": lr,
-                  "images_per_s": self.steps * loop.config.batch_size / seconds,
-                  "epoch": step / loop.prepared.steps_per_epoch, "elapsed_s": elapsed_s}
-        if self.grad is not None:
-            record["grad_norm"] = float(self.grad / self.steps)
-        return record
-
-
 # ---- the run ----------------------------------------------------------------------------------
 
 
@@ -461,7 +317,8 @@ def _train(config: TrainConfig, run_dir: Path, accelerator) -> Path:
     if config.compile:  # in place, so state_dict keys stay those of the plain network
         accelerator.unwrap_model(model.net).compile()
     model.averages_to(device)
-    loop = Loop(config, accelerator, model, prepared, model.spec.build_denoiser(model.net), run_dir)
+    loop = Loop(config, accelerator, model, prepared, model.spec.build_denoiser(model.net), run_dir,
+                Health(config, model.optimizer, run_dir))
     kid = KIDSelection(config, device) if config.kid_every and main else None
     budget = Budget.of(config, prepared.steps_per_epoch)
     started = time.perf_counter()
@@ -488,32 +345,39 @@ def _train(config: TrainConfig, run_dir: Path, accelerator) -> Path:
 
     with _stop_on_signals() as stop, _progress(config, budget, step, main) as bar, contextlib.closing(log):
         last, window = None, Window()
+
+        def settle() -> None:  # read the steps' verdicts: skipped ones logged, too many in a row stop
+            for skipped in loop.health.read():
+                log.write(skipped)
+
         while (fraction := budget.fraction(step, lambda: agreed(elapsed()))) < 1:
             lr = learning_rate(config, step, budget.total, None if budget.total is not None else fraction)
             try:
-                loss, norm = train_step(loop, step, lr)
+                loss, norm, verdict = train_step(loop, step, lr)
+                window.add(loss, norm, verdict)
             except SkippedStep as skipped:
-                loss = None
                 log.write({"step": step + 1, "skipped": str(skipped)})
             step += 1
-            if loss is not None:
-                window.add(loss, norm)
             bar.advance(step, elapsed())
             if window.steps and (step % config.log_every == 0 or step == budget.total):
+                settle()
                 record = window.record(loop, step, lr, elapsed())
-                bar.show(record)
-                log.write(record)
+                if record is not None:
+                    bar.show(record)
+                    log.write(record)
                 window = Window()
             if kid is not None and step % config.kid_every == 0:
                 kid(model.spec, model.ema.net, step, run_dir, log, model=accelerator.unwrap_model(model.net).state_dict())
             if config.preview_every and step % config.preview_every == 0 and main:
                 preview(config, model.spec, model.ema.net, run_dir, step)
             if step % config.checkpoint_every == 0:
+                settle()  # no checkpoint after a step that should stop training
                 last = save(step)
             if config.ema_snapshot_every and step % config.ema_snapshot_every == 0 and main:
                 checkpoints.save_snapshot(run_dir, step, model.named_weights(), model.profiles.sigma_rel_names())
             if agreed(float(stop["signal"] is not None)) > 0:  # a signal to any process stops them all
                 break
+        settle()
         if last is None or int(last.name.split("-")[1]) != step:
             last = save(step)
         if main and config.preview_every and step % config.preview_every:

@@ -187,7 +187,7 @@ def sample(
 
         for start in batches:
             indices = range(start, min(start + batch_size, n))
-            noise = ImageNoise.from_seed(seed, indices, getattr(denoiser.schedule, "noise", "gaussian"))
+            noise = ImageNoise.from_seed(seed, indices, getattr(denoiser.schedule, "noise", "gaussian"), device)
             x = noise(torch.empty(len(indices), *shape, device=device))
             if scale != 1:
                 x = x * scale

@@ -19,21 +19,25 @@ Callback = Callable[[int, Tensor, Tensor], None]  # (step, x_t, predicted image)
 class ImageNoise:
     """Independent Gaussian streams, one per image: image k's draws depend only on `seeds[k]`.
 
-    Draws are made on the CPU and moved, so a seed gives the same noise on every device."""
+    Draws are made where the generators live (`device`, the CPU unless told), so a seed gives the
+    same noise in any batch and on any machine with that kind of device; the CPU's and a GPU's
+    generators make different streams of the same seed. On a GPU, drawing there spares every
+    step a copy from the host."""
 
-    def __init__(self, seeds: Sequence[int], kind: str = "gaussian"):
-        self.generators = [torch.Generator().manual_seed(_stream_seed(s)) for s in seeds]
-        self.kind = kind
+    def __init__(self, seeds: Sequence[int], kind: str = "gaussian", device: str | torch.device = "cpu"):
+        self.generators = [torch.Generator(device).manual_seed(_stream_seed(s)) for s in seeds]
+        self.kind, self.device = kind, torch.device(device)
 
     @classmethod
-    def from_seed(cls, seed: int, indices: Sequence[int], kind: str = "gaussian") -> ImageNoise:
+    def from_seed(cls, seed: int, indices: Sequence[int], kind: str = "gaussian",
+                  device: str | torch.device = "cpu") -> ImageNoise:
         """Streams for images `indices` of a run seeded with `seed`."""
-        return cls([combine_seeds(seed, i) for i in indices], kind)
+        return cls([combine_seeds(seed, i) for i in indices], kind, device)
 
     def __call__(self, like: Tensor) -> Tensor:
         if like.shape[0] != len(self.generators):
             raise ValueError(f"noise for {len(self.generators)} images asked for a batch of {like.shape[0]}")
-        draws = [draw_noise(self.kind, like.shape[1:], generator=g) for g in self.generators]
+        draws = [draw_noise(self.kind, like.shape[1:], generator=g, device=self.device) for g in self.generators]
         return torch.stack(draws).to(device=like.device, dtype=like.dtype)
 
 
