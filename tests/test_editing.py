@@ -12,6 +12,7 @@ from pixel_diffusion.config import apply_overrides
 from pixel_diffusion.editing import inpaint, restore, slerp
 from pixel_diffusion.exact import GaussianDenoiser
 from pixel_diffusion.presets import preset
+from pixel_diffusion.samplers import Walk
 from pixel_diffusion.training import train
 
 
@@ -22,11 +23,11 @@ def _images(n=4):
 def test_restoring_at_a_tiny_strength_returns_nearly_the_input():
     denoiser = GaussianDenoiser.iid(schedules.cosine(), 0.0, 0.5)
     x = _images()
-    near = restore(denoiser, x, strength=0.002, steps=5)
-    far = restore(denoiser, x, strength=1.0, steps=5)
+    near = restore(denoiser, x, Walk("ddim", 5), strength=0.002)
+    far = restore(denoiser, x, Walk("ddim", 5), strength=1.0)
     assert (near - x).abs().max() < 0.05 and (near - x).abs().mean() < 0.01  # within the noise of t = 0.002
     assert (far - x).abs().mean() > 10 * (near - x).abs().mean()
-    variations = restore(denoiser, x, strength=0.6, steps=10, sampler="ddpm", variations=3, seed=1)
+    variations = restore(denoiser, x, Walk("ddpm", 10), strength=0.6, variations=3, seed=1)
     assert variations.shape == (12, 1, 8, 8) and (variations[0] - variations[1]).abs().max() > 1e-3
     with pytest.raises(ValueError, match=r"strength must lie in \(0, 1\]"):
         restore(denoiser, x, strength=0)
@@ -41,7 +42,7 @@ def test_restoration_picture_shows_the_start_the_first_variation_walked_from():
     # restore() noises item k * variations with the first draw of stream (seed, k * variations).
     start = add_noise(denoiser.schedule, x, torch.tensor(0.5, dtype=torch.float64),
                       ImageNoise.from_seed(7, [0, 3])(x))
-    walked = restore(denoiser, x, strength=0.5, steps=1, variations=3, seed=7)
+    walked = restore(denoiser, x, Walk("ddim", 1), strength=0.5, variations=3, seed=7)
     # One DDIM step from t = 0.5 to 0 lands on the image estimate at the start point.
     expected = denoiser(start, torch.full((2,), 0.5, dtype=torch.float64)).image
     torch.testing.assert_close(walked[[0, 3]], expected, rtol=1e-5, atol=1e-5)

@@ -5,10 +5,10 @@ without labels, or in the training objectives' loss."""
 import pytest
 import torch
 
+from pixel_diffusion.diffusion import Denoiser
 from pixel_diffusion.networks import NETWORKS, build_network, config_from_dict, config_to_dict, network_config
 from pixel_diffusion.objectives import Diffusion, FlowMatching
 from pixel_diffusion.schedules import make_schedule
-from pixel_diffusion.diffusion import Denoiser
 
 # Small forms of every registered network (widths and channels cut), so that tracing takes seconds.
 SMALL = {"widths": [8, 16], "groups": 4, "embedding_dim": 8, "embedding_mlp_dim": 16, "head_channels": 8}

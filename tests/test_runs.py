@@ -165,7 +165,7 @@ def test_walk_options_come_from_the_registry(tmp_path, capsys):
     out = lambda name: ["--n", "3", "--no-png", "--no-progress", "--out", str(tmp_path / name)]  # noqa: E731
     assert main(["sample", "--run", str(RELEASE), "--sampler", "ddim", "--order", "2", *out("a")]) == 2
     err = capsys.readouterr().err
-    assert "--order is an option of the ipndm, unipc, dpm-adaptive samplers, not of ddim" in err and err.count("\n") == 1
+    assert "order is an option of the ipndm, unipc, dpm-adaptive samplers, not of ddim" in err and err.count("\n") == 1
     assert main(["sample", "--run", str(RELEASE), "--sampler", "unipc", "--order", "5", *out("b")]) == 2
     assert "UniPC order must be 1, 2 or 3; got 5" in capsys.readouterr().err
     assert main(["sample", "--run", str(RELEASE), "--sampler", "unipc", "--order", "2", "--corrector", "no", "--steps", "4",

@@ -13,7 +13,7 @@ import torch
 
 from pixel_diffusion import schedules
 from pixel_diffusion.exact import GaussianDenoiser, MixtureDenoiser
-from pixel_diffusion.samplers import SAMPLERS, ImageNoise, check_times, ddim, ddpm, get_sampler, sample
+from pixel_diffusion.samplers import SAMPLERS, ImageNoise, Walk, check_times, ddim, ddpm, get_sampler, sample
 from pixel_diffusion.schedules import sampling_times
 
 MU, STD = 0.3, 0.5
@@ -163,12 +163,12 @@ def test_one_seed_gives_one_image_whatever_the_batch():
     schedule = schedules.linear()
     denoiser = MixtureDenoiser(schedule, [0.5, 0.5], [-0.5, 0.5], [0.2, 0.2])
     for name in SAMPLERS:
-        a = sample(denoiser, (1, 6, 6), 7, sampler=name, steps=20, seed=11, batch_size=7, progress=False)
-        b = sample(denoiser, (1, 6, 6), 7, sampler=name, steps=20, seed=11, batch_size=3, progress=False)
-        c = sample(denoiser, (1, 6, 6), 3, sampler=name, steps=20, seed=11, batch_size=2, progress=False)
+        a = sample(denoiser, (1, 6, 6), 7, Walk(name, 20), seed=11, batch_size=7, progress=False)
+        b = sample(denoiser, (1, 6, 6), 7, Walk(name, 20), seed=11, batch_size=3, progress=False)
+        c = sample(denoiser, (1, 6, 6), 3, Walk(name, 20), seed=11, batch_size=2, progress=False)
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
         torch.testing.assert_close(a[:3], c, rtol=0, atol=1e-6)
-        d = sample(denoiser, (1, 6, 6), 3, sampler=name, steps=20, seed=12, batch_size=3, progress=False)
+        d = sample(denoiser, (1, 6, 6), 3, Walk(name, 20), seed=12, batch_size=3, progress=False)
         assert (a[:3] - d).abs().max() > 0.1
 
 
@@ -220,8 +220,8 @@ def test_bad_arguments_say_what_is_allowed():
     with pytest.raises(ValueError, match="strictly decreasing"):
         check_times(torch.tensor([0.5, 0.7, 0.0]))
     with pytest.raises(ValueError, match="expected 1 to 1000"):
-        sample(denoiser, (1, 4, 4), 2, steps=2000, progress=False)
+        sample(denoiser, (1, 4, 4), 2, Walk(steps=2000), progress=False)
     with pytest.raises(ValueError, match="positive integer"):
-        sample(denoiser, (1, 4, 4), 2, steps=0, progress=False)
+        Walk(steps=0)
     with pytest.raises(ValueError, match="non-negative integers"):
         ImageNoise([-1])

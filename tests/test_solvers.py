@@ -14,7 +14,7 @@ import torch
 
 from pixel_diffusion import schedules
 from pixel_diffusion.exact import GaussianDenoiser
-from pixel_diffusion.samplers import SAMPLERS, ddim, euler, evaluations, sample
+from pixel_diffusion.samplers import SAMPLERS, Walk, ddim, euler, evaluations, sample
 from pixel_diffusion.schedules import sampling_times
 
 MU, STD = 0.3, 0.5
@@ -154,8 +154,8 @@ def test_network_evaluations_are_as_reported(sampler):
 def test_every_sampler_gives_one_image_per_seed_whatever_the_batch():
     denoiser, _, _ = _setup()
     for name in SAMPLERS:
-        a = sample(denoiser, (1, 4, 4), 5, sampler=name, steps=6, seed=3, batch_size=5, progress=False)
-        b = sample(denoiser, (1, 4, 4), 5, sampler=name, steps=6, seed=3, batch_size=2, progress=False)
+        a = sample(denoiser, (1, 4, 4), 5, Walk(name, 6), seed=3, batch_size=5, progress=False)
+        b = sample(denoiser, (1, 4, 4), 5, Walk(name, 6), seed=3, batch_size=2, progress=False)
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
 
@@ -165,7 +165,7 @@ def test_every_sampler_clips_to_per_channel_bounds(sampler):
     # them, and one that ends on the clipped image estimate ends inside them.
     denoiser, _, _ = _setup()
     low, high = torch.tensor([-0.2, 0.0, 0.1]).view(3, 1, 1), torch.tensor([0.5, 0.6, 0.9]).view(3, 1, 1)
-    out = sample(denoiser, (3, 4, 4), 8, sampler=sampler, steps=6, clip=(low, high), progress=False)
+    out = sample(denoiser, (3, 4, 4), 8, Walk(sampler, 6), data_range=(low, high), progress=False)
     if sampler == "ipndm":  # its last step integrates to sigma = 0 rather than returning the estimate
         return
     assert bool(((out >= low - 1e-6) & (out <= high + 1e-6)).all())
@@ -248,8 +248,8 @@ def test_adaptive_dpm_solver_keeps_to_its_evaluation_cap():
 def test_sample_reports_the_evaluations_each_image_took():
     denoiser, _, _ = _setup()
     fixed, adaptive = {}, {}
-    sample(denoiser, (1, 4, 4), 5, sampler="heun", steps=6, batch_size=2, progress=False, report=fixed)
-    sample(denoiser, (1, 4, 4), 5, sampler="dpm-adaptive", steps=6, batch_size=2, progress=False, report=adaptive)
+    sample(denoiser, (1, 4, 4), 5, Walk("heun", 6), batch_size=2, progress=False, report=fixed)
+    sample(denoiser, (1, 4, 4), 5, Walk("dpm-adaptive", 6), batch_size=2, progress=False, report=adaptive)
     assert fixed["evaluations"] == [11] * 5
     assert len(adaptive["evaluations"]) == len(adaptive["accepted"]) == 5
     assert all(e == 3 * a + 2 * r + 1 for e, a, r in zip(adaptive["evaluations"], adaptive["accepted"],
@@ -273,8 +273,8 @@ def test_deterministic_samplers_converge_at_their_order_on_rectified_flow(sample
 def test_stochastic_samplers_reach_the_data_moments_on_rectified_flow(sampler, options, steps):
     # DDPM's posterior on any schedule: beta_ts = sigma_t^2 - (alpha_t / alpha_s)^2 sigma_s^2.
     denoiser, _, _ = _setup("rectified-flow")
-    run = lambda n: sample(denoiser, (1, 4, 4), 4096, sampler=sampler, steps=n, spacing="log-snr", seed=1,  # noqa: E731
-                           batch_size=4096, progress=False, **options)
+    run = lambda n: sample(denoiser, (1, 4, 4), 4096, Walk(sampler, n, "log-snr", options=options), seed=1,  # noqa: E731
+                           batch_size=4096, progress=False)
     out = run(steps)
     assert out.mean().item() == pytest.approx(MU, abs=0.01)
     assert out.var().item() == pytest.approx(STD**2, rel=0.025)
@@ -286,7 +286,7 @@ def test_a_walk_on_rectified_flow_starts_from_noise_of_the_marginal_size():
     # sqrt(alpha^2 s^2 + sigma^2), not 1: sample() scales its noise by sqrt(alpha^2 + sigma^2).
     denoiser, _, _ = _setup("rectified-flow")
     starts = []
-    out = sample(denoiser, (1, 4, 4), 4096, sampler="dpmpp-2m", steps=100, seed=2, batch_size=4096, progress=False,
+    out = sample(denoiser, (1, 4, 4), 4096, Walk("dpmpp-2m", 100), seed=2, batch_size=4096, progress=False,
                  callback=lambda i, x_t, image: starts.append(x_t) if i == 0 else None)
     t0 = float(sampling_times(denoiser.schedule, 100, "karras")[0])
     assert t0 == pytest.approx(80 / 81)

@@ -332,7 +332,7 @@ def test_sample_errors_on_a_run_without_checkpoint_or_labels(tmp_path, capsys):
     assert main(["sample", "--run", str(tmp_path / "run"), "--n", "2", "--steps", "3", "--spacing", "karras",
                  "--sigma-max", "inf", "--no-png", "--out", str(tmp_path / "s")]) == 0
     assert main(["sample", "--run", str(tmp_path / "run"), "--sampler", "heun", "--eta", "0.5"]) == 2
-    assert "--eta is an option of the ddim, euler-ancestral, dpmpp-2m, dpmpp-2m-sde, dpmpp-3m" in capsys.readouterr().err
+    assert "eta is an option of the ddim, euler-ancestral, dpmpp-2m, dpmpp-2m-sde, dpmpp-3m" in capsys.readouterr().err
     assert main(["sample", "--run", str(tmp_path / "run"), "--sampler", "ddim", "--eta", "1.5"]) == 2
     err = capsys.readouterr().err
     assert "--eta must lie in [0, 1]" in err and "got 1.5" in err and len(err.strip().splitlines()) == 1

@@ -3,7 +3,7 @@
 from .diffusion import Denoiser, Split, add_noise, forward_chain
 from .objectives import OBJECTIVES, Diffusion, FlowMatching
 from .runs import ModelSpec, Run, load_run
-from .samplers import SAMPLERS, ImageNoise, ddim, ddpm, sample
+from .samplers import SAMPLERS, ImageNoise, Walk, ddim, ddpm, sample
 from .schedules import SCHEDULES, SPACINGS, make_schedule, sampling_times
 
 __version__ = "0.1.0"
@@ -20,6 +20,7 @@ __all__ = [
     "SCHEDULES",
     "SPACINGS",
     "Split",
+    "Walk",
     "add_noise",
     "ddim",
     "ddpm",

@@ -18,7 +18,7 @@ from .cli_args import (
     numbers,
     positive_float,
     positive_int,
-    walk_options,
+    walk_changes,
 )
 
 
@@ -152,8 +152,8 @@ def _show_command(commands) -> None:
     # None: the picture's own default (viz.PICTURES' functions say which).
     show.add_argument("--n", type=positive_int, help="images (grid 64, steps 8, trajectory 3; restore/inpaint/forward: inputs, 4)")
     add_options(show, "sampler", "steps", "seed", "label", "guidance",
-         sampler={"default": None, "help": "sampler for grid, steps, restore (default: ddim)"},
-         steps={"default": None, "help": "sampling steps (default: 50; 10 for trajectory; 20 for interpolation)"},
+         sampler={"help": "sampler for grid, steps, trajectory, interpolation, restore (default: the run's own walk's)"},
+         steps={"help": "sampling steps (default: the run's own walk's)"},
          seed={"default": None, "help": "seed (default: 0)"}, guidance={"default": None})
     show.add_argument("--seed2", type=int, help="interpolation: second seed (default: 1)")
     show.add_argument("--frames", type=positive_int, help="interpolation: frames (default: 10)")
@@ -332,31 +332,28 @@ def run_sample(args) -> None:
     import numpy as np
 
     from .runs import generation_parameters
-    from .samplers import get_sampler
     from .viz import write_samples
 
     run = load_named_run(args)
-    options = walk_options(args)  # checked before any progress bar is drawn
+    walk = run.walk(**walk_changes(args))  # checked before any progress bar is drawn
     # The named class for all, else each class in turn (a run on clusters: each cluster by its share).
     labels = run.sample_labels(args.n, args.label) if args.label is not None else run.spec.default_labels(args.n, args.seed)
-    guidance = run.spec.guidance_for(args.guidance, labels)
+    guidance = run.spec.guidance_for(walk.guidance, labels)
     report: dict = {}
-    images = run.sample(args.n, sampler=args.sampler, steps=args.steps, seed=args.seed, labels=labels,
-                        guidance=guidance, batch_size=args.batch_size, precision=args.precision,
-                        progress=not args.no_progress, report=report, **options)
+    images = run.sample(args.n, walk, seed=args.seed, labels=labels, guidance=guidance, batch_size=args.batch_size,
+                        precision=args.precision, progress=not args.no_progress, report=report)
     base = args.run if run.directory is None else run.directory
-    out = args.out or base / f"samples-{args.sampler}-{args.steps}"
-    entry = get_sampler(args.sampler)
-    made = generation_parameters(run, str(args.run), sampler=args.sampler, steps=args.steps, seed=args.seed,
-                                 label=args.label, guidance=guidance, precision=args.precision, options=options)
+    out = args.out or base / f"samples-{walk.sampler}-{walk.steps}"
+    made = generation_parameters(run, str(args.run), walk, seed=args.seed, label=args.label, guidance=guidance,
+                                 precision=args.precision)
     write_samples(out, images, made, labels, grid_images=GRID_IMAGES, pngs=not args.no_png)
     guided = labels is not None and guidance != 1
     spent = np.asarray(report["evaluations"]) * (2 if guided else 1)  # guidance runs the network twice
-    if entry.adaptive:
-        walk, each = "adaptive", f"{spent.mean():.1f} network evaluations each ({spent.min()} to {spent.max()})"
+    if walk.entry.adaptive:
+        each = f"{spent.mean():.1f} network evaluations each ({spent.min()} to {spent.max()})"
     else:
-        walk, each = f"{args.steps} steps, {made['spacing']} spacing", f"{spent[0]} network evaluations each"
-    print(f"{len(images)} images ({args.sampler}, {walk}, {each}) in {out}")
+        each = f"{spent[0]} network evaluations each"
+    print(f"{len(images)} images ({walk.describe()}, {each}) in {out}")
 
 
 def run_info(args) -> None:
@@ -404,12 +401,12 @@ def run_evaluate(args) -> None:
     device = device_of(args.device)
     extractor = load_extractor(name, classifier=args.classifier, inception_weights=args.inception_weights, device=device,
                                precision=args.inception_precision)
-    run = requested = None
+    run = requested = walk = None
     if args.run is not None:
         run = load_named_run(args)
+        walk = run.walk(**walk_changes(args))
         requested = run.sample_labels(args.n)  # each class in turn, so a class-conditional run's accuracy is measured
-        images = run.sample(args.n, sampler=args.sampler, steps=args.steps, seed=args.seed, labels=requested,
-                            guidance=args.guidance, progress=not args.no_progress, **walk_options(args))  # None: the run's own
+        images = run.sample(args.n, walk, seed=args.seed, labels=requested, progress=not args.no_progress)
     if not args.reference and (run is None or run.data is None):
         raise ValueError("--images needs --reference (the data to compare with)" if run is None else
                          f"{args.run} stands alone (no run's config.json beside it); name the data with --reference")
@@ -424,11 +421,12 @@ def run_evaluate(args) -> None:
         print(f"  {key:14s} {value:.5g}" if isinstance(value, float) else f"  {key:14s} {value}")
     base = None if run is None else (run.directory or args.run)
     named = "" if run is None or run.weights == "ema" else f"-{run.weights}"  # one file per weights evaluated
-    out = args.out or (base / f"metrics-{args.sampler}-{args.steps}{named}.json" if base else None)
+    out = args.out or (base / f"metrics-{walk.sampler}-{walk.steps}{named}.json" if base else None)
     if out is not None:
         atomic_write_text(out, json.dumps({**scores, "extractor": extractor.key, "reference": source,
-                                           "sampler": args.sampler if run else None, "steps": args.steps if run else None,
-                                           "guidance": run.spec.guidance_for(args.guidance, run.spec.default_labels(1, 0)) if run else None,
+                                           "walk": walk.to_dict() if run else None,
+                                           "sampler": walk.sampler if run else None, "steps": walk.steps if run else None,
+                                           "guidance": run.spec.guidance_for(walk.guidance, run.spec.default_labels(1, 0)) if run else None,
                                            "checkpoint": str(run.checkpoint) if run else None,
                                            "weights": run.weights if run else None}, indent=2) + "\n")
         print(f"written to {out}")

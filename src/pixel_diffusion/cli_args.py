@@ -65,8 +65,8 @@ OPTIONS = {
     "device": (("--device",), dict(default="auto", help="cpu, cuda, cuda:1, ... (default: auto, a GPU when there is one)")),
     "seed": (("--seed",), dict(type=int, default=0, help="seed; image k depends only on (seed, k) (default: 0)")),
     "no_progress": (("--no-progress",), dict(action="store_true", help="no progress bars (default: shown)")),
-    "sampler": (("--sampler",), dict(help="sampler (default: {default}); one of {samplers}")),
-    "steps": (("--steps",), dict(type=positive_int, help="sampling steps (default: {default})")),
+    "sampler": (("--sampler",), dict(help="sampler (default: the run's own walk's, {default} for every preset); one of {samplers}")),
+    "steps": (("--steps",), dict(type=positive_int, help="sampling steps (default: the run's own walk's, {default} for every preset)")),
     "guidance": (("--guidance",), dict(type=guidance_scale, help="classifier-free guidance scale for runs on labels or "
                                        "clusters, 1 for none (default: the run's own, its preset's measured best)")),
     "label": (("--label",), dict(type=int, help="class to draw, for runs trained with labels or clusters (default: every class)")),
@@ -78,13 +78,13 @@ def add_options(command, *names: str, **changes) -> None:
     (`seed={"default": None}`)."""
     from .samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS
 
-    defaults = {"sampler": DEFAULT_SAMPLER, "steps": DEFAULT_STEPS}  # the library's, beside the registry
+    said = {"sampler": DEFAULT_SAMPLER, "steps": DEFAULT_STEPS}  # the library's Walk(), beside the registry
     for name in names:
         flags, keywords = OPTIONS[name]
-        keywords = {**({"default": defaults[name]} if name in defaults else {}), **keywords, **changes.get(name, {})}
+        keywords = {**keywords, **changes.get(name, {})}
         if "help" in keywords:
             keywords["help"] = (keywords["help"].replace("{samplers}", ", ".join(SAMPLERS))
-                                .replace("{default}", str(keywords.get("default"))))
+                                .replace("{default}", str(said.get(name, keywords.get("default")))))
         command.add_argument(*flags, **keywords)
 
 
@@ -133,29 +133,15 @@ def yes_no(text: str) -> bool:
     return text.lower() in ("true", "yes", "1")
 
 
-def walk_options(args) -> dict:
-    from .samplers import get_sampler, samplers_with_option
-
-    get_sampler(args.sampler)  # an unknown name is refused before sampling starts
-    options = {"spacing": args.spacing}
-    if args.sigma_max is not None:
-        options["sigma_max"] = args.sigma_max
-    if args.eta is not None:
-        if "eta" not in get_sampler(args.sampler).options:
-            raise ValueError(f"--eta is an option of the {', '.join(samplers_with_option('eta'))} samplers, not of {args.sampler}")
-        if not 0 <= args.eta <= 1:  # checked here, before the run is loaded and a progress bar drawn
-            raise ValueError(f"--eta must lie in [0, 1] (0: deterministic, 1: the full posterior noise); got {args.eta:g}")
-        options["eta"] = args.eta
-    if args.no_clip:
-        options["clip"] = None
-    for name, (_, takers) in sampler_options().items():
-        value = getattr(args, f"walk_{name}", None)
-        if value is None:
-            continue
-        if args.sampler not in takers:
-            raise ValueError(f"--{name.replace('_', '-')} is an option of the {', '.join(takers)} samplers, not of {args.sampler}")
-        options[name] = value
-    return options
+def walk_changes(args) -> dict:
+    """What the walk options on the command line change of a run's own walk (`Run.walk` checks
+    them all, in one line, before anything is sampled): Walk fields and the sampler's options."""
+    changes = {"sampler": args.sampler, "steps": args.steps, "spacing": getattr(args, "spacing", None),
+               "sigma_max": getattr(args, "sigma_max", None), "guidance": getattr(args, "guidance", None),
+               "clip": False if getattr(args, "no_clip", False) else None, "eta": getattr(args, "eta", None)}
+    for name in sampler_options():
+        changes[name] = getattr(args, f"walk_{name}", None)
+    return changes
 
 
 def device_of(name: str) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 from .data import DataConfig
 from .diffusion import check_variance_preserving
 from .objectives import OBJECTIVES, Diffusion, Objective, objective_from_dict
+from .samplers import Walk
 from .schedules import make_schedule
 
 BUDGET_FIELDS = ("steps", "epochs", "minutes")
@@ -42,6 +43,10 @@ RESUMABLE_FIELDS = BUDGET_FIELDS + (
     "data.workers",
     "guidance",
     "ema_snapshot_every",
+    "walk",
+    "preview_images",
+    "preview_sampler",
+    "preview_steps",
 )
 
 
@@ -61,6 +66,8 @@ class TrainConfig:
     label_dropout: float = 0.1  # fraction trained with "no label", for classifier-free guidance
     clusters: int = 0  # k > 0: condition on k k-means clusters of the images instead (clusters.py; no labels needed)
     guidance: float = 1.0  # the classifier-free guidance scale the trained model samples at unless told (its model.json)
+    # How the trained model samples unless told (its model.json): fields of samplers.Walk, {} for Walk().
+    walk: dict = field(default_factory=dict)
     # Optimisation.
     optimizer: str = "adamw"  # adamw | adam
     lr: float = 1e-3
@@ -95,14 +102,14 @@ class TrainConfig:
     log_every: int = 10
     preview_every: int = 500
     preview_images: int = 64
-    preview_sampler: str = "ddim"
-    preview_steps: int = 20
+    preview_sampler: str | None = None  # None: the run's walk's
+    preview_steps: int | None = None
     progress: bool = True
     # KID during training (the Keras example's checkpoint rule): every kid_every steps, kid_images
-    # samples with kid_steps DDIM steps against the training data; the best is kept as `best`.
+    # samples along the run's walk (with kid_steps steps) against the training data; the best is kept as `best`.
     kid_every: int = 0
     kid_images: int = 500
-    kid_steps: int = 5
+    kid_steps: int | None = 5  # None: the walk's
     kid_extractor: str = "classifier"  # classifier (kid_classifier: a train-classifier folder) | inception
     kid_classifier: str | None = None
     kid_inception_weights: str | None = None
@@ -123,7 +130,8 @@ class TrainConfig:
             if value not in options:
                 raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(options)}")
         positive = {"batch_size": self.batch_size, "accumulation": self.accumulation, "log_every": self.log_every,
-                    "checkpoint_every": self.checkpoint_every, "preview_steps": self.preview_steps}
+                    "checkpoint_every": self.checkpoint_every, "preview_steps": self.preview_steps or 1,
+                    "kid_steps": self.kid_steps or 1}
         for name, value in positive.items():
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer; got {value!r}")
@@ -160,7 +168,12 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be positive; got {value}")
+        self.sampling_walk()  # checked now, in one line, not at the first preview
         self.check_model()
+
+    def sampling_walk(self) -> Walk:
+        """The walk the trained model samples along unless told (`walk`), guidance left to the model."""
+        return Walk.from_dict(self.walk, "walk")
 
     def check_model(self) -> None:
         """The schedule, prediction and objective fit together (one line, before any data is read)."""
@@ -258,10 +271,11 @@ def apply_overrides(config: TrainConfig, overrides: list[str] | dict) -> TrainCo
         section, _, name = key.rpartition(".")
         target = data
         if section:
-            if section not in ("data", "loss", "network_options", "schedule_options") or not isinstance(data.get(section), dict):
-                raise ValueError(f"unknown config section {section!r} in {key!r}; sections are data, loss, network_options, schedule_options")
+            if section not in ("data", "loss", "network_options", "schedule_options", "walk") or not isinstance(data.get(section), dict):
+                raise ValueError(f"unknown config section {section!r} in {key!r}; sections are data, loss, network_options, "
+                                 "schedule_options, walk")
             target = data[section]
-        if section not in ("network_options", "schedule_options") and name not in target:
+        if section not in ("network_options", "schedule_options", "walk") and name not in target:
             raise ValueError(f"unknown config field {key!r}")
         annotation = hints.get(section, {}).get(name, type(None))
         try:

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from .diffusion import add_noise
-from .samplers import DDPM_VARIANCES, ImageNoise, check_times, get_sampler, posterior_mean, predict, walk_rates
+from .samplers import DDPM_VARIANCES, ImageNoise, Walk, check_times, posterior_mean, predict, walk_rates
 
 Tensor = torch.Tensor
 
@@ -30,20 +30,21 @@ def edit_times(strength: float, steps: int) -> Tensor:
 
 @torch.no_grad()
 def restore(
-    denoiser, images: Tensor, *, strength: float = 0.5, steps: int = 50, sampler: str = "ddim",
-    variations: int = 1, seed: int = 0, labels: Tensor | None = None, **options,
+    denoiser, images: Tensor, walk: Walk | None = None, *, strength: float = 0.5, variations: int = 1, seed: int = 0,
+    labels: Tensor | None = None, data_range=None, callback=None,
 ) -> Tensor:
     """SDEdit (Meng et al. 2022): noise each image to time `strength`, then walk back to t = 0 with
-    any sampler. Returns (B * variations, C, H, W), the variations of image k next to each other;
+    the walk's sampler, steps and options (default `Walk()`), over times evenly spaced from
+    `strength`. Returns (B * variations, C, H, W), the variations of image k next to each other;
     the CIFAR-10 tutorial's restoration of half-noised images is strength 0.5."""
-    walk = get_sampler(sampler)
-    times = edit_times(strength, steps)
+    walk = Walk() if walk is None else walk
+    times = edit_times(strength, walk.steps)
     x0 = images.float().repeat_interleave(variations, 0)
     if labels is not None:
         labels = labels.repeat_interleave(variations, 0)
     noise = ImageNoise.from_seed(seed, range(len(x0)), getattr(denoiser.schedule, "noise", "gaussian"))
     x = add_noise(denoiser.schedule, x0, times[0].expand(len(x0)), noise(x0))
-    return walk(denoiser, x, times, labels=labels, noise=noise, **options)
+    return walk(denoiser, x, times, labels=labels, noise=noise, data_range=data_range, callback=callback)
 
 
 @torch.no_grad()

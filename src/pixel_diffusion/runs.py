@@ -1,7 +1,8 @@
 """Trained models on disk: what a model is, loading one from a run, and sampling from it.
 
     run = load_run("runs/mnist", checkpoint="best", weights="ema", device="cpu")
-    images = run.sample(64, sampler="ddim", steps=50, seed=0)       # uint8 (64, H, W, C)
+    images = run.sample(64, seed=0)                     # uint8 (64, H, W, C), along the run's own walk
+    images = run.sample(64, sampler="ddim", steps=50)   # another walk: Walk fields or sampler options
 
 `ModelSpec` is the typed description of a trained model: its network, schedule,
 parameterisation, noise input, normalisation, image shape, classes and label prior. Training
@@ -26,7 +27,7 @@ from .clusters import draw_clusters
 from .data import DataConfig, Normalisation, load_images
 from .diffusion import NOISE_INPUTS, PREDICTIONS, Denoiser, Guided, check_variance_preserving
 from .networks import build_network, config_from_dict, config_to_dict, summary
-from .samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, get_sampler, sample
+from .samplers import Walk, sample
 from .schedules import make_schedule
 
 MODEL_FILE = "model.json"  # the model description inside a checkpoint folder
@@ -54,6 +55,7 @@ class ModelSpec:
     label_prior: tuple[float, ...] | None = None  # a run on clusters: each cluster's share of the data
     clip: bool = True  # samplers clip the image estimate to the data range (diffusers' clip_sample)
     guidance: float = 1.0  # the classifier-free guidance scale sampling uses unless told (the preset's measured best)
+    walk: Walk = field(default_factory=Walk)  # how it samples unless told (its preset's measured best)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -73,7 +75,7 @@ class ModelSpec:
             "channels": self.channels, "image_size": list(self.image_size), "num_classes": self.num_classes,
             "class_names": list(self.class_names),
             "label_prior": None if self.label_prior is None else list(self.label_prior), "clip": self.clip,
-            "guidance": self.guidance,
+            "guidance": self.guidance, "walk": self.walk.to_dict(),
         }
 
     @classmethod
@@ -106,6 +108,10 @@ class ModelSpec:
         guidance = data.get("guidance", 1.0)
         if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not 0 <= guidance <= 20:
             raise _field_error(where, "guidance", "a number in [0, 20]", guidance)
+        try:
+            walk = Walk.from_dict(data.get("walk", {}), "field 'walk'")  # model descriptions before walks: Walk()
+        except ValueError as error:
+            raise CheckpointError(f"{where}: {error}") from None
         for name, registry in (("prediction", PREDICTIONS), ("noise_input", NOISE_INPUTS)):
             if get(name, str, "one of " + ", ".join(registry)) not in registry:
                 raise _field_error(where, name, "one of " + ", ".join(registry), data[name])
@@ -128,7 +134,7 @@ class ModelSpec:
                 num_classes=get("num_classes", int, "an integer or null", optional=True),
                 class_names=tuple(get("class_names", list, "a list of names", optional=True) or ()),
                 label_prior=None if prior is None else tuple(float(p) for p in prior), clip=clip,
-                guidance=float(guidance),
+                guidance=float(guidance), walk=walk,
             )
         except (TypeError, ValueError) as error:
             raise CheckpointError(f"{where}: {str(error).splitlines()[0]}") from None
@@ -192,27 +198,28 @@ class ModelSpec:
 
 @torch.no_grad()
 def sample_images(
-    denoiser, spec: ModelSpec, n: int, *, sampler: str = DEFAULT_SAMPLER, steps: int = DEFAULT_STEPS, seed: int = 0,
-    labels: torch.Tensor | None = None, guidance: float | None = None, batch_size: int = 64, progress: bool = True,
-    device: str | torch.device = "cpu", precision: str = "fp32", **options,
+    denoiser, spec: ModelSpec, n: int, walk: Walk | None = None, *, seed: int = 0, labels: torch.Tensor | None = None,
+    batch_size: int = 64, progress: bool = True, device: str | torch.device = "cpu", precision: str = "fp32",
+    report: dict | None = None, callback=None,
 ) -> np.ndarray:
-    """n uint8 images (n, H, W, C) from a model's denoiser, clipped to the data range. With
-    precision "bf16" the network runs under bf16 autocast; the sampler's arithmetic stays float32.
-    Unless `labels` name them, a model on labels draws its classes in turn and one on clusters
-    each sample's cluster by its share; `guidance` None is the model's own scale (`spec.guidance`)."""
-    get_sampler(sampler)
+    """n uint8 images (n, H, W, C) from a model's denoiser along `walk` (default: the model's own,
+    `spec.walk`), clipped to the data range. With precision "bf16" the network runs under bf16
+    autocast; the sampler's arithmetic stays float32. Unless `labels` name them, a model on labels
+    draws its classes in turn and one on clusters each sample's cluster by its share; the walk's
+    guidance None is the model's own scale (`spec.guidance`)."""
+    walk = spec.walk if walk is None else walk
     if labels is None:
         labels = spec.default_labels(n, seed)
-    guidance = spec.guidance_for(guidance, labels)
+    guidance = spec.guidance_for(walk.guidance, labels)
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"unknown sampling precision {precision!r}; expected fp32 or bf16")
     if labels is not None:
         spec.check_labels(labels, n)
         denoiser = Guided(denoiser, guidance, spec.num_classes)
-    options.setdefault("clip", spec.data_range(device) if spec.clip else None)
+    data_range = spec.data_range(device) if spec.clip else None
     with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-        x = sample(denoiser, spec.shape, n, sampler=sampler, steps=steps, seed=seed, labels=labels,
-                   batch_size=batch_size, progress=progress, device=device, **options)
+        x = sample(denoiser, spec.shape, n, walk, seed=seed, labels=labels, data_range=data_range,
+                   batch_size=batch_size, progress=progress, device=device, report=report, callback=callback)
     return spec.normalisation.to_uint8(x)
 
 
@@ -230,9 +237,26 @@ class Run:
     directory: Path | None = None  # the run directory, when the checkpoint sits in one
     training: dict = field(default_factory=dict)  # the run's saved TrainConfig (config.json `train`)
 
-    def sample(self, n: int, *, labels: torch.Tensor | None = None, **options) -> np.ndarray:
-        """n uint8 images (n, H, W, C); options as `sample_images` takes them."""
-        return sample_images(self.denoiser, self.spec, n, labels=labels, device=self.device, **options)
+    def sample(self, n: int, walk: Walk | None = None, *, seed: int = 0, labels: torch.Tensor | None = None,
+               batch_size: int = 64, progress: bool = True, precision: str = "fp32", report: dict | None = None,
+               callback=None, **changes) -> np.ndarray:
+        """n uint8 images (n, H, W, C) along `walk` (default: the model's own) with `changes` to it:
+        its fields (sampler="ddim", steps=50, guidance=2) or the sampler's options (eta=0.5)."""
+        walk = self.walk(walk, **changes)
+        return sample_images(self.denoiser, self.spec, n, walk, seed=seed, labels=labels, batch_size=batch_size,
+                             progress=progress, device=self.device, precision=precision, report=report, callback=callback)
+
+    def walk(self, walk: Walk | None = None, **changes) -> Walk:
+        """`walk` (default: the model's own) with `changes`: Walk fields, or the sampler's own options.
+        A new sampler starts from its own options."""
+        walk = self.spec.walk if walk is None else walk
+        fields = {f.name for f in dataclasses.fields(Walk)}
+        options = {k: v for k, v in changes.items() if k not in fields and v is not None}
+        changes = {k: v for k, v in changes.items() if k in fields}
+        if options:
+            same = changes.get("sampler") in (None, walk.sampler)
+            changes["options"] = {**(walk.options if same else {}), **changes.get("options", {}), **options}
+        return walk.replace(**changes)
 
     def sample_labels(self, n: int, label: int | None = None) -> torch.Tensor | None:
         """The labels `evaluate` and `show grid` sample with: `label` for all n, else each class in
@@ -269,14 +293,14 @@ class Run:
         }
 
 
-def generation_parameters(run: Run, named: str, *, sampler: str, steps: int, seed: int, label: int | None,
-                          guidance: float, precision: str, options: dict) -> dict:
+def generation_parameters(run: Run, named: str, walk: Walk, *, seed: int, label: int | None, guidance: float,
+                          precision: str) -> dict:
     """How a set of samples was drawn, as every PNG of it carries it (`pixel-diffusion info`)."""
-    entry = get_sampler(sampler)
     return {"command": "sample", "run": named, "checkpoint": str(run.checkpoint), "step": run.step,
-            "weights": run.weights, "sampler": sampler, "steps": steps, "seed": seed, "label": label,
-            "guidance": guidance, "precision": precision,
-            **options, "spacing": None if entry.adaptive else options.get("spacing") or entry.spacing}
+            "weights": run.weights, "sampler": walk.sampler, "steps": walk.steps, "seed": seed, "label": label,
+            "guidance": guidance, "precision": precision, **walk.options,
+            **({} if walk.clip else {"clip": None}), **({"sigma_max": walk.sigma_max} if walk.sigma_max is not None else {}),
+            "spacing": None if walk.entry.adaptive else walk.spacing_used}
 
 
 def is_checkpoint_folder(path: Path) -> bool:

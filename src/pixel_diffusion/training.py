@@ -174,7 +174,7 @@ def build_model(config: TrainConfig, prepared: TrainingData) -> Model:
         normalisation=data.normalisation, channels=data.channels, image_size=tuple(data.size),
         num_classes=prepared.num_classes, class_names=tuple(data.class_names),
         label_prior=None if prepared.label_prior is None else tuple(prepared.label_prior),
-        guidance=config.guidance if prepared.num_classes is not None else 1.0,
+        guidance=config.guidance if prepared.num_classes is not None else 1.0, walk=config.sampling_walk(),
     )
     torch.manual_seed(config.seed)
     net = build_network(spec.network)
@@ -238,7 +238,7 @@ class Budget:
 
 class KIDSelection:
     """KID during training (the Keras example's checkpoint rule): every kid_every steps, KID of
-    kid_images EMA samples (kid_steps DDIM steps) against the training data, logged; the weights
+    kid_images EMA samples (the run's walk, kid_steps steps) against the training data, logged; the weights
     with the lowest KID so far are kept as checkpoints/best."""
 
     def __init__(self, config: TrainConfig, device):
@@ -260,9 +260,8 @@ class KIDSelection:
         from .metrics import kid
 
         config = self.config
-        images = sample_images(spec.build_denoiser(ema_net), spec, config.kid_images, sampler="ddim",
-                               steps=config.kid_steps, seed=config.seed + 1, progress=False,
-                               device=next(ema_net.parameters()).device)
+        images = sample_images(spec.build_denoiser(ema_net), spec, config.kid_images, spec.walk.replace(steps=config.kid_steps),
+                               seed=config.seed + 1, progress=False, device=next(ema_net.parameters()).device)
         features, _ = self.extractor(images)
         value, spread = kid(self.reference, features, subsets=20, subset_size=min(1000, len(images)))
         log.write({"step": step, "kid": value, "kid_std": spread})
@@ -276,8 +275,8 @@ class KIDSelection:
 @torch.no_grad()
 def preview(config: TrainConfig, spec: ModelSpec, net: torch.nn.Module, run_dir: Path, step: int) -> Path:
     """A grid from the same fixed noise at every preview, so progress is comparable."""
-    images = sample_images(spec.build_denoiser(net), spec, config.preview_images, sampler=config.preview_sampler,
-                           steps=config.preview_steps, seed=config.seed, progress=False,
+    walk = spec.walk.replace(sampler=config.preview_sampler, steps=config.preview_steps)
+    images = sample_images(spec.build_denoiser(net), spec, config.preview_images, walk, seed=config.seed, progress=False,
                            device=next(net.parameters()).device)
     path = run_dir / "samples" / f"{checkpoints.step_name(step)}.png"
     path.parent.mkdir(parents=True, exist_ok=True)

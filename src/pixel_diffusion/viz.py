@@ -23,8 +23,7 @@ from .data import from_model_range, load_builtin, to_model_range
 from .diffusion import add_noise, forward_chain
 from .editing import inpaint, mask_from_spec, restore, slerp
 from .logbook import LOGGED, read_records
-from .samplers import ImageNoise, ddim
-from .schedules import sampling_times
+from .samplers import ImageNoise
 
 BACKGROUND = 255
 
@@ -269,10 +268,10 @@ def read_parameters(path: Path) -> dict:
 
 
 def sample_grid(run, *, n: int = 64, seed: int = 0, label: int | None = None, guidance: float | None = None,
-                steps: int = 50, sampler: str = "ddim") -> Image.Image:
-    """n samples; a class-conditional run without `label` draws every class in turn, labelled (a
-    run on clusters draws them by their share of the data, unlabelled), at the run's own guidance
-    unless `guidance` names a scale."""
+                steps: int | None = None, sampler: str | None = None) -> Image.Image:
+    """n samples along the run's own walk (or with `sampler`, `steps`); a class-conditional run
+    without `label` draws every class in turn, labelled (a run on clusters draws them by their share
+    of the data, unlabelled), at the run's own guidance unless `guidance` names a scale."""
     spec = run.spec
     labels = run.sample_labels(n, label)
     images = run.sample(n, sampler=sampler, steps=steps, seed=seed, labels=labels, guidance=guidance)
@@ -291,47 +290,55 @@ def forward_process(run, *, n: int = 4, times: Sequence[float] = (0, 0.05, 0.1, 
 
 
 def step_comparison(run, *, step_counts: Sequence[int] = (1, 2, 3, 5, 10, 20), n: int = 8, seed: int = 0,
-                    sampler: str = "ddim") -> Image.Image:
-    """The same initial noise sampled with each number of steps, one row per count."""
+                    sampler: str | None = None) -> Image.Image:
+    """The same initial noise sampled with each number of steps (the run's own sampler unless
+    `sampler` names one), one row per count."""
     rows = [run.sample(n, sampler=sampler, steps=k, seed=seed, progress=False) for k in step_counts]
     return rows_with_titles(rows, [f"{k} step{'s' if k > 1 else ''}" for k in step_counts], scale=_scale(rows[0]))
 
 
 @torch.no_grad()
-def interpolation(run, *, seed: int = 0, seed2: int = 1, frames: int = 10, steps: int = 20) -> Image.Image:
-    """Deterministic DDIM samples along the spherical path between two seeds' initial noises."""
+def interpolation(run, *, seed: int = 0, seed2: int = 1, frames: int = 10, steps: int | None = None,
+                  sampler: str | None = None) -> Image.Image:
+    """Samples along the spherical path between two seeds' initial noises, walked with the run's own
+    walk (or `sampler`, `steps`); a deterministic sampler makes the frames a smooth path."""
     spec, denoiser = run.spec, run.denoiser
+    walk = run.walk(sampler=sampler, steps=steps)
     a, b = (ImageNoise.from_seed(s, [0])(torch.empty(1, *spec.shape)) for s in (seed, seed2))
     path = torch.cat([slerp(a, b, w) for w in torch.linspace(0, 1, frames).tolist()]).to(run.device)
     labels = spec.drawn_clusters(1, seed)  # one cluster along the whole path
     labels = None if labels is None else labels.expand(frames).to(run.device)
-    x = ddim(denoiser, path, sampling_times(denoiser.schedule, steps), labels=labels, clip=spec.data_range(run.device))
+    x = walk(denoiser, path, labels=labels, data_range=spec.data_range(run.device))
     images = spec.normalisation.to_uint8(x)
     return image_grid(images, columns=frames, scale=_scale(images))
 
 
 @torch.no_grad()
-def denoising_trajectory(run, *, n: int = 3, steps: int = 10, seed: int = 0) -> Image.Image:
-    """For each DDIM step, x_t above the image estimate (the Keras and MNIST tutorials' figure)."""
+def denoising_trajectory(run, *, n: int = 3, steps: int | None = None, sampler: str | None = None,
+                         seed: int = 0) -> Image.Image:
+    """For each step of the run's own walk (or `sampler`, `steps`), x_t above the image estimate
+    (the Keras and MNIST tutorials' figure)."""
     spec, denoiser = run.spec, run.denoiser
+    walk = run.walk(sampler=sampler, steps=steps)
     states = []
     labels = spec.drawn_clusters(n, seed)
-    x = ImageNoise.from_seed(seed, range(n))(torch.empty(n, *spec.shape, device=run.device))
-    ddim(denoiser, x, sampling_times(denoiser.schedule, steps), labels=None if labels is None else labels.to(run.device),
-         clip=spec.data_range(run.device), callback=lambda i, x_t, image: states.append((x_t.clamp(-1, 1).cpu(), image.cpu())))
+    noise = ImageNoise.from_seed(seed, range(n))
+    walk(denoiser, noise(torch.empty(n, *spec.shape, device=run.device)), noise=noise,
+         labels=None if labels is None else labels.to(run.device), data_range=spec.data_range(run.device),
+         callback=lambda i, x_t, image: states.append((x_t.clamp(-1, 1).cpu(), image.cpu())))
     return trajectory(states, scale=max(1, 64 // spec.image_size[1]))
 
 
 def restoration(run, *, n: int = 4, input: str | None = None, strength: float = 0.5, variations: int = 4,
-                steps: int = 50, sampler: str = "ddim", seed: int = 0) -> Image.Image:
+                steps: int | None = None, sampler: str | None = None, seed: int = 0) -> Image.Image:
     """Per input row: the input, it noised to `strength` (where the first variation starts), and
-    `variations` restorations (SDEdit)."""
+    `variations` restorations (SDEdit, with the run's own walk or `sampler`, `steps`)."""
     spec, denoiser = run.spec, run.denoiser
     images = run.data_images(n, input)
     x = spec.normalisation.to_model(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2))
-    restored = spec.normalisation.to_uint8(restore(denoiser, x.to(run.device), strength=strength, steps=steps,
-                                                   sampler=sampler, variations=variations, seed=seed,
-                                                   clip=spec.data_range(run.device)))
+    restored = spec.normalisation.to_uint8(restore(denoiser, x.to(run.device), run.walk(sampler=sampler, steps=steps),
+                                                   strength=strength, variations=variations, seed=seed,
+                                                   data_range=spec.data_range(run.device)))
     # The starting point of each input's first variation: the first draw of its noise stream.
     kind = getattr(denoiser.schedule, "noise", "gaussian")
     first = ImageNoise.from_seed(seed, [k * variations for k in range(len(x))], kind)(x)
@@ -374,7 +381,7 @@ def demo_pictures(run, out: Path, *, seed: int = 0, progress: bool = True) -> di
     forward_strip(run.denoiser.schedule, spread, [0, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0], seed=seed).save(
         written["forward process"])
     written["denoising trajectory"] = out / "demo_trajectory.png"
-    denoising_trajectory(run, n=3, steps=10, seed=seed).save(written["denoising trajectory"])
+    denoising_trajectory(run, n=3, sampler="ddim", steps=10, seed=seed).save(written["denoising trajectory"])
     return written
 
 

@@ -26,13 +26,15 @@ the closed-form Gaussian.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from ..schedules import sampling_times
+from ..schedules import SPACINGS, sampling_times
 from .adaptive import dpm_adaptive
 from .classic import ddim, ddpm
 from .kernel import (
@@ -62,7 +64,7 @@ __all__ = [
     "check_times", "combine_seeds", "ddim", "ddpm", "dpm_adaptive", "dpmpp_2m", "dpmpp_2m_sde",
     "dpmpp_2s_ancestral", "dpmpp_3m", "dpmpp_3m_sde", "edm_sigmas", "euler", "euler_ancestral", "evaluations",
     "get_sampler", "heun", "ipndm", "log_snrs", "posterior_mean", "predict", "sample", "samplers_with_option",
-    "start_scale", "time_at_edm_sigma", "transition_variance", "unipc", "walk_rates",
+    "start_scale", "time_at_edm_sigma", "transition_variance", "unipc", "Walk", "walk_rates",
 ]
 
 
@@ -113,8 +115,8 @@ SAMPLERS: dict[str, SamplerEntry] = {
                                  "k-diffusion's dpm_adaptive)"),
 }
 
-# What `sample` (library and CLI) walks unless told: docs/samplers.md ranks every sampler by
-# quality per network evaluation on the shipped models.
+# What `sample` (library and CLI) walks unless told (`Walk()`): docs/samplers.md ranks every
+# sampler by quality per network evaluation on the shipped models.
 DEFAULT_SAMPLER, DEFAULT_STEPS = "dpmpp-2m", 10
 
 
@@ -138,46 +140,147 @@ def samplers_with_option(option: str) -> list[str]:
     return [name for name, entry in SAMPLERS.items() if option in entry.options]
 
 
+@dataclass(frozen=True)
+class Walk:
+    """How to sample: a sampler of the registry, its steps, the time spacing and noise range,
+    whether the image estimate is clipped to the data range, the sampler's own options (eta,
+    s_churn, ...) and the guidance scale (None: the model's own). Checked once, where it is built
+    (the CLI, the web API, a run's stored default), and passed down whole."""
+
+    sampler: str = DEFAULT_SAMPLER
+    steps: int = DEFAULT_STEPS
+    spacing: str | None = None  # None: the sampler's own (its registry entry's)
+    sigma_max: float | None = None  # karras and log-snr: the EDM noise level sigma/alpha to start at (None: 80)
+    clip: bool = True
+    options: dict = field(default_factory=dict)
+    guidance: float | None = None
+
+    def __post_init__(self):
+        entry = get_sampler(self.sampler)
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"sampling steps must be a positive integer; got {self.steps!r}")
+        if self.spacing is not None and self.spacing not in SPACINGS:
+            raise ValueError(f"unknown spacing {self.spacing!r}; expected one of {', '.join(SPACINGS)}")
+        if self.sigma_max is not None:
+            if isinstance(self.sigma_max, bool) or not isinstance(self.sigma_max, (int, float)) or not self.sigma_max > 0:
+                raise ValueError(f"sigma_max must be a positive number (inf for t = 1); got {self.sigma_max!r}")
+            if self.spacing_used not in ("karras", "log-snr"):
+                raise ValueError(f"spacing {self.spacing_used!r} always starts at t = 1; sigma_max applies to 'karras' and 'log-snr'")
+        if not isinstance(self.clip, bool):
+            raise ValueError(f"clip must be true or false; got {self.clip!r}")
+        if self.guidance is not None and (isinstance(self.guidance, bool) or not isinstance(self.guidance, (int, float))
+                                          or not 0 <= self.guidance <= 20):
+            raise ValueError(f"guidance must be a scale in [0, 20] (1: none); got {self.guidance!r}")
+        own = {k: v for k, v in entry.options.items() if k != "clip"}
+        for name, value in dict(self.options).items():
+            if name not in own:
+                takers = samplers_with_option(name)
+                raise ValueError(f"{name} is an option of the {', '.join(takers)} samplers, not of {self.sampler}" if takers
+                                 else f"{self.sampler} has no option {name!r}; it takes {', '.join(own) or 'none'}")
+            kind = type(own[name])
+            if kind is bool and not isinstance(value, bool) or kind is not bool and (
+                    isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):
+                raise ValueError(f"{self.sampler}'s {name} must be {'true or false' if kind is bool else 'a number'}; got {value!r}")
+        if "eta" in self.options and not 0 <= self.options["eta"] <= 1:
+            raise ValueError(f"eta must lie in [0, 1] (0: deterministic, 1: the full posterior noise); got {self.options['eta']:g}")
+        object.__setattr__(self, "options", dict(self.options))
+
+    @property
+    def entry(self) -> SamplerEntry:
+        return SAMPLERS[self.sampler]
+
+    @property
+    def spacing_used(self) -> str:
+        return self.spacing or self.entry.spacing
+
+    @property
+    def evaluations(self) -> int | None:
+        """Network evaluations per image (twice that under guidance); None for an adaptive walk."""
+        return None if self.entry.adaptive else self.entry.evaluations(self.steps)
+
+    def times(self, schedule) -> Tensor:
+        return sampling_times(schedule, self.steps, self.spacing_used, self.sigma_max)
+
+    def __call__(self, denoiser, x: Tensor, times: Tensor | None = None, *, labels=None, noise=None, data_range=None,
+                 callback: Callback | None = None, report: dict | None = None) -> Tensor:
+        """Walk x to images: pure standard-normal noise (scaled here to the walk's first time,
+        `start_scale`), or with `times` (say from an editing strength) an x already at times[0].
+        `data_range` is what the image estimate is clipped to, when the walk clips."""
+        if times is None:
+            times = self.times(denoiser.schedule)
+            scale = start_scale(denoiser.schedule, float(times[0]))
+            x = x * scale if scale != 1 else x
+        options = {**self.options, "clip": data_range if self.clip else None}
+        if self.entry.adaptive:
+            options["report"] = {} if report is None else report
+        return self.entry(denoiser, x, times, labels=labels, noise=noise, callback=callback, **options)
+
+    def replace(self, **changes) -> Walk:
+        """This walk with the fields given (None: left as it is); a new sampler drops the old one's options."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        if "sampler" in changes and changes["sampler"] != self.sampler and "options" not in changes:
+            changes["options"] = {}
+        return dataclasses.replace(self, **changes)
+
+    def describe(self) -> str:
+        if self.entry.adaptive:
+            return f"{self.sampler}, adaptive"
+        return f"{self.sampler}, {self.steps} steps, {self.spacing_used} spacing"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data, where: str = "walk") -> Walk:
+        """The JSON form back; an unknown field or a bad value is a one-line ValueError naming `where`."""
+        if not isinstance(data, dict):
+            raise ValueError(f"{where} must be an object of {', '.join(f.name for f in dataclasses.fields(cls))}")
+        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"{where}: unknown field {unknown[0]!r}")
+        try:
+            return cls(**data)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{where}: {error}") from None
+
+
 def sample(
     denoiser,
     shape: Sequence[int],
     n: int,
+    walk: Walk | None = None,
     *,
-    sampler: str = DEFAULT_SAMPLER,
-    steps: int = DEFAULT_STEPS,
-    spacing: str | None = None,
-    sigma_max: float | None = None,
     seed: int = 0,
     labels: Tensor | None = None,
+    data_range=None,
     batch_size: int = 64,
     device: torch.device | str = "cpu",
     progress: bool = True,
     callback: Callback | None = None,
     report: dict | None = None,
-    **options,
 ) -> Tensor:
-    """Draw n images of `shape` (C, H, W) from pure noise, in batches; float32 (n, C, H, W) on the CPU.
+    """Draw n images of `shape` (C, H, W) from pure noise along `walk` (default: `Walk()`), in
+    batches; float32 (n, C, H, W) on the CPU.
 
     Image k starts from and draws only the noise of stream (seed, k), so it is the same image
-    whatever the batch size. `spacing` (default: the sampler's own, from the registry) and
-    `sigma_max` choose the times (`sampling_times`).
+    whatever the batch size. `data_range` (low, high) is what the walk clips the image estimate to,
+    when it clips. Guidance is the caller's: wrap the denoiser (`diffusion.Guided`).
     `report`, when given, receives "evaluations": the network evaluations each image took (and an
     adaptive walk's own counts)."""
     from tqdm.auto import tqdm
 
-    walk = get_sampler(sampler)
+    walk = Walk() if walk is None else walk
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"number of images must be a positive integer; got {n!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch size must be a positive integer; got {batch_size!r}")
-    times = sampling_times(denoiser.schedule, steps, walk.spacing if spacing is None else spacing, sigma_max)
-    scale = start_scale(denoiser.schedule, float(times[0]))
+    steps, entry = walk.steps, walk.entry
     batches = range(0, n, batch_size)
     out = []
     report = {} if report is None else report
     # An adaptive walk's steps are not known ahead: its bar counts images and the evaluations spent.
-    total, unit = (n, "images") if walk.adaptive else (len(batches) * steps, "steps")
-    desc = f"sampling ({sampler})" if walk.adaptive else f"sampling ({sampler}, {steps} steps)"
+    total, unit = (n, "images") if entry.adaptive else (len(batches) * steps, "steps")
+    desc = f"sampling ({walk.sampler})" if entry.adaptive else f"sampling ({walk.sampler}, {steps} steps)"
     with tqdm(total=total, unit=unit, desc=desc, disable=not progress) as bar:
 
         def step_callback(i, x_t, image):
@@ -189,16 +292,13 @@ def sample(
             indices = range(start, min(start + batch_size, n))
             noise = ImageNoise.from_seed(seed, indices, getattr(denoiser.schedule, "noise", "gaussian"), device)
             x = noise(torch.empty(len(indices), *shape, device=device))
-            if scale != 1:
-                x = x * scale
             batch_labels = None if labels is None else labels[start : start + len(indices)].to(device)
-            if walk.adaptive:  # its bar moves by images; the walk forms its estimates only for a caller's callback
-                x = walk(denoiser, x, times, labels=batch_labels, noise=noise, callback=callback, report=report,
-                         **options)
+            if entry.adaptive:  # its bar moves by images; the walk forms its estimates only for a caller's callback
+                x = walk(denoiser, x, labels=batch_labels, noise=noise, data_range=data_range, callback=callback, report=report)
                 bar.update(len(indices))
                 bar.set_postfix(evaluations=f"{sum(report['evaluations']) / len(report['evaluations']):.1f}")
             else:
-                x = walk(denoiser, x, times, labels=batch_labels, noise=noise, callback=step_callback, **options)
-                report.setdefault("evaluations", []).extend([walk.evaluations(steps)] * len(indices))
+                x = walk(denoiser, x, labels=batch_labels, noise=noise, data_range=data_range, callback=step_callback)
+                report.setdefault("evaluations", []).extend([walk.evaluations] * len(indices))
             out.append(x.cpu())
     return torch.cat(out)

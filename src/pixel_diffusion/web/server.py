@@ -38,7 +38,7 @@ from ..data import DataConfig, convert_channels, fit_image
 from ..editing import inpaint, restore
 from ..logbook import read_records
 from ..runs import generation_parameters, load_run
-from ..samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS, get_sampler
+from ..samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS
 from ..schedules import SPACINGS
 from ..sources import read_image_file
 from ..viz import as_picture, image_grid, image_parameters, png_bytes
@@ -60,8 +60,8 @@ class Problem(Exception):
 class Generate(BaseModel):
     run: str
     checkpoint: str = "latest"
-    sampler: str = DEFAULT_SAMPLER
-    steps: int = Field(DEFAULT_STEPS, ge=1, le=1000)
+    sampler: str | None = None  # None: the run's own walk's
+    steps: int | None = Field(None, ge=1, le=1000)
     spacing: str | None = None
     seed: int = Field(0, ge=0, le=2**63 - 1)
     n: int = Field(16, ge=1, le=64)
@@ -138,21 +138,18 @@ def _picture_png(run, image: torch.Tensor) -> bytes:
     return png_bytes(image_grid(pixels, columns=int(np.ceil(np.sqrt(len(pixels)))), scale=max(1, 64 // pixels.shape[1])))
 
 
-def _generate_work(run, folder: Path, request: Generate, labels):
+def _generate_work(run, folder: Path, request: Generate, labels, walk):
     """The job of a generate request: the images (and PNG bytes) `pixel-diffusion sample --run
     FOLDER` writes for the same values."""
-    options = {"spacing": request.spacing}
-    guidance = run.spec.guidance_for(request.guidance, labels)
-    total = None if get_sampler(request.sampler).adaptive else request.steps
+    guidance = run.spec.guidance_for(walk.guidance, labels)
+    total = None if walk.entry.adaptive else walk.steps
 
     def work(job: Job) -> list[bytes]:
         job.advance(0, total)
-        images = run.sample(request.n, sampler=request.sampler, steps=request.steps, seed=request.seed, labels=labels,
-                            guidance=guidance, batch_size=64, precision=request.precision, progress=False,
-                            callback=Previews(job, run, total), **options)
-        made = generation_parameters(run, str(folder), sampler=request.sampler, steps=request.steps, seed=request.seed,
-                                     label=request.label, guidance=guidance, precision=request.precision,
-                                     options=options)
+        images = run.sample(request.n, walk, seed=request.seed, labels=labels, guidance=guidance, batch_size=64,
+                            precision=request.precision, progress=False, callback=Previews(job, run, total))
+        made = generation_parameters(run, str(folder), walk, seed=request.seed, label=request.label, guidance=guidance,
+                                     precision=request.precision)
         return [png_bytes(as_picture(image), image_parameters(made, k, labels)) for k, image in enumerate(images)]
 
     return work
@@ -249,13 +246,12 @@ def _jobs_api(app: FastAPI, runs: Runs, queue: JobQueue) -> None:
 
     @app.post("/api/generate")
     def generate(request: Generate):
-        get_sampler(request.sampler)
-        if request.spacing is not None and request.spacing not in SPACINGS:
-            raise Problem(400, f"unknown spacing {request.spacing!r}; expected one of {', '.join(SPACINGS)}")
         run = runs.load(request.run, request.checkpoint)
+        # The run's own walk with what the request changes, checked whole (a bad value: 400).
+        walk = run.walk(sampler=request.sampler, steps=request.steps, spacing=request.spacing, guidance=request.guidance)
         labels = (run.spec.default_labels(request.n, request.seed) if request.label is None
                   else run.sample_labels(request.n, request.label))  # every class in turn, or clusters by their share
-        job = queue.submit("generate", _generate_work(run, runs.folder(request.run), request, labels))
+        job = queue.submit("generate", _generate_work(run, runs.folder(request.run), request, labels, walk))
         return _job_state(queue, job)
 
     _edit_api(app, runs, queue)
@@ -309,9 +305,8 @@ def _edit_api(app: FastAPI, runs: Runs, queue: JobQueue) -> None:
 
         def work(job: Job) -> list[bytes]:
             job.advance(0, steps)
-            out = restore(loaded.denoiser, x, strength=strength, steps=steps, variations=variations, seed=seed,
-                          clip=loaded.spec.data_range(loaded.device),
-                          callback=Previews(job, loaded, steps))
+            out = restore(loaded.denoiser, x, loaded.walk(steps=steps), strength=strength, variations=variations, seed=seed,
+                          data_range=loaded.spec.data_range(loaded.device), callback=Previews(job, loaded, steps))
             made = {"command": "restore", "run": run, "checkpoint": str(loaded.checkpoint), "strength": strength,
                     "steps": steps, "seed": seed}
             return [png_bytes(as_picture(img), {**made, "index": k}) for k, img in enumerate(loaded.spec.normalisation.to_uint8(out))]
