@@ -1,6 +1,6 @@
 """The hot paths trace whole: torch._dynamo.explain finds no graph break (each one a host
 synchronisation or a Python fallback under torch.compile) in any network's forward, with and
-without labels, or in the training objectives' loss."""
+without labels, or in the training objectives' loss at drawn times and noise."""
 
 import pytest
 import torch
@@ -16,7 +16,9 @@ SMALL = {"widths": [8, 16], "groups": 4, "embedding_dim": 8, "embedding_mlp_dim"
 
 def small(name: str, num_classes: int | None):
     base = config_to_dict(network_config(name, in_channels=3, num_classes=num_classes))
+    levels = len(base["widths"])
     base.update({k: v for k, v in SMALL.items() if k in base})
+    base["widths"] = [8] * (levels - 1) + [16]  # as many levels as the network has
     if "attention_levels" in base:
         base["attention_levels"] = [level for level in base["attention_levels"] if level < 2]
     return build_network(config_from_dict(base))
@@ -30,7 +32,7 @@ def breaks(fn, *args) -> list[str]:
 
 @pytest.mark.parametrize("name", list(NETWORKS))
 def test_every_network_forward_traces_as_one_graph(name):
-    for num_classes in (None, 5):
+    for num_classes in (None, 5) if name != "basic-mnist" else (None,):  # the BasicUNet takes no labels
         net = small(name, num_classes).eval()
         size = 32 if name in ("ddpm-64", "keras-ddim", "patch-64", "photo-64") else 16
         x, level = torch.randn(2, 3, size, size), torch.rand(2)
@@ -48,9 +50,12 @@ def test_the_training_loss_traces_as_one_graph(objective, schedule, prediction, 
     net = small("patch-cifar", 5).train()
     denoiser = Denoiser(net, make_schedule(schedule), prediction, noise_input)
     x, labels = torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 5, 2])
-    generator = torch.Generator().manual_seed(0)
+    t, noise = torch.rand(4, dtype=torch.float64) * 0.98 + 0.01, torch.randn_like(x)
 
-    def step(x, labels):
-        return objective(denoiser, x, labels, generator=generator).mean()
+    def step(x, labels, t, noise):  # the draw (a generator) stays outside; the loss and its mean are one graph
+        return objective.loss(denoiser, x, labels, t, noise).mean()
 
-    assert breaks(step, x, labels) == []
+    assert breaks(step, x, labels, t, noise) == []
+    generator = torch.Generator().manual_seed(0)  # and calling the objective is the draw, then that loss
+    drawn = objective(denoiser, x, labels, generator=generator)
+    torch.testing.assert_close(drawn, objective.loss(denoiser, x, labels, *objective.draw(denoiser, x, torch.Generator().manual_seed(0))))

@@ -93,8 +93,8 @@ def test_a_flipped_byte_is_caught_by_every_command_that_reads_the_file(whole, cl
             capsys.readouterr()
             status = main([command[0], "--run", str(run), *command[1:]])
             err = capsys.readouterr().err
-            if file.name not in read_to_sample:
-                assert status == 0, (file.name, command[0], err)
+            if file.name not in read_to_sample:  # (this patch network cannot be exported to diffusers at all)
+                assert "differs from its manifest" not in err and (status == 0 or command[0] == "export"), (file.name, err)
                 continue
             assert status == 2, (file.name, command[0])
             assert f"{file.name} differs from its manifest's SHA-256" in err and err.count("\n") == 1

@@ -2,8 +2,10 @@
 
 An objective is a frozen dataclass with a `kind`. Called as
 `objective(denoiser, images, labels, generator, **parts) -> (B,)` per-example losses (the caller
-reduces), it draws its own times and noise, builds x_t, and compares the denoiser's split with
-its target. `needs` names the parts of the model bundle it takes besides the denoiser (none for
+reduces), it draws its own times and noise, then `objective.loss(denoiser, images, labels, t,
+noise)` builds x_t and compares the denoiser's split with its target: the draw (a generator,
+which torch.compile cannot trace) stays outside the graph, and the loss is one graph
+(tests/test_graphs.py). `needs` names the parts of the model bundle it takes besides the denoiser (none for
 the two here; a distillation objective takes its frozen teacher), and `check(schedule, prediction)`
 refuses, in one line, a model description it cannot train.
 
@@ -120,15 +122,14 @@ def _p2(snr: Tensor, objective) -> Tensor:
 WEIGHTINGS = {"none": None, "min-snr": _min_snr, "p2": _p2}
 
 
-def _draw(objective, denoiser: Denoiser, images: Tensor, generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """An objective's times and noise for a batch: (t, alpha, sigma, all (B,) float64; eps like
-    the images). Drawn where the generator lives (a CPU generator serves a GPU batch too), then moved."""
+def _draw(objective, denoiser: Denoiser, images: Tensor, generator) -> tuple[Tensor, Tensor]:
+    """An objective's times and noise for a batch: (t, (B,) float64; eps like the images). Drawn
+    where the generator lives (a CPU generator serves a GPU batch too), then moved."""
     schedule, n = denoiser.schedule, images.shape[0]
     where = generator.device if generator is not None else images.device
     t = TIME_SAMPLERS[objective.time_sampling](schedule, n, generator, where, objective).to(images.device)
     noise = draw_noise(getattr(schedule, "noise", "gaussian"), images.shape, generator=generator, device=where)
-    alpha, sigma = schedule.rates(t)
-    return t, alpha, sigma, noise.to(images.device)
+    return t, noise.to(images.device)
 
 
 def _check_positive(objective, names) -> None:
@@ -175,7 +176,15 @@ class Diffusion:
 
     def __call__(self, denoiser: Denoiser, images: Tensor, labels: Tensor | None = None,
                  generator: torch.Generator | None = None) -> Tensor:
-        t, alpha, sigma, noise = _draw(self, denoiser, images, generator)
+        return self.loss(denoiser, images, labels, *self.draw(denoiser, images, generator))
+
+    def draw(self, denoiser: Denoiser, images: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """(t, noise) for a batch: its times ((B,) float64) and noise like the images."""
+        return _draw(self, denoiser, images, generator)
+
+    def loss(self, denoiser: Denoiser, images: Tensor, labels: Tensor | None, t: Tensor, noise: Tensor) -> Tensor:
+        """(B,) losses at the drawn times and noise: no randomness, one graph for torch.compile."""
+        alpha, sigma = denoiser.schedule.rates(t)
         images = images.float()
         a, s = per_example(alpha, images), per_example(sigma, images)
         predicted = denoiser(a * images + s * noise, t, labels)
@@ -219,7 +228,15 @@ class FlowMatching:
 
     def __call__(self, denoiser: Denoiser, images: Tensor, labels: Tensor | None = None,
                  generator: torch.Generator | None = None) -> Tensor:
-        t, alpha, sigma, noise = _draw(self, denoiser, images, generator)
+        return self.loss(denoiser, images, labels, *self.draw(denoiser, images, generator))
+
+    def draw(self, denoiser: Denoiser, images: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """(t, noise) for a batch: its times ((B,) float64) and noise like the images."""
+        return _draw(self, denoiser, images, generator)
+
+    def loss(self, denoiser: Denoiser, images: Tensor, labels: Tensor | None, t: Tensor, noise: Tensor) -> Tensor:
+        """(B,) losses at the drawn times and noise: no randomness, one graph for torch.compile."""
+        alpha, sigma = denoiser.schedule.rates(t)
         images = images.float()
         predicted = denoiser(per_example(alpha, images) * images + per_example(sigma, images) * noise, t, labels)
         error = DISTANCES[self.distance](predicted.noise - predicted.image, noise - images, self)

@@ -297,6 +297,18 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
         return _train(config, run_dir, accelerator)
 
 
+def _begin(config: TrainConfig, run_dir: Path, model: Model, prepared: TrainingData, step: int, log: RunLog) -> None:
+    """The main process's start: config.json written, the log cut back to `step`, one line said."""
+    checkpoints.write_json(run_dir / "config.json", {"train": config.to_dict(), "model": model.spec.to_dict()})
+    log.truncate(step)
+    if config.progress:
+        data = prepared.data
+        workers = loader_workers(data, config.data.workers)
+        print(f"{run_dir}: {summary(model.net)}; {len(data.train)} training images of "
+              f"{data.size[0]}x{data.size[1]}x{data.channels}, {data.describe()}"
+              + (f", {workers} decoding workers" if workers else "") + (f"; resuming at step {step}" if step else ""))
+
+
 def _train(config: TrainConfig, run_dir: Path, accelerator) -> Path:
     main, world, device = accelerator.is_main_process, accelerator.num_processes, accelerator.device
     prepared = prepare_data(config, run_dir, world, main, accelerator.process_index)
@@ -304,14 +316,7 @@ def _train(config: TrainConfig, run_dir: Path, accelerator) -> Path:
     step, trained_s = resume(config, run_dir, model)
     log = RunLog(run_dir, enabled=main)
     if main:
-        checkpoints.write_json(run_dir / "config.json", {"train": config.to_dict(), "model": model.spec.to_dict()})
-        log.truncate(step)
-        if config.progress:
-            data = prepared.data
-            workers = loader_workers(data, config.data.workers)
-            print(f"{run_dir}: {summary(model.net)}; {len(data.train)} training images of "
-                  f"{data.size[0]}x{data.size[1]}x{data.channels}, {data.describe()}"
-                  + (f", {workers} decoding workers" if workers else "") + (f"; resuming at step {step}" if step else ""))
+        _begin(config, run_dir, model, prepared, step, log)
     model.net, model.optimizer = accelerator.prepare(model.net, model.optimizer)  # DDP under accelerate
     if config.compile:  # in place, so state_dict keys stay those of the plain network
         accelerator.unwrap_model(model.net).compile()
