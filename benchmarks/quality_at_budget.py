@@ -175,6 +175,7 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, nargs="*", default=[], help="also score conditional runs at these scales")
     parser.add_argument("--inception", action="store_true",
                         help="also score the last samples in the standard FID and KID (TF-Inception features, all training images)")
+    parser.add_argument("--last-only", action="store_true", help="score only the last checkpoint (no curve)")
     parser.add_argument("--tag", default="", help="a suffix for the files written to docs/ (another sampler's scores beside the first)")
     parser.add_argument("--out", type=Path, help="runs (default: runs/quality_at_budget, or runs/quality_at_budget-cifar10)")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs")
@@ -191,7 +192,7 @@ def main() -> None:
     inception = InceptionScorer(args.dataset) if args.inception else None
     score = dict(sampler=args.sampler, steps=args.steps, spacing=args.spacing, samples=args.samples,
                  curve_samples=args.curve_samples, inception=inception)
-    curves = {name: score_run(run, scorer, **score) for name, run in runs.items()}
+    curves = {name: score_run(run, scorer, **score, last_only=args.last_only) for name, run in runs.items()}
     nearest = lambda images: nearest_training_distance(images, dataset=args.dataset)  # noqa: E731
     real = scorer.real(args.samples)
     floor = {"step": 0, **scorer(real), **(inception(real) if inception else {})}

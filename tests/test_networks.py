@@ -140,10 +140,22 @@ def test_wrong_inputs_get_a_clear_error(name):
         net(torch.randn(1, c.in_channels, size, size), _level(1, name), torch.tensor([1]))
 
 
-def test_labels_out_of_range_name_the_range():
-    net = build_network(network_config("ddpm-mnist", num_classes=10))
-    with pytest.raises(ValueError, match=r"integers in 0\.\.9 \(10 = no label\).*range 0\.\.11"):
-        net(torch.randn(2, 1, 28, 28), torch.tensor([1.0, 2.0]), torch.tensor([0, 11]))
+def test_labels_are_checked_where_they_come_in_and_by_shape_in_the_network():
+    # The forward checks only shapes (no host synchronisation); values are checked at the edge.
+    from pixel_diffusion.data import Normalisation
+    from pixel_diffusion.runs import ModelSpec
+
+    config = network_config("ddpm-mnist", num_classes=10)
+    net = build_network(config)
+    with pytest.raises(ValueError, match=r"labels must be 2 integers, one per image; got shape \(3,\)"):
+        net(torch.randn(2, 1, 28, 28), torch.tensor([1.0, 2.0]), torch.tensor([0, 1, 2]))
+    spec = ModelSpec(network=config, schedule="cosine", schedule_options={}, prediction="noise", noise_input="timestep",
+                     normalisation=Normalisation(), channels=1, image_size=(28, 28), num_classes=10)
+    with pytest.raises(ValueError, match=r"labels must lie in 0\.\.9 \(10: no label\); got 0\.\.11"):
+        spec.check_labels(torch.tensor([0, 11]), 2)
+    with pytest.raises(ValueError, match=r"labels must be 2 integers; got torch.float32 of shape \(2,\)"):
+        spec.check_labels(torch.tensor([0.0, 1.0]), 2)
+    spec.check_labels(torch.tensor([0, 10]), 2)  # 10: the "no label" index guidance uses
 
 
 def test_bad_configs_are_refused():
