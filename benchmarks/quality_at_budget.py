@@ -7,9 +7,9 @@
 Each recipe trains on the data set (mnist: mnist-5k, ours and its class-conditional form against
 the MNIST tutorial's; cifar10: the 50,000 CIFAR-10 training images, `cifar10` and
 `cifar10-conditional` against the labml.ai DDPM; tiny-imagenet-100: the 50,000 64x64 photos of
-its ten shards, streamed, `colour-64-conditional` and `colour-64` as it was (on patch-64)
-against the Keras DDIM and diffusers DDPM presets; each data set's `*-flow*` recipe is its own
-recipe trained by flow matching) for `--minutes` of wall-clock time on this machine (its preset,
+its ten shards, streamed, `colour-64-conditional` (flow matching), its diffusion form and
+`colour-64` as it was (diffusion on patch-64) against the Keras DDIM and diffusers DDPM presets;
+mnist's and cifar10's `*-flow*` recipes are their own recipes trained by flow matching) for `--minutes` of wall-clock time on this machine (its preset,
 with the budget replaced by minutes; learning-rate decay follows the time budget), or for
 `--train-steps` steps to match a run trained earlier, writing a checkpoint every few hundred steps. Every checkpoint is then sampled with the
 same seeds (`--sampler`, `--steps`; `--curve-samples` for the intermediate ones, `--samples` for
@@ -46,6 +46,9 @@ from common import DATASETS, ROOT, InceptionScorer, Scorer, cpu_name, nearest_tr
 FLOW = {"schedule": "rectified-flow", "schedule_options": {}, "prediction": "flow", "noise_input": "time",
         "loss.kind": "flow-matching"}
 SNAPSHOTS = {"ema_profiles": [0.05, 0.1], "ema_snapshot_every": 250}
+# The diffusion recipe of `mnist` and `cifar10`, for a preset that now trains by flow matching.
+DIFFUSION = {"schedule": "cosine", "schedule_options": {}, "prediction": "velocity", "noise_input": "timestep",
+             "loss.kind": "diffusion", "loss.target": "velocity", "loss.weighting": "min-snr"}
 # name: (preset, checkpoint every so many steps, overrides)
 RECIPES = {"ours": ("mnist", 300, {}), "ours-conditional": ("mnist-conditional", 300, {}),
            "tutorial": ("mnist-tutorial", 40, {}), "ours-flow": ("mnist-flow", 300, {})}
@@ -56,11 +59,11 @@ CIFAR_RECIPES = {"ours": ("cifar10", 1500, CIFAR), "ours-conditional": ("cifar10
 # Tiny ImageNet-100 streamed from its shards; the reference systems' presets on their own recipes
 # (ddpm-anime's fp16 is a GPU's: bf16 autocast here).
 TINY = {"data.source": str(DATASETS["tiny-imagenet-100"].data.source)}
-TINY_RECIPES = {"colour-64-conditional": ("colour-64-conditional", 300, TINY),
-                "colour-64-before": ("colour-64", 300, {**TINY, "network": "patch-64"}),
+TINY_RECIPES = {"colour-64-conditional": ("colour-64-conditional", 300, {**TINY, **SNAPSHOTS}),
+                "colour-64-diffusion-conditional": ("colour-64-conditional", 300, {**TINY, **DIFFUSION}),
+                "colour-64-before": ("colour-64", 300, {**TINY, **DIFFUSION, "network": "patch-64"}),
                 "keras-flowers": ("keras-flowers", 100, TINY),
-                "ddpm-anime": ("ddpm-anime", 200, {**TINY, "precision": "bf16"}),
-                "colour-64-flow-conditional": ("colour-64-conditional", 300, {**TINY, **FLOW, **SNAPSHOTS})}
+                "ddpm-anime": ("ddpm-anime", 200, {**TINY, "precision": "bf16"})}
 # dataset: (recipes, prefix of the files written to docs/)
 BENCHMARKS = {"mnist": (RECIPES, "performance"), "cifar10": (CIFAR_RECIPES, "performance_cifar10"),
               "tiny-imagenet-100": (TINY_RECIPES, "performance_tiny")}

@@ -228,11 +228,14 @@ def cifar10_conditional() -> TrainConfig:
 
 def colour_64() -> TrainConfig:
     """Colour photos at 64x64 (flowers, faces, objects) on a CPU: photo-64 (the patch-cifar U-Net
-    with a 32x32 level, widths 32/64/128) on 50 clusters, the `cifar10` recipe otherwise. The
-    Tiny ImageNet-100 trials (docs/performance.md) chose the network over 4x4 patches (patch-64)
-    and left the cosine schedule unshifted and the noise levels uniform in time."""
-    return dataclasses.replace(cifar10(), preset="colour-64", network="photo-64",
-                               data=DataConfig("", image_size=64, flip=True, channels="3"))
+    with a 32x32 level, widths 32/64/128) on 50 clusters, trained by flow matching
+    (`flow_matching`), the `cifar10` recipe otherwise. The Tiny ImageNet-100 trials
+    (docs/performance.md) chose the network over 4x4 patches (patch-64) and the noise levels;
+    flow matching beat diffusion on the same network and budget (30 minutes: standard FID 138.4
+    against 148.0 at guidance 3, classifier FID 14.1 against 19.6, measured on the class-conditional
+    form)."""
+    return flow_matching(dataclasses.replace(cifar10(), network="photo-64",
+                                             data=DataConfig("", image_size=64, flip=True, channels="3")), "colour-64")
 
 
 def colour_64_conditional() -> TrainConfig:
@@ -262,11 +265,6 @@ def cifar10_flow() -> TrainConfig:
     return flow_matching(cifar10(), "cifar10-flow")
 
 
-def colour_64_flow() -> TrainConfig:
-    """`colour-64` trained by flow matching (`flow_matching`)."""
-    return flow_matching(colour_64(), "colour-64-flow")
-
-
 PRESETS = {
     "mnist": mnist,
     "mnist-conditional": mnist_conditional,
@@ -282,7 +280,6 @@ PRESETS = {
     "colour-64-conditional": colour_64_conditional,
     "mnist-flow": mnist_flow,
     "cifar10-flow": cifar10_flow,
-    "colour-64-flow": colour_64_flow,
 }
 
 
