@@ -141,8 +141,20 @@ def _check_positive(objective, names) -> None:
 # ---- the objectives ---------------------------------------------------------------------------
 
 
+class _Drawn:
+    """What every objective does when called: draw the batch's times and noise, then `loss`."""
+
+    def __call__(self, denoiser: Denoiser, images: Tensor, labels: Tensor | None = None,
+                 generator: torch.Generator | None = None) -> Tensor:
+        return self.loss(denoiser, images, labels, *self.draw(denoiser, images, generator))
+
+    def draw(self, denoiser: Denoiser, images: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """(t, noise) for a batch: its times ((B,) float64) and noise like the images."""
+        return _draw(self, denoiser, images, generator)
+
+
 @dataclass(frozen=True)
-class Diffusion:
+class Diffusion(_Drawn):
     """Denoising diffusion: each example draws a time and noise, is noised in closed form, split by
     the denoiser, and compared with the truth in the space of `target` by `distance` (mean over
     pixels), then weighted by its signal-to-noise ratio."""
@@ -174,14 +186,6 @@ class Diffusion:
     def check(self, schedule: Schedule, prediction: str) -> None:
         check_variance_preserving("loss target", self.target, schedule)
 
-    def __call__(self, denoiser: Denoiser, images: Tensor, labels: Tensor | None = None,
-                 generator: torch.Generator | None = None) -> Tensor:
-        return self.loss(denoiser, images, labels, *self.draw(denoiser, images, generator))
-
-    def draw(self, denoiser: Denoiser, images: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """(t, noise) for a batch: its times ((B,) float64) and noise like the images."""
-        return _draw(self, denoiser, images, generator)
-
     def loss(self, denoiser: Denoiser, images: Tensor, labels: Tensor | None, t: Tensor, noise: Tensor) -> Tensor:
         """(B,) losses at the drawn times and noise: no randomness, one graph for torch.compile."""
         alpha, sigma = denoiser.schedule.rates(t)
@@ -199,7 +203,7 @@ class Diffusion:
 
 
 @dataclass(frozen=True)
-class FlowMatching:
+class FlowMatching(_Drawn):
     """Conditional flow matching on the straight path: x_t = (1 - t) x_0 + t eps, and the loss
     |u_theta(x_t, t) - (eps - x_0)|^2 (mean over pixels), where u_theta = eps_hat - x0_hat is read
     from the denoiser's split whatever the network predicts (`flow` predicts u itself). Times are
@@ -225,14 +229,6 @@ class FlowMatching:
         if getattr(schedule, "variance_preserving", True) or getattr(schedule, "noise", "gaussian") != "gaussian":
             raise ValueError("flow matching trains on the straight path x_t = (1 - t) x_0 + t eps: "
                              "use schedule rectified-flow (schedule_options.shift for the resolution)")
-
-    def __call__(self, denoiser: Denoiser, images: Tensor, labels: Tensor | None = None,
-                 generator: torch.Generator | None = None) -> Tensor:
-        return self.loss(denoiser, images, labels, *self.draw(denoiser, images, generator))
-
-    def draw(self, denoiser: Denoiser, images: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """(t, noise) for a batch: its times ((B,) float64) and noise like the images."""
-        return _draw(self, denoiser, images, generator)
 
     def loss(self, denoiser: Denoiser, images: Tensor, labels: Tensor | None, t: Tensor, noise: Tensor) -> Tensor:
         """(B,) losses at the drawn times and noise: no randomness, one graph for torch.compile."""
