@@ -23,8 +23,8 @@ def _images(n=4):
 def test_restoring_at_a_tiny_strength_returns_nearly_the_input():
     denoiser = GaussianDenoiser.iid(schedules.cosine(), 0.0, 0.5)
     x = _images()
-    near = restore(denoiser, x, Walk("ddim", 5), strength=0.002)
-    far = restore(denoiser, x, Walk("ddim", 5), strength=1.0)
+    near = restore(denoiser, x, Walk("ddim", 5, "karras"), strength=0.002)
+    far = restore(denoiser, x, Walk("ddim", 5, "karras"), strength=1.0)
     assert (near - x).abs().max() < 0.05 and (near - x).abs().mean() < 0.01  # within the noise of t = 0.002
     assert (far - x).abs().mean() > 10 * (near - x).abs().mean()
     variations = restore(denoiser, x, Walk("ddpm", 10), strength=0.6, variations=3, seed=1)
@@ -53,7 +53,7 @@ def test_inpainting_keeps_the_unmasked_pixels_exactly():
     x = _images()
     mask = torch.zeros(8, 8)
     mask[:, 4:] = 1
-    out = inpaint(denoiser, x, mask, steps=20, resample=3, seed=2)
+    out = inpaint(denoiser, x, mask, Walk("ddpm", 20, spacing="uniform"), resample=3, seed=2)
     assert torch.equal(out[..., :4], x[..., :4])
     assert (out[..., 4:] - x[..., 4:]).abs().mean() > 0.05  # the masked half was generated
     with pytest.raises(ValueError, match="resample must be a positive integer"):

@@ -13,19 +13,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .diffusion import add_noise
-from .samplers import DDPM_VARIANCES, ImageNoise, Walk, check_times, posterior_mean, predict, walk_rates
+from .samplers import ImageNoise, Walk, transition_variance, walk_rates
 
 Tensor = torch.Tensor
-
-
-def edit_times(strength: float, steps: int) -> Tensor:
-    """steps + 1 evenly spaced times from `strength` down to 0."""
-    if not 0 < strength <= 1:
-        raise ValueError(f"strength must lie in (0, 1]; got {strength}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer; got {steps!r}")
-    return torch.linspace(strength, 0, steps + 1, dtype=torch.float64)
 
 
 @torch.no_grad()
@@ -33,57 +23,62 @@ def restore(
     denoiser, images: Tensor, walk: Walk | None = None, *, strength: float = 0.5, variations: int = 1, seed: int = 0,
     labels: Tensor | None = None, data_range=None, callback=None,
 ) -> Tensor:
-    """SDEdit (Meng et al. 2022): noise each image to time `strength`, then walk back to t = 0 with
-    the walk's sampler, steps and options (default `Walk()`), over times evenly spaced from
-    `strength`. Returns (B * variations, C, H, W), the variations of image k next to each other;
-    the CIFAR-10 tutorial's restoration of half-noised images is strength 0.5."""
-    walk = Walk() if walk is None else walk
-    times = edit_times(strength, walk.steps)
+    """SDEdit (Meng et al. 2022): noise each image to time `strength`, then walk back to t = 0:
+    `walk` (default `Walk()`) started at `strength`, its sampler, steps, spacing and options.
+    Returns (B * variations, C, H, W), the variations of image k next to each other; the CIFAR-10
+    tutorial's restoration of half-noised images is strength 0.5."""
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
+        raise ValueError(f"strength must lie in (0, 1]; got {strength!r}")
+    walk = (Walk() if walk is None else walk).replace(start=float(strength))
     x0 = images.float().repeat_interleave(variations, 0)
     if labels is not None:
         labels = labels.repeat_interleave(variations, 0)
-    noise = ImageNoise.from_seed(seed, range(len(x0)), getattr(denoiser.schedule, "noise", "gaussian"))
-    x = add_noise(denoiser.schedule, x0, times[0].expand(len(x0)), noise(x0))
-    return walk(denoiser, x, times, labels=labels, noise=noise, data_range=data_range, callback=callback)
+    noise = ImageNoise.from_seed(seed, range(len(x0)), getattr(denoiser.schedule, "noise", "gaussian"), x0.device)
+    x = walk.from_images(denoiser.schedule, x0, noise(x0))
+    return walk(denoiser, x, labels=labels, noise=noise, data_range=data_range, callback=callback)
+
+
+# RePaint's own walk: ancestral DDPM steps, evenly spaced (Lugmayr et al. 2022 use 250 of them).
+REPAINT_WALK = Walk("ddpm", 50, spacing="uniform")
 
 
 @torch.no_grad()
 def inpaint(
-    denoiser, images: Tensor, mask: Tensor, *, steps: int = 50, resample: int = 5, seed: int = 0,
-    labels: Tensor | None = None, callback=None,
+    denoiser, images: Tensor, mask: Tensor, walk: Walk | None = None, *, resample: int = 5, seed: int = 0,
+    labels: Tensor | None = None, data_range=None, callback=None,
 ) -> Tensor:
     """RePaint (Lugmayr et al. 2022, Algorithm 1, jump length 1): generate where `mask` is 1 and
-    keep the image where it is 0. At each step t -> s the known part is drawn from q(x_s | x_0) and
-    the unknown part by an ancestral step from x_t; `resample` times per step the merged x_s is
-    diffused back to t (q(x_t | x_s)) and the step redone, which harmonises the two parts.
+    keep the image where it is 0, along `walk` (default `REPAINT_WALK`, the paper's ancestral
+    steps; any sampler of the registry walks it, one step at a time). At each step t -> s the
+    known part is drawn from q(x_s | x_0) and the unknown part is the walk's step from x_t;
+    `resample` times per step the merged x_s is diffused back to t (q(x_t | x_s)) and the step
+    redone, which harmonises the two parts.
 
     images (B, C, H, W) in model range; mask broadcastable to it (1 = generate). The last step
     lands on t = 0, where the known pixels are the input exactly."""
     if isinstance(resample, bool) or not isinstance(resample, int) or resample < 1:
         raise ValueError(f"resample must be a positive integer; got {resample!r}")
+    walk = REPAINT_WALK if walk is None else walk
+    if walk.start != 1 or walk.stop != 0 or walk.entry.adaptive:
+        raise ValueError("inpainting walks fixed steps from t = 1 to 0; got " + walk.describe())
     mask = torch.as_tensor(mask, dtype=torch.float32, device=images.device).expand_as(images)
-    times = check_times(edit_times(1.0, steps))
+    times = walk.times(denoiser.schedule)
     alphas, sigmas = walk_rates(denoiser.schedule, times)
     x0 = images.float()
-    draw = ImageNoise.from_seed(seed, range(len(x0)), getattr(denoiser.schedule, "noise", "gaussian"))
-    x = draw(x0)
-    for i in range(steps):
+    draw = ImageNoise.from_seed(seed, range(len(x0)), getattr(denoiser.schedule, "noise", "gaussian"), x0.device)
+    x = walk.from_noise(denoiser.schedule, draw(x0))
+    for i in range(len(times) - 1):
         a_t, s_t, a_s, s_s = alphas[i], sigmas[i], alphas[i + 1], sigmas[i + 1]
         for r in range(resample):
-            image, _ = predict(denoiser, x, float(times[i]), a_t, s_t, labels, None)
-            if callback is not None and r == 0:
-                callback(i, x, image)
-            # Unknown part: the DDPM step t -> s with the posterior variance.
-            mean, beta = posterior_mean(image, x, a_t, s_t, a_s, s_s)
-            unknown = mean + math.sqrt(DDPM_VARIANCES["posterior"](beta, s_t, s_s)) * draw(x)
-            known = a_s * x0 + s_s * draw(x)
+            seen = (lambda k, x_t, image, i=i: callback(i, x_t, image)) if callback is not None and r == 0 else None
+            unknown = walk(denoiser, x, times[i : i + 2], labels=labels, noise=draw, data_range=data_range, callback=seen)
+            known = a_s * x0 + s_s * draw(x)  # q(x_s | x_0)
             x_s = mask * unknown + (1 - mask) * known
-            if r == resample - 1 or i == steps - 1:
+            if r == resample - 1 or s_s == 0:
                 x = x_s
                 break
-            # Back to t: x_t = (alpha_t / alpha_s) x_s + sqrt(sigma_t^2 - (alpha_t / alpha_s)^2 sigma_s^2) z.
-            ratio = a_t / a_s
-            x = ratio * x_s + math.sqrt(max(s_t**2 - ratio**2 * s_s**2, 0.0)) * draw(x)
+            # Back to t: x_t = (alpha_t / alpha_s) x_s + sqrt(beta_ts) z (`transition_variance`).
+            x = (a_t / a_s) * x_s + math.sqrt(transition_variance(a_t, s_t, a_s, s_s)) * draw(x)
     return x
 
 

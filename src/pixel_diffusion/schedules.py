@@ -330,7 +330,8 @@ def _discrete_time_at_log_snr(schedule: DiscreteSchedule, target: Tensor) -> Ten
 
 
 # ---- sampling times ---------------------------------------------------------------------------
-# Each returns n + 1 float64 times, strictly decreasing, ending at 0 (the clean image).
+# Each spacing returns the n times a walk evaluates the network at, strictly decreasing, from
+# `start` down to its own smallest (`low` None, the walk then ends at 0) or down to `low` itself.
 
 
 # Karras et al. 2022 (table 1) start every sampler at the EDM noise level sigma/alpha = 80. A VP
@@ -343,38 +344,51 @@ def _grid_times(schedule: Schedule, indices: Tensor) -> Tensor:
     return (indices.to(torch.float64) + 1) / schedule.num_steps
 
 
-def _uniform(schedule: Schedule, steps: int, sigma_max: float | None = None) -> Tensor:
+def _uniform(schedule: Schedule, n: int, sigma_max: float | None = None, start: float = 1.0,
+             low: float | None = None) -> Tensor:
     # Discrete: evenly spaced over the grid, both ends included (diffusers' "linspace").
-    # Continuous: 1, 1 - 1/n, ..., t_min + (1 - t_min)/n (the Keras DDIM example's times).
+    # Continuous: 1, 1 - 1/n, ..., t_min + (1 - t_min)/n (the Keras DDIM example's times);
+    # down to `low`: n times from start to low, both included.
     _from_t_one("uniform", sigma_max)
     if schedule.num_steps is None:
-        return 1 - torch.arange(steps, dtype=torch.float64) * (1 - schedule.t_min) / steps
-    if steps == 1:
-        return _grid_times(schedule, torch.tensor([schedule.num_steps - 1]))
-    indices = torch.linspace(0, schedule.num_steps - 1, steps, dtype=torch.float64).round()
+        if low is None:
+            return start - torch.arange(n, dtype=torch.float64) * (start - schedule.t_min) / n
+        return torch.linspace(start, low, n, dtype=torch.float64)
+    top = round(start * schedule.num_steps) - 1  # the grid index whose time is start (or nearest it)
+    bottom = 0 if low is None else round(low * schedule.num_steps) - 1
+    if n == 1:
+        return _grid_times(schedule, torch.tensor([top]))
+    indices = torch.linspace(bottom, top, n, dtype=torch.float64).round()
     return _grid_times(schedule, indices.flip(0))
 
 
-def _leading(schedule: Schedule, steps: int, sigma_max: float | None = None) -> Tensor:
+def _leading(schedule: Schedule, n: int, sigma_max: float | None = None, start: float = 1.0,
+             low: float | None = None) -> Tensor:
     # Every (T // n)-th grid step counted from the clean end: 0, k, 2k, ... (DDIM's original choice).
     _need_grid(schedule, "leading")
     _from_t_one("leading", sigma_max)
-    indices = torch.arange(steps) * (schedule.num_steps // steps)
+    _whole_grid("leading", start, low)
+    indices = torch.arange(n) * (schedule.num_steps // n)
     return _grid_times(schedule, indices.flip(0))
 
 
-def _trailing(schedule: Schedule, steps: int, sigma_max: float | None = None) -> Tensor:
+def _trailing(schedule: Schedule, n: int, sigma_max: float | None = None, start: float = 1.0,
+              low: float | None = None) -> Tensor:
     # Grid steps counted from the noisy end, so sampling starts at t = 1 (Lin et al. 2024, table 2).
     _need_grid(schedule, "trailing")
     _from_t_one("trailing", sigma_max)
-    k = torch.arange(steps, dtype=torch.float64)
-    indices = (schedule.num_steps - k * schedule.num_steps / steps).round() - 1
+    _whole_grid("trailing", start, low)
+    k = torch.arange(n, dtype=torch.float64)
+    indices = (schedule.num_steps - k * schedule.num_steps / n).round() - 1
     return _grid_times(schedule, indices)
 
 
-def _log_snr_range(schedule: Schedule, sigma_max: float | None) -> tuple[Tensor, Tensor, bool]:
-    """(lambda at t_min, lambda where the walk starts, whether that start lies before t = 1)."""
-    lam_max, lam_min = log_snr(schedule, torch.tensor([schedule.t_min, 1.0], dtype=torch.float64))
+def _log_snr_range(schedule: Schedule, sigma_max: float | None, start: float,
+                   low: float | None) -> tuple[Tensor, Tensor, bool]:
+    """(lambda at the walk's clean end, lambda where it starts, whether sigma_max moved that start
+    later than `start`)."""
+    ends = torch.tensor([schedule.t_min if low is None else low, start], dtype=torch.float64)
+    lam_max, lam_min = log_snr(schedule, ends)
     sigma_max = SIGMA_MAX if sigma_max is None else sigma_max
     if not (math.isfinite(sigma_max) or math.isfinite(float(lam_min))):
         raise ValueError("this schedule is pure noise at t = 1 (its sigma/alpha is infinite there): a karras or "
@@ -385,26 +399,32 @@ def _log_snr_range(schedule: Schedule, sigma_max: float | None) -> tuple[Tensor,
     return lam_max, torch.tensor(floor, dtype=torch.float64), True
 
 
-def _start(times: Tensor, capped: bool) -> Tensor:
+def _ends(times: Tensor, capped: bool, start: float, low: float | None) -> Tensor:
     if not capped:
-        times[0] = 1.0  # exactly the schedule's end, not the bisection's estimate of it
+        times[0] = start  # exactly the walk's start, not the bisection's estimate of it
+    if low is not None:
+        times[-1] = low
     return times
 
 
-def _karras(schedule: Schedule, steps: int, sigma_max: float | None = None, rho: float = 7.0) -> Tensor:
+def _ramp(n: int) -> Tensor:
+    return torch.linspace(0, 1, n, dtype=torch.float64) if n > 1 else torch.zeros(1, dtype=torch.float64)
+
+
+def _karras(schedule: Schedule, n: int, sigma_max: float | None = None, start: float = 1.0,
+            low: float | None = None, rho: float = 7.0) -> Tensor:
     # Karras et al. 2022, eq. 5, over the EDM noise level sigma/alpha = exp(-lambda/2).
-    lam_max, lam_min, capped = _log_snr_range(schedule, sigma_max)
+    lam_max, lam_min, capped = _log_snr_range(schedule, sigma_max, start, low)
     s_max, s_min = (-lam_min / 2).exp(), (-lam_max / 2).exp()
-    ramp = torch.linspace(0, 1, steps, dtype=torch.float64) if steps > 1 else torch.zeros(1, dtype=torch.float64)
-    edm_sigma = (s_max ** (1 / rho) + ramp * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
-    return _start(time_at_log_snr(schedule, -2 * edm_sigma.log()), capped)
+    edm_sigma = (s_max ** (1 / rho) + _ramp(n) * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
+    return _ends(time_at_log_snr(schedule, -2 * edm_sigma.log()), capped, start, low)
 
 
-def _log_snr_uniform(schedule: Schedule, steps: int, sigma_max: float | None = None) -> Tensor:
+def _log_snr_uniform(schedule: Schedule, n: int, sigma_max: float | None = None, start: float = 1.0,
+                     low: float | None = None) -> Tensor:
     # Evenly spaced in lambda from the start to t_min (the DPM-Solver papers' choice).
-    lam_max, lam_min, capped = _log_snr_range(schedule, sigma_max)
-    ramp = torch.linspace(0, 1, steps, dtype=torch.float64) if steps > 1 else torch.zeros(1, dtype=torch.float64)
-    return _start(time_at_log_snr(schedule, lam_min + ramp * (lam_max - lam_min)), capped)
+    lam_max, lam_min, capped = _log_snr_range(schedule, sigma_max, start, low)
+    return _ends(time_at_log_snr(schedule, lam_min + _ramp(n) * (lam_max - lam_min)), capped, start, low)
 
 
 def _need_grid(schedule: Schedule, spacing: str) -> None:
@@ -420,6 +440,12 @@ def _from_t_one(spacing: str, sigma_max: float | None) -> None:
         raise ValueError(f"spacing {spacing!r} always starts at t = 1; sigma_max applies to 'karras' and 'log-snr'")
 
 
+def _whole_grid(spacing: str, start: float, low: float | None) -> None:
+    if start != 1 or low is not None:
+        raise ValueError(f"spacing {spacing!r} walks the whole grid from t = 1 to 0; a walk over part of [0, 1] "
+                         "takes 'uniform', 'karras' or 'log-snr'")
+
+
 SPACINGS = {
     "uniform": _uniform,
     "leading": _leading,
@@ -429,27 +455,53 @@ SPACINGS = {
 }
 
 
-def sampling_times(schedule: Schedule, steps: int, spacing: str = "uniform", sigma_max: float | None = None) -> Tensor:
-    """The n + 1 times a sampler walks for `steps` network evaluations, from noisy to 0.
+def sampling_times(schedule: Schedule, steps: int, spacing: str = "uniform", sigma_max: float | None = None,
+                   start: float = 1.0, stop: float = 0.0) -> Tensor:
+    """The steps + 1 times a sampler walks in `steps` steps, from `start` (1: pure noise) down to
+    `stop` (0: the clean image).
 
     The grid spacings (uniform, leading, trailing) start at t = 1. The karras and log-snr spacings
     start where the EDM noise level sigma/alpha is `sigma_max` (default SIGMA_MAX = 80), or at
-    t = 1 if the schedule never gets that noisy; sigma_max = inf starts them at t = 1 always."""
+    t = 1 if the schedule never gets that noisy; sigma_max = inf starts them at t = 1 always.
+    A walk over part of [0, 1] (SDEdit from t = 0.5; a walk that stops at t = 0.3 for another to
+    go on) starts at `start` (or at sigma_max, if that is later) and spaces its times by the
+    spacing's own rule: evenly in t (uniform; a discrete schedule's times stay on its grid), in
+    sigma^(1/rho) (karras), in lambda (log-snr). Ending at 0, the last step goes from the
+    spacing's smallest time (the schedule's t_min) to 0; ending at `stop` > 0, the last time is
+    `stop`. leading and trailing walk only the whole grid."""
     if spacing not in SPACINGS:
         raise ValueError(f"unknown spacing {spacing!r}; expected one of {', '.join(SPACINGS)}")
     _check_steps(steps, "sampling steps")
     if sigma_max is not None and (isinstance(sigma_max, bool) or not isinstance(sigma_max, (int, float))
                                   or not sigma_max > 0):
         raise ValueError(f"sigma_max must be a positive number (inf for no limit); got {sigma_max!r}")
+    check_walk_ends(start, stop, schedule.t_min)
     if schedule.num_steps is not None and steps > schedule.num_steps:
         raise ValueError(
             f"{steps} sampling steps asked of a schedule with {schedule.num_steps} steps; "
             f"expected 1 to {schedule.num_steps}"
         )
-    times = SPACINGS[spacing](schedule, steps, sigma_max)
+    if stop == 0:
+        times = SPACINGS[spacing](schedule, steps, sigma_max, float(start))
+    else:
+        times = SPACINGS[spacing](schedule, steps + 1, sigma_max, float(start), float(stop))
     if bool((times[1:] >= times[:-1]).any()):
-        raise ValueError(f"{steps} steps with spacing {spacing!r} repeat a time; use fewer steps or another spacing")
-    return torch.cat([times, times.new_zeros(1)])
+        within = f" between t = {start:g} and {stop:g}" if (start, stop) != (1, 0) else ""
+        raise ValueError(f"{steps} steps with spacing {spacing!r}{within} repeat a time; use fewer steps or another spacing")
+    return times if stop > 0 else torch.cat([times, times.new_zeros(1)])
+
+
+def check_walk_ends(start, stop, t_min: float = 0.0) -> None:
+    """A walk runs from `start` down to `stop`: 0 <= stop < start <= 1, and a walk that stops
+    before 0 stops no earlier than the schedule's smallest time t_min."""
+    for name, value in (("start", start), ("stop", stop)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise ValueError(f"a walk's {name} must be a time in [0, 1]; got {value!r}")
+    if not stop < start:
+        raise ValueError(f"a walk runs from start down to stop; got start {start:g}, stop {stop:g}")
+    if start < t_min or 0 < stop < t_min:
+        raise ValueError(f"this schedule's times begin at t_min = {t_min:g}; a walk's start and a stop above 0 "
+                         f"lie at or above it (got start {start:g}, stop {stop:g})")
 
 
 def _check_steps(steps, what: str = "num_steps") -> None:

@@ -21,9 +21,9 @@ from PIL.PngImagePlugin import PngInfo
 
 from .data import from_model_range, load_builtin, to_model_range
 from .diffusion import add_noise, forward_chain
-from .editing import inpaint, mask_from_spec, restore, slerp
+from .editing import REPAINT_WALK, inpaint, mask_from_spec, restore, slerp
 from .logbook import LOGGED, read_records
-from .samplers import ImageNoise
+from .samplers import ImageNoise, Walk
 
 BACKGROUND = 255
 
@@ -308,7 +308,7 @@ def interpolation(run, *, seed: int = 0, seed2: int = 1, frames: int = 10, steps
     path = torch.cat([slerp(a, b, w) for w in torch.linspace(0, 1, frames).tolist()]).to(run.device)
     labels = spec.drawn_clusters(1, seed)  # one cluster along the whole path
     labels = None if labels is None else labels.expand(frames).to(run.device)
-    x = walk(denoiser, path, labels=labels, data_range=spec.data_range(run.device))
+    x = walk(denoiser, walk.from_noise(denoiser.schedule, path), labels=labels, data_range=spec.data_range(run.device))
     images = spec.normalisation.to_uint8(x)
     return image_grid(images, columns=frames, scale=_scale(images))
 
@@ -323,7 +323,7 @@ def denoising_trajectory(run, *, n: int = 3, steps: int | None = None, sampler: 
     states = []
     labels = spec.drawn_clusters(n, seed)
     noise = ImageNoise.from_seed(seed, range(n))
-    walk(denoiser, noise(torch.empty(n, *spec.shape, device=run.device)), noise=noise,
+    walk(denoiser, walk.from_noise(denoiser.schedule, noise(torch.empty(n, *spec.shape, device=run.device))), noise=noise,
          labels=None if labels is None else labels.to(run.device), data_range=spec.data_range(run.device),
          callback=lambda i, x_t, image: states.append((x_t.clamp(-1, 1).cpu(), image.cpu())))
     return trajectory(states, scale=max(1, 64 // spec.image_size[1]))
@@ -335,30 +335,33 @@ def restoration(run, *, n: int = 4, input: str | None = None, strength: float = 
     `variations` restorations (SDEdit, with the run's own walk or `sampler`, `steps`)."""
     spec, denoiser = run.spec, run.denoiser
     images = run.data_images(n, input)
-    x = spec.normalisation.to_model(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2))
-    restored = spec.normalisation.to_uint8(restore(denoiser, x.to(run.device), run.walk(sampler=sampler, steps=steps),
-                                                   strength=strength, variations=variations, seed=seed,
+    x = spec.normalisation.to_model(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)).to(run.device)
+    walk = run.walk(sampler=sampler, steps=steps)
+    restored = spec.normalisation.to_uint8(restore(denoiser, x, walk, strength=strength, variations=variations, seed=seed,
                                                    data_range=spec.data_range(run.device)))
     # The starting point of each input's first variation: the first draw of its noise stream.
     kind = getattr(denoiser.schedule, "noise", "gaussian")
-    first = ImageNoise.from_seed(seed, [k * variations for k in range(len(x))], kind)(x)
-    noised = spec.normalisation.to_uint8(add_noise(denoiser.schedule, x, torch.tensor(strength, dtype=torch.float64), first))
+    first = ImageNoise.from_seed(seed, [k * variations for k in range(len(x))], kind, run.device)(x)
+    noised = spec.normalisation.to_uint8(walk.replace(start=strength).from_images(denoiser.schedule, x, first))
     rows = [np.concatenate([images[k : k + 1], noised[k : k + 1], restored[k * variations : (k + 1) * variations]])
             for k in range(len(images))]
     return rows_with_titles(rows, [f"input, t={strength:g}, restored"] * len(rows), scale=_scale(images))
 
 
 def inpainting(run, *, n: int = 4, input: str | None = None, mask: str = "right-half", steps: int = 50,
-               resample: int = 5, variations: int = 4, seed: int = 0) -> Image.Image:
+               resample: int = 5, variations: int = 4, sampler: str | None = None, seed: int = 0) -> Image.Image:
     """Per input row: the input, the masked input (grey = to generate), and inpainted variations
-    (RePaint); `mask` is one of editing.MASKS or an image file, white = generate."""
+    (RePaint, on its own ancestral walk or `sampler`'s); `mask` is one of editing.MASKS or an
+    image file, white = generate."""
     spec = run.spec
     images = run.data_images(n, input)
     area = mask_from_spec(mask, spec.image_size)
     x = spec.normalisation.to_model(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2))
     m = torch.from_numpy(area)[None, None]
+    walk = (REPAINT_WALK if sampler is None else Walk(sampler)).replace(steps=steps)
     filled = spec.normalisation.to_uint8(inpaint(run.denoiser, x.repeat_interleave(variations, 0).to(run.device), m,
-                                                 steps=steps, resample=resample, seed=seed))
+                                                 walk, resample=resample, seed=seed,
+                                                 data_range=spec.data_range(run.device)))
     shown = images.copy()
     shown[:, area > 0.5] = 128
     rows = [np.concatenate([images[k : k + 1], shown[k : k + 1], filled[k * variations : (k + 1) * variations]])

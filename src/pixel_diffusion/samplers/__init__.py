@@ -2,11 +2,14 @@
 
     sampler(denoiser, x, times, *, labels=None, noise=None, callback=None, **options) -> x_0
 
-`times` holds n + 1 strictly decreasing times ending at 0 (`schedules.sampling_times`); step i
-evaluates the denoiser once at times[i] and moves x to times[i + 1]. The walk ends at clean data:
-the final time 0 counts as alpha = 1, sigma = 0, so the last step returns the denoiser's image
-estimate (for a schedule whose t = 0 is not fully clean, such as the Keras example's, that is what
-it returns too). Coefficients are computed in float64 from the schedule; x stays float32.
+`times` holds n + 1 strictly decreasing times in [0, 1] (`schedules.sampling_times`), x is at
+times[0]; step i evaluates the denoiser once at times[i] and moves x to times[i + 1]. A walk that
+ends at 0 ends at clean data: the final time 0 counts as alpha = 1, sigma = 0, so the last step
+returns the denoiser's image estimate (for a schedule whose t = 0 is not fully clean, such as the
+Keras example's, that is what it returns too). A walk may start later than t = 1 (SDEdit) and
+stop before 0, returning x at its last time for another walk to go on from (RePaint's steps, a
+multistep consistency sampler). Coefficients are computed in float64 from the schedule; x stays
+float32.
 
 Randomness comes in explicitly through `noise`: an `ImageNoise` (one stream per image, so a seed
 gives the same image in any batch), a torch.Generator, an int seed, or None for torch's global
@@ -34,7 +37,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..schedules import SPACINGS, sampling_times
+from ..diffusion import add_noise
+from ..schedules import SPACINGS, check_walk_ends, sampling_times
 from .adaptive import dpm_adaptive
 from .classic import ddim, ddpm
 from .kernel import (
@@ -144,7 +148,8 @@ def samplers_with_option(option: str) -> list[str]:
 class Walk:
     """How to sample: a sampler of the registry, its steps, the time spacing and noise range,
     whether the image estimate is clipped to the data range, the sampler's own options (eta,
-    s_churn, ...) and the guidance scale (None: the model's own). Checked once, where it is built
+    s_churn, ...), the guidance scale (None: the model's own), and the times it walks between:
+    from `start` (1: pure noise) down to `stop` (0: an image). Checked once, where it is built
     (the CLI, the web API, a run's stored default), and passed down whole."""
 
     sampler: str = DEFAULT_SAMPLER
@@ -154,6 +159,8 @@ class Walk:
     clip: bool = True
     options: dict = field(default_factory=dict)
     guidance: float | None = None
+    start: float = 1.0  # below 1: from images noised to that time (SDEdit), not from pure noise
+    stop: float = 0.0  # above 0: x at that time, for another walk to go on from
 
     def __post_init__(self):
         entry = get_sampler(self.sampler)
@@ -166,11 +173,21 @@ class Walk:
                 raise ValueError(f"sigma_max must be a positive number (inf for t = 1); got {self.sigma_max!r}")
             if self.spacing_used not in ("karras", "log-snr"):
                 raise ValueError(f"spacing {self.spacing_used!r} always starts at t = 1; sigma_max applies to 'karras' and 'log-snr'")
+        check_walk_ends(self.start, self.stop)
+        if (self.start != 1 or self.stop != 0) and self.spacing_used in ("leading", "trailing"):
+            raise ValueError(f"spacing {self.spacing_used!r} walks the whole grid from t = 1 to 0; a walk over part "
+                             "of [0, 1] takes 'uniform', 'karras' or 'log-snr'")
+        if self.stop > 0 and entry.adaptive:
+            raise ValueError(f"{self.sampler} solves down to t = 0; a walk that stops at {self.stop:g} takes a fixed-step sampler")
         if not isinstance(self.clip, bool):
             raise ValueError(f"clip must be true or false; got {self.clip!r}")
         if self.guidance is not None and (isinstance(self.guidance, bool) or not isinstance(self.guidance, (int, float))
                                           or not 0 <= self.guidance <= 20):
             raise ValueError(f"guidance must be a scale in [0, 20] (1: none); got {self.guidance!r}")
+        self._check_options(entry)
+        object.__setattr__(self, "options", dict(self.options))
+
+    def _check_options(self, entry: SamplerEntry) -> None:
         own = {k: v for k, v in entry.options.items() if k != "clip"}
         for name, value in dict(self.options).items():
             if name not in own:
@@ -183,7 +200,6 @@ class Walk:
                 raise ValueError(f"{self.sampler}'s {name} must be {'true or false' if kind is bool else 'a number'}; got {value!r}")
         if "eta" in self.options and not 0 <= self.options["eta"] <= 1:
             raise ValueError(f"eta must lie in [0, 1] (0: deterministic, 1: the full posterior noise); got {self.options['eta']:g}")
-        object.__setattr__(self, "options", dict(self.options))
 
     @property
     def entry(self) -> SamplerEntry:
@@ -199,17 +215,30 @@ class Walk:
         return None if self.entry.adaptive else self.entry.evaluations(self.steps)
 
     def times(self, schedule) -> Tensor:
-        return sampling_times(schedule, self.steps, self.spacing_used, self.sigma_max)
+        """The steps + 1 times walked, from `start` (or sigma_max, if later) down to `stop`."""
+        return sampling_times(schedule, self.steps, self.spacing_used, self.sigma_max, self.start, self.stop)
+
+    def from_noise(self, schedule, noise: Tensor) -> Tensor:
+        """x at the walk's first time from standard-normal noise: the noise itself, scaled to the
+        variance of x there on a straight schedule (`start_scale`). Only a walk from t = 1 starts
+        from noise alone."""
+        if self.start != 1:
+            raise ValueError(f"a walk that starts at t = {self.start:g} starts from images noised to it "
+                             "(Walk.from_images), not from pure noise")
+        scale = start_scale(schedule, float(self.times(schedule)[0]))
+        return noise * scale if scale != 1 else noise
+
+    def from_images(self, schedule, images: Tensor, noise: Tensor) -> Tensor:
+        """x at the walk's first time from clean images: alpha x_0 + sigma eps (SDEdit's start)."""
+        t = self.times(schedule)[0].to(images.device)
+        return add_noise(schedule, images, t.expand(len(images)), noise)
 
     def __call__(self, denoiser, x: Tensor, times: Tensor | None = None, *, labels=None, noise=None, data_range=None,
                  callback: Callback | None = None, report: dict | None = None) -> Tensor:
-        """Walk x to images: pure standard-normal noise (scaled here to the walk's first time,
-        `start_scale`), or with `times` (say from an editing strength) an x already at times[0].
-        `data_range` is what the image estimate is clipped to, when the walk clips."""
-        if times is None:
-            times = self.times(denoiser.schedule)
-            scale = start_scale(denoiser.schedule, float(times[0]))
-            x = x * scale if scale != 1 else x
+        """Walk x, at the walk's first time (`from_noise`, `from_images`), to its last: an image
+        when it stops at 0. `times` walks those instead of the walk's own (one step of them:
+        RePaint). `data_range` is what the image estimate is clipped to, when the walk clips."""
+        times = self.times(denoiser.schedule) if times is None else times
         options = {**self.options, "clip": data_range if self.clip else None}
         if self.entry.adaptive:
             options["report"] = {} if report is None else report
@@ -223,9 +252,10 @@ class Walk:
         return dataclasses.replace(self, **changes)
 
     def describe(self) -> str:
+        ends = f", t = {self.start:g} to {self.stop:g}" if (self.start, self.stop) != (1, 0) else ""
         if self.entry.adaptive:
-            return f"{self.sampler}, adaptive"
-        return f"{self.sampler}, {self.steps} steps, {self.spacing_used} spacing"
+            return f"{self.sampler}, adaptive{ends}"
+        return f"{self.sampler}, {self.steps} steps, {self.spacing_used} spacing{ends}"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -291,7 +321,7 @@ def sample(
         for start in batches:
             indices = range(start, min(start + batch_size, n))
             noise = ImageNoise.from_seed(seed, indices, getattr(denoiser.schedule, "noise", "gaussian"), device)
-            x = noise(torch.empty(len(indices), *shape, device=device))
+            x = walk.from_noise(denoiser.schedule, noise(torch.empty(len(indices), *shape, device=device)))
             batch_labels = None if labels is None else labels[start : start + len(indices)].to(device)
             if entry.adaptive:  # its bar moves by images; the walk forms its estimates only for a caller's callback
                 x = walk(denoiser, x, labels=batch_labels, noise=noise, data_range=data_range, callback=callback, report=report)

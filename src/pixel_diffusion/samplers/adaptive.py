@@ -208,6 +208,8 @@ def dpm_adaptive(denoiser, x: Tensor, times, *, labels=None, noise=None, callbac
     estimate included), "accepted" and "rejected" steps. `callback(round, x, image)` is called on
     each round of evaluations, with every image at its own accepted point."""
     times = check_times(times)
+    if float(times[-1]) != 0:
+        raise ValueError("dpm-adaptive solves down to t = 0; a walk that stops earlier takes a fixed-step sampler")
     _check(len(times), order, rtol, atol, h_init, max_evaluations)
     schedule, device = denoiser.schedule, x.device
 

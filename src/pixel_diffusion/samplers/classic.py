@@ -31,7 +31,7 @@ def ddpm(
     variance-preserving schedule) so respaced walks work (Nichol & Dhariwal 2021, sec. 4):
         mean = alpha_s beta_ts / sigma_t^2 x_0 + (alpha_t / alpha_s) sigma_s^2 / sigma_t^2 x_t
         var  = beta_ts sigma_s^2 / sigma_t^2 ("posterior", beta-tilde) or beta_ts ("beta").
-    No noise is added on the last step."""
+    No noise is added on a step to t = 0."""
     if variance not in DDPM_VARIANCES:
         raise ValueError(f"unknown DDPM variance {variance!r}; expected one of {', '.join(DDPM_VARIANCES)}")
     times = check_times(times)
@@ -44,7 +44,7 @@ def ddpm(
         if callback is not None:
             callback(i, x, image)
         mean, beta = posterior_mean(image, x, a_t, s_t, a_s, s_s)
-        if i == len(times) - 2:
+        if s_s == 0:
             x = mean
         else:
             var = DDPM_VARIANCES[variance](beta, s_t, s_s)

@@ -66,22 +66,25 @@ def as_noise(noise) -> Callable[[Tensor], Tensor]:
 
 
 def check_times(times) -> Tensor:
-    """Validate a walk: 1-D, at least two entries, strictly decreasing, within [0, 1], ending at 0."""
+    """Validate a walk: 1-D, at least two entries, strictly decreasing, within [0, 1]. It ends at
+    0 (an image) or earlier (x at that time, for another walk to go on from)."""
     times = torch.as_tensor(times, dtype=torch.float64).cpu()
     if times.ndim != 1 or times.numel() < 2:
         raise ValueError(f"times must be a 1-D tensor of at least 2 entries; got shape {tuple(times.shape)}")
     if bool((times[1:] >= times[:-1]).any()):
         raise ValueError("times must be strictly decreasing")
-    if float(times[0]) > 1 or float(times[-1]) != 0:
-        raise ValueError(f"times must start at most at 1 and end at 0; got {float(times[0])} ... {float(times[-1])}")
+    if float(times[0]) > 1 or float(times[-1]) < 0:
+        raise ValueError(f"times must lie in [0, 1]; got {float(times[0])} ... {float(times[-1])}")
     return times
 
 
 def walk_rates(schedule: Schedule, times: Tensor) -> tuple[list[float], list[float]]:
-    """The rates (alpha, sigma) at each time of a walk, as floats; the last is (1, 0), clean data."""
+    """The rates (alpha, sigma) at each time of a walk, as floats; a walk that ends at t = 0 ends at
+    (1, 0), clean data, whatever the schedule's own t = 0."""
     alpha, sigma = schedule.rates(times)
     alpha, sigma = alpha.tolist(), sigma.tolist()
-    alpha[-1], sigma[-1] = 1.0, 0.0  # the walk ends at clean data
+    if float(times[-1]) == 0:
+        alpha[-1], sigma[-1] = 1.0, 0.0
     return alpha, sigma
 
 

@@ -35,7 +35,7 @@ from pydantic import BaseModel, Field
 
 from .. import checkpoints, diffusers_io
 from ..data import DataConfig, convert_channels, fit_image
-from ..editing import inpaint, restore
+from ..editing import REPAINT_WALK, inpaint, restore
 from ..logbook import read_records
 from ..runs import generation_parameters, load_run
 from ..samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS
@@ -325,7 +325,8 @@ def _edit_api(app: FastAPI, runs: Runs, queue: JobQueue) -> None:
 
         def work(job: Job) -> list[bytes]:
             job.advance(0, steps)
-            out = inpaint(loaded.denoiser, x.repeat_interleave(variations, 0), m, steps=steps, resample=resample, seed=seed,
+            out = inpaint(loaded.denoiser, x.repeat_interleave(variations, 0), m, REPAINT_WALK.replace(steps=steps),
+                          resample=resample, seed=seed, data_range=loaded.spec.data_range(loaded.device),
                           callback=Previews(job, loaded, steps))
             made = {"command": "inpaint", "run": run, "checkpoint": str(loaded.checkpoint), "steps": steps,
                     "resample": resample, "seed": seed}
