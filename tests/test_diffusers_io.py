@@ -177,7 +177,7 @@ def test_a_bin_whose_pickle_holds_code_is_refused_without_running_it(tmp_path):
     ("scheduler", "beta_schedule", "laplace", "beta_schedule = 'laplace'"),
     ("unet", "down_block_types", "DownBlock2D", "a list of block types"),  # fields of the wrong kind
     ("unet", "layers_per_block", "two", "a field has a value of the wrong kind"),
-    ("scheduler", "num_train_timesteps", "many", "num_steps must be a positive integer; got 'many'"),
+    ("scheduler", "num_train_timesteps", "many", "schedule_options.num_steps: expected an integer, got 'many'"),
 ])
 def test_what_cannot_be_mapped_is_refused_naming_the_field(tmp_path, where, field, value, says):
     arguments, schedule = CASES["attention-grayscale"]

@@ -163,7 +163,7 @@ def test_bad_configs_are_refused():
         network_config("vit")
     with pytest.raises(ValueError, match="expected one of group, batch, layer"):
         config_from_dict({**config_to_dict(network_config("ddpm-mnist")), "norm": "instance"})
-    with pytest.raises(ValueError, match=r"unknown unet config fields \['depth'\]"):
+    with pytest.raises(ValueError, match=r"unknown field network.depth; expected one of activation, attention"):
         config_from_dict({**config_to_dict(network_config("ddpm-mnist")), "depth": 3})
     with pytest.raises(ValueError, match="attention levels \\[5\\] out of range"):
         config_from_dict({**config_to_dict(network_config("ddpm-mnist")), "attention_levels": [5]})

@@ -110,14 +110,18 @@ def test_a_checkpoint_folder_copied_elsewhere_samples_on_its_own(kid_run, tmp_pa
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"channels": "one"}, "field 'channels' must be 1 or 3; got 'one'"),
-    ({"image_size": [8]}, "field 'image_size' must be a list"),
-    ({"network": 1}, "field 'network' must be an object"),
-    ({"label_prior": "many"}, "field 'label_prior' must be a list of shares"),
-    ({"prediction": None}, "field 'prediction' must be one of noise, image, velocity"),
+    ({"channels": "one"}, "channels: expected an integer, got 'one'"),
+    ({"channels": 2}, "channels must be 1 or 3; got 2"),
+    ({"image_size": [8]}, r"image_size: expected a list of 2 integers, got \[8\]"),
+    ({"network": 1}, "network must be a table of a network config's fields; got int"),
+    ({"network": {"widths": "wide"}}, "network.widths: expected a list of integers, got 'wide'"),
+    ({"label_prior": "many"}, "label_prior: expected a list of numbers or null, got 'many'"),
+    ({"prediction": None}, "prediction: expected a string, got None"),
     ({"schedule": "wavy"}, "unknown schedule 'wavy'"),
-    ({"noise_input": "sigma"}, "field 'noise_input' must be one of timestep, variance, log-snr"),
-    ({"schedule_options": {"steps": 0.5}}, "field 'schedule_options' does not fit schedule 'cosine'"),
+    ({"noise_input": "sigma"}, "noise_input must be one of timestep, variance, log-snr"),
+    ({"schedule_options": {"steps": 0.5}}, "unknown option schedule_options.steps; expected one of"),
+    ({"walk": {"steps": "many"}}, "walk.steps: expected an integer, got 'many'"),
+    ({"colour": "red"}, "unknown field colour; expected one of"),
 ])
 def test_a_malformed_model_description_is_one_line(change, message, tmp_path):
     shutil.copytree(RELEASE, tmp_path / "run")

@@ -152,7 +152,8 @@ def _show_command(commands) -> None:
     # None: the picture's own default (viz.PICTURES' functions say which).
     show.add_argument("--n", type=positive_int, help="images (grid 64, steps 8, trajectory 3; restore/inpaint/forward: inputs, 4)")
     add_options(show, "sampler", "steps", "seed", "label", "guidance",
-         sampler={"help": "sampler for grid, steps, trajectory, interpolation, restore (default: the run's own walk's), inpaint (default: RePaint's ancestral DDPM)"},
+         sampler={"help": "sampler for grid, steps, trajectory, interpolation, restore (default: the run's own walk's), "
+                          "inpaint (default: RePaint's ancestral DDPM)"},
          steps={"help": "sampling steps (default: the run's own walk's)"},
          seed={"default": None, "help": "seed (default: 0)"}, guidance={"default": None})
     show.add_argument("--seed2", type=int, help="interpolation: second seed (default: 1)")

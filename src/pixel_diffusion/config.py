@@ -9,16 +9,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import tomllib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .data import DataConfig
 from .diffusion import check_variance_preserving
+from .networks import config_from_dict, config_to_dict, network_config
 from .objectives import OBJECTIVES, Diffusion, Objective, objective_from_dict
 from .samplers import Walk
-from .schedules import make_schedule
+from .schedules import SCHEDULES, make_schedule
+from .spec import ModelSpec
+from .typed import read, read_call
 
 BUDGET_FIELDS = ("steps", "epochs", "minutes")
 # Fields that may change between a run and its resumption: how long, how often, where.
@@ -168,21 +169,43 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be positive; got {value}")
-        self.sampling_walk()  # checked now, in one line, not at the first preview
+        walk = self.sampling_walk()  # checked now, in one line, not at the first preview
+        self.walk = {name: getattr(walk, name) for name in self.walk}  # its fields converted (a quoted "5" is 5)
         self.check_model()
 
     def sampling_walk(self) -> Walk:
         """The walk the trained model samples along unless told (`walk`), guidance left to the model."""
         return Walk.from_dict(self.walk, "walk")
 
+    def model_spec(self, *, normalisation, channels: int, image_size: tuple[int, int], num_classes: int | None = None,
+                   class_names: tuple[str, ...] = (), label_prior=None) -> ModelSpec:
+        """The description of the model this config trains, given the data's facts (its
+        normalisation, channels, size, classes or clusters): what every checkpoint's model.json holds."""
+        return ModelSpec(
+            network=self.network_config(channels, num_classes), schedule=self.schedule,
+            schedule_options=dict(self.schedule_options), prediction=self.prediction, noise_input=self.noise_input,
+            normalisation=normalisation, channels=channels, image_size=tuple(image_size), num_classes=num_classes,
+            class_names=tuple(class_names), label_prior=None if label_prior is None else tuple(label_prior),
+            guidance=self.guidance if num_classes is not None else 1.0, walk=self.sampling_walk(),
+        )
+
+    def network_config(self, channels: int, num_classes: int | None):
+        """The named network adapted to the data, with the config's field overrides (`network_options`)."""
+        if not isinstance(self.network_options, dict):
+            raise ValueError(f"network_options must be a table of the network's fields; got {self.network_options!r}")
+        base = config_to_dict(network_config(self.network, in_channels=channels, num_classes=num_classes))
+        return config_from_dict({**base, **self.network_options}, "network_options")
+
     def check_model(self) -> None:
-        """The schedule, prediction and objective fit together (one line, before any data is read)."""
-        if not isinstance(self.schedule_options, dict):
-            raise ValueError(f"schedule_options must be a table of the schedule's options; got {self.schedule_options!r}")
-        try:
-            schedule = make_schedule(self.schedule, **self.schedule_options)
-        except TypeError as error:
-            raise ValueError(f"schedule_options do not fit schedule {self.schedule!r} ({error})") from None
+        """The network's options, the schedule, prediction and objective fit together (one line,
+        before any data is read)."""
+        network = self.network_config(1, None)
+        self.network_options = {name: getattr(network, name) for name in self.network_options}  # converted
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; expected one of {', '.join(SCHEDULES)}")
+        self.schedule_options = read_call(SCHEDULES[self.schedule], self.schedule_options, "schedule_options",
+                                          {"shift": float})
+        schedule = make_schedule(self.schedule, **self.schedule_options)
         check_variance_preserving("prediction", self.prediction, schedule)
         self.loss.check(schedule, self.prediction)
 
@@ -191,100 +214,29 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown config fields {unknown}")
-        return cls(**data)
+        """A config from its JSON form, every value converted and checked as `typed.read` does."""
+        return read(cls, data, readers={"loss": objective_from_dict})
 
 
-def _coerce(text: str, current, annotation):
-    """A command-line value, read as JSON where it parses, converted to the field's type."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        value = text
-    kinds = typing.get_args(annotation) or (annotation,)
-    if value is None:
-        return None
-    if isinstance(current, (tuple, list)) or typing.get_origin(annotation) in (tuple, list):
-        if not isinstance(value, list):
-            raise ValueError(f"expected a list such as [0.9, 0.999], got {text!r}")
-        return tuple(value)
-    if isinstance(current, bool) or bool in kinds:
-        if isinstance(value, bool):
-            return value
-        if str(value).lower() in ("true", "yes", "1", "false", "no", "0"):
-            return str(value).lower() in ("true", "yes", "1")
-        raise ValueError(f"expected true or false, got {text!r}")
-    if (isinstance(current, int) or int in kinds) and not (isinstance(current, float) or float in kinds):
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if not isinstance(value, int):
-            raise ValueError(f"expected an integer, got {text!r}")
-        return value
-    if isinstance(current, float) or float in kinds:
-        if not isinstance(value, (int, float)):
-            raise ValueError(f"expected a number, got {text!r}")
-        return float(value)
-    return value
-
-
-def _kinds(annotation) -> tuple:
-    """The members of a union (int | None -> int, None), else the annotation itself."""
-    return typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
-
-
-def _wants_number(annotation) -> bool:
-    """A field that holds a number or a switch (int, float, bool, or one of them or None)."""
-    return any(kind in (int, float, bool) for kind in _kinds(annotation))
-
-
-def _check_parsed(value, annotation) -> None:
-    """A value a JSON or TOML file gave (parsed already) fits a field that holds a number, a switch or a list."""
-    kinds = _kinds(annotation)
-    if value is None and type(None) in kinds:
-        return
-    if bool in kinds and isinstance(value, bool):
-        return
-    if float in kinds and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return
-    if int in kinds and isinstance(value, int) and not isinstance(value, bool):
-        return
-    if _wants_number(annotation):
-        wanted = "true or false" if bool in kinds else "an integer" if float not in kinds else "a number"
-        raise ValueError(f"expected {wanted}, got {value!r}")
-    if typing.get_origin(annotation) is tuple and not isinstance(value, (list, tuple)):
-        raise ValueError(f"expected a list, got {value!r}")
+SECTIONS = ("data", "loss", "network_options", "schedule_options", "walk")  # tables a dotted key reaches
+OPEN_SECTIONS = ("network_options", "schedule_options", "walk")  # their fields are checked where they are used
 
 
 def apply_overrides(config: TrainConfig, overrides: list[str] | dict) -> TrainConfig:
-    """A new config with `key=value` strings (or a {key: value} dict of parsed values) applied."""
+    """A new config with `key=value` strings (or a {key: value} dict of parsed values) applied;
+    every value, quoted or not, is converted to its field's type by `typed.read`."""
     data = config.to_dict()
     # A file's [data] and [loss] tables change only the fields they name.
     items = flatten(overrides).items() if isinstance(overrides, dict) else [_split(o) for o in overrides]
-    items = _kind_first(items, data)
-    kind = data["loss"].get("kind", "diffusion")
-    hints = {"": typing.get_type_hints(TrainConfig), "data": typing.get_type_hints(DataConfig),
-             "loss": typing.get_type_hints(OBJECTIVES[kind]) if kind in OBJECTIVES else {}}
-    for key, value in items:
+    for key, value in _kind_first(items, data):
         section, _, name = key.rpartition(".")
         target = data
         if section:
-            if section not in ("data", "loss", "network_options", "schedule_options", "walk") or not isinstance(data.get(section), dict):
-                raise ValueError(f"unknown config section {section!r} in {key!r}; sections are data, loss, network_options, "
-                                 "schedule_options, walk")
+            if section not in SECTIONS or not isinstance(data.get(section), dict):
+                raise ValueError(f"unknown config section {section!r} in {key!r}; sections are {', '.join(SECTIONS)}")
             target = data[section]
-        if section not in ("network_options", "schedule_options", "walk") and name not in target:
+        if section not in OPEN_SECTIONS and name not in target:
             raise ValueError(f"unknown config field {key!r}")
-        annotation = hints.get(section, {}).get(name, type(None))
-        try:
-            if isinstance(value, str) and (not isinstance(overrides, dict) or _wants_number(annotation)):
-                value = _coerce(value, target.get(name), annotation)  # a file's quoted number ("3e-4") too
-            elif isinstance(overrides, dict):
-                _check_parsed(value, annotation)
-        except ValueError as error:
-            raise ValueError(f"{key}: {error}") from None
         target[name] = value
     return TrainConfig.from_dict(data)
 

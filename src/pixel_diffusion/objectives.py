@@ -18,7 +18,6 @@ refuses, in one line, a model description it cannot train.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ import torch.nn.functional as F
 
 from .diffusion import Denoiser, Split, check_variance_preserving, draw_noise, per_example
 from .schedules import Schedule, time_at_log_snr
+from .typed import read
 
 Tensor = torch.Tensor
 
@@ -243,15 +243,13 @@ OBJECTIVES = {"diffusion": Diffusion, "flow-matching": FlowMatching}
 Objective = Diffusion | FlowMatching
 
 
-def objective_from_dict(data: dict) -> Objective:
-    """An objective from its saved fields; `kind` picks it (a run saved before objectives had
-    kinds is `diffusion`)."""
+def objective_from_dict(data, where: str = "loss") -> Objective:
+    """An objective from its saved fields (`typed.read`); `kind` picks it (a run saved before
+    objectives had kinds is `diffusion`)."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} must be a table of an objective's fields; got {type(data).__name__}")
     data = dict(data)
     kind = data.pop("kind", "diffusion")
     if kind not in OBJECTIVES:
-        raise ValueError(f"unknown objective kind {kind!r}; expected one of {', '.join(OBJECTIVES)}")
-    names = {f.name for f in dataclasses.fields(OBJECTIVES[kind]) if f.init}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"unknown {kind} loss fields {unknown}; expected some of {sorted(names)}")
-    return OBJECTIVES[kind](**data)
+        raise ValueError(f"{where}.kind: unknown objective {kind!r}; expected one of {', '.join(OBJECTIVES)}")
+    return read(OBJECTIVES[kind], data, where)

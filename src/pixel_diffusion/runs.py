@@ -4,7 +4,7 @@
     images = run.sample(64, seed=0)                     # uint8 (64, H, W, C), along the run's own walk
     images = run.sample(64, sampler="ddim", steps=50)   # another walk: Walk fields or sampler options
 
-`ModelSpec` is the typed description of a trained model: its network, schedule,
+`ModelSpec` (spec.py) is the typed description of a trained model: its network, schedule,
 parameterisation, noise input, normalisation, image shape, classes and label prior. Training
 writes it into config.json and, as model.json, into every checkpoint folder, so a checkpoint
 folder copied anywhere loads on its own. Runs from before model.json load from config.json.
@@ -23,177 +23,14 @@ import torch
 
 from . import checkpoints, diffusers_io, ema
 from .checkpoints import CheckpointError
-from .clusters import draw_clusters
-from .data import DataConfig, Normalisation, load_images
-from .diffusion import NOISE_INPUTS, PREDICTIONS, Denoiser, Guided, check_variance_preserving
-from .networks import build_network, config_from_dict, config_to_dict, summary
+from .data import DataConfig, load_images
+from .diffusion import Denoiser, Guided
+from .networks import build_network, config_from_dict, summary
 from .samplers import Walk, sample
-from .schedules import make_schedule
+from .spec import ModelSpec
 
 MODEL_FILE = "model.json"  # the model description inside a checkpoint folder
 WEIGHTS = ("ema", "model")
-
-
-def _field_error(where: str, name: str, expected: str, value) -> CheckpointError:
-    return CheckpointError(f"{where}: field {name!r} must be {expected}; got {value!r}")
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """A trained model's description: everything needed to rebuild and sample it."""
-
-    network: object  # a network config dataclass (networks.UNetConfig, BasicUNetConfig)
-    schedule: str
-    schedule_options: dict
-    prediction: str
-    noise_input: str
-    normalisation: Normalisation
-    channels: int
-    image_size: tuple[int, int]
-    num_classes: int | None = None  # labels 0..K-1 (K is the "no label" index)
-    class_names: tuple[str, ...] = ()
-    label_prior: tuple[float, ...] | None = None  # a run on clusters: each cluster's share of the data
-    clip: bool = True  # samplers clip the image estimate to the data range (diffusers' clip_sample)
-    guidance: float = 1.0  # the classifier-free guidance scale sampling uses unless told (the preset's measured best)
-    walk: Walk = field(default_factory=Walk)  # how it samples unless told (its preset's measured best)
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of one image."""
-        return (self.channels, *self.image_size)
-
-    @property
-    def on_clusters(self) -> bool:
-        return bool(self.label_prior)
-
-    def to_dict(self) -> dict:
-        """The JSON form, as config.json's `model` section holds it."""
-        return {
-            "network": config_to_dict(self.network), "schedule": self.schedule,
-            "schedule_options": dict(self.schedule_options), "prediction": self.prediction,
-            "noise_input": self.noise_input, "normalisation": dataclasses.asdict(self.normalisation),
-            "channels": self.channels, "image_size": list(self.image_size), "num_classes": self.num_classes,
-            "class_names": list(self.class_names),
-            "label_prior": None if self.label_prior is None else list(self.label_prior), "clip": self.clip,
-            "guidance": self.guidance, "walk": self.walk.to_dict(),
-        }
-
-    @classmethod
-    def from_dict(cls, data, where: str = "model description") -> ModelSpec:
-        """Read the JSON form; a missing or wrong-typed field is a one-line CheckpointError."""
-        if not isinstance(data, dict):
-            raise CheckpointError(f"{where} must be a JSON object; got {type(data).__name__}")
-
-        def get(name, kinds, expected, optional=False):
-            if name not in data:
-                if optional:
-                    return None
-                raise CheckpointError(f"{where}: field {name!r} is missing")
-            value = data[name]
-            if (value is None and optional) or (isinstance(value, kinds) and not isinstance(value, bool)):
-                return value
-            raise _field_error(where, name, expected, value)
-
-        size = get("image_size", list, "a list [height, width]")
-        if len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size):
-            raise _field_error(where, "image_size", "a list [height, width]", size)
-        channels = get("channels", int, "1 or 3")
-        if channels not in (1, 3):
-            raise _field_error(where, "channels", "1 or 3", channels)
-        normalisation = get("normalisation", dict, "an object")
-        prior = get("label_prior", list, "a list of shares", optional=True)
-        clip = data.get("clip", True)
-        if not isinstance(clip, bool):
-            raise _field_error(where, "clip", "true or false", clip)
-        guidance = data.get("guidance", 1.0)
-        if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not 0 <= guidance <= 20:
-            raise _field_error(where, "guidance", "a number in [0, 20]", guidance)
-        try:
-            walk = Walk.from_dict(data.get("walk", {}), "field 'walk'")  # model descriptions before walks: Walk()
-        except ValueError as error:
-            raise CheckpointError(f"{where}: {error}") from None
-        for name, registry in (("prediction", PREDICTIONS), ("noise_input", NOISE_INPUTS)):
-            if get(name, str, "one of " + ", ".join(registry)) not in registry:
-                raise _field_error(where, name, "one of " + ", ".join(registry), data[name])
-        schedule, options = get("schedule", str, "a schedule name"), get("schedule_options", dict, "an object", optional=True) or {}
-        try:
-            check_variance_preserving("prediction", data["prediction"], make_schedule(schedule, **options))
-        except TypeError as error:
-            raise CheckpointError(f"{where}: field 'schedule_options' does not fit schedule {schedule!r} ({error})") from None
-        except ValueError as error:
-            raise CheckpointError(f"{where}: {str(error).splitlines()[0]}") from None
-        try:
-            return cls(
-                network=config_from_dict(get("network", dict, "an object")),
-                schedule=schedule, schedule_options=options,
-                prediction=data["prediction"],
-                noise_input=data["noise_input"],
-                normalisation=Normalisation(**{**normalisation, "mean": tuple(normalisation.get("mean", ())),
-                                               "std": tuple(normalisation.get("std", ()))}),
-                channels=channels, image_size=tuple(size),
-                num_classes=get("num_classes", int, "an integer or null", optional=True),
-                class_names=tuple(get("class_names", list, "a list of names", optional=True) or ()),
-                label_prior=None if prior is None else tuple(float(p) for p in prior), clip=clip,
-                guidance=float(guidance), walk=walk,
-            )
-        except (TypeError, ValueError) as error:
-            raise CheckpointError(f"{where}: {str(error).splitlines()[0]}") from None
-
-    def build_denoiser(self, net: torch.nn.Module | None = None) -> Denoiser:
-        """The Denoiser of this model around `net` (a fresh network when None)."""
-        net = net if net is not None else build_network(self.network)
-        schedule = make_schedule(self.schedule, **self.schedule_options)
-        return Denoiser(net, schedule, self.prediction, self.noise_input)
-
-    def data_range(self, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-channel (low, high) of model inputs, (C, 1, 1) each: what samples are clipped to."""
-        low, high = self.normalisation.data_range(self.channels)
-        return low.to(device), high.to(device)
-
-    def class_label(self, k: int) -> str:
-        """The name of class k (its folder's name, or the number)."""
-        return self.class_names[k] if k < len(self.class_names) else str(k)
-
-    def check_label(self, label: int) -> None:
-        if self.num_classes is None:
-            raise ValueError("this run was trained without labels; drop --label")
-        if not 0 <= label < self.num_classes:
-            raise ValueError(f"--label must lie in 0..{self.num_classes - 1}; got {label}")
-
-    def check_labels(self, labels: torch.Tensor, n: int) -> None:
-        """Refuse, in one line, labels that are not n integers in 0..K (K: no label); the network
-        takes them unchecked."""
-        if self.num_classes is None:
-            raise ValueError("this run was trained without labels; drop --label")
-        labels = torch.as_tensor(labels)
-        if labels.shape != (n,) or labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-            raise ValueError(f"labels must be {n} integers; got {labels.dtype} of shape {tuple(labels.shape)}")
-        if n and not 0 <= int(labels.min()) <= int(labels.max()) <= self.num_classes:
-            raise ValueError(f"labels must lie in 0..{self.num_classes - 1} ({self.num_classes}: no label); "
-                             f"got {int(labels.min())}..{int(labels.max())}")
-
-    def classes_in_turn(self, n: int) -> torch.Tensor | None:
-        """Labels 0, 1, ..., K-1, 0, ... for n samples of a model trained on its data's K labels,
-        so each class is drawn equally often (and a classifier's accuracy can be measured); None
-        for an unconditional model and for one on clusters (drawn by their share instead)."""
-        return None if self.num_classes is None or self.on_clusters else torch.arange(n) % self.num_classes
-
-    def drawn_clusters(self, n: int, seed: int) -> torch.Tensor | None:
-        """For a model trained on clusters: n clusters drawn by their share of the training
-        images (sample i keeps its cluster for a seed whatever n is); None for any other."""
-        return draw_clusters(list(self.label_prior), n, seed=seed) if self.on_clusters else None
-
-    def default_labels(self, n: int, seed: int) -> torch.Tensor | None:
-        """What n samples are drawn with when no label is named: each class in turn for a model on
-        labels, clusters by their share for one on clusters, None for an unconditional model."""
-        return self.classes_in_turn(n) if not self.on_clusters else self.drawn_clusters(n, seed)
-
-    def guidance_for(self, guidance: float | None, labels: torch.Tensor | None) -> float:
-        """The guidance scale a walk uses: the one asked for, else this model's own for a
-        conditional draw; 1 (none) for an unconditional one."""
-        if guidance is not None:
-            return guidance
-        return self.guidance if labels is not None else 1.0
 
 
 @torch.no_grad()

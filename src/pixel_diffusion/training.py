@@ -32,19 +32,13 @@ from .data import ImageData, load_images
 from .ema import EMA, PowerEMA
 from .loader import StepItems, loader_workers
 from .logbook import RunLog
-from .networks import build_network, config_from_dict, config_to_dict, network_config, summary
-from .runs import ModelSpec, sample_images
+from .networks import build_network, summary
+from .runs import sample_images
+from .spec import ModelSpec
 from .steps import SKIPPED, Health, Loop, SkippedStep, TrainingError, Window, train_step  # noqa: F401 (TrainingError: callers catch it here)
 from .viz import image_grid
 
 # ---- pieces -----------------------------------------------------------------------------------
-
-
-def resolve_network(config: TrainConfig, channels: int, num_classes: int | None):
-    """The named network adapted to the data, with the config's field overrides (validated)."""
-    base = config_to_dict(network_config(config.network, in_channels=channels, num_classes=num_classes))
-    base.update(config.network_options)
-    return config_from_dict(base)
 
 
 def learning_rate(config: TrainConfig, step: int, total: int | None, fraction: float | None = None) -> float:
@@ -168,14 +162,9 @@ class Model:
 def build_model(config: TrainConfig, prepared: TrainingData) -> Model:
     """Phase 3: the model description (saved with every checkpoint), network, EMA, optimiser."""
     data = prepared.data
-    spec = ModelSpec(
-        network=resolve_network(config, data.channels, prepared.num_classes), schedule=config.schedule,
-        schedule_options=config.schedule_options, prediction=config.prediction, noise_input=config.noise_input,
-        normalisation=data.normalisation, channels=data.channels, image_size=tuple(data.size),
-        num_classes=prepared.num_classes, class_names=tuple(data.class_names),
-        label_prior=None if prepared.label_prior is None else tuple(prepared.label_prior),
-        guidance=config.guidance if prepared.num_classes is not None else 1.0, walk=config.sampling_walk(),
-    )
+    spec = config.model_spec(normalisation=data.normalisation, channels=data.channels, image_size=tuple(data.size),
+                             num_classes=prepared.num_classes, class_names=tuple(data.class_names),
+                             label_prior=prepared.label_prior)
     torch.manual_seed(config.seed)
     net = build_network(spec.network)
     ema = EMA(net, config.ema_decay, config.ema_warmup)

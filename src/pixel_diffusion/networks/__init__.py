@@ -12,6 +12,7 @@ import math
 
 from torch import nn
 
+from ..typed import read
 from .basic import BasicUNet, BasicUNetConfig
 from .layers import sinusoid_frequencies_for
 from .unet import UNet, UNetConfig
@@ -214,40 +215,15 @@ def config_to_dict(config) -> dict:
     return dataclasses.asdict(config)
 
 
-def config_from_dict(data: dict):
+def config_from_dict(data, where: str = "network"):
+    """A network config from its JSON form (`typed.read`); `kind` picks the config class."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} must be a table of a network config's fields; got {type(data).__name__}")
     data = dict(data)
     kind = data.pop("kind", "unet")
     if kind not in CONFIG_KINDS:
-        raise ValueError(f"unknown network kind {kind!r}; expected one of {', '.join(CONFIG_KINDS)}")
-    config_class = CONFIG_KINDS[kind][0]
-    names = {f.name for f in dataclasses.fields(config_class) if f.init}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"unknown {kind} config fields {unknown}; expected some of {sorted(names)}")
-    for f in dataclasses.fields(config_class):
-        if f.name in data and not _of_type(data[f.name], f.type):
-            raise ValueError(f"{kind} config field {f.name!r} must be {f.type}; got {data[f.name]!r}")
-    tuples = {k: tuple(v) for k, v in data.items() if isinstance(v, list)}
-    return config_class(**{**data, **tuples})
-
-
-def _of_type(value, annotation: str) -> bool:
-    """Whether a JSON value fits a config field's annotation (int, float, bool, str, their tuples,
-    `| None`); an int is a float, a bool is neither."""
-    def fits(kind: str, v) -> bool:
-        if kind == "None":
-            return v is None
-        if kind.startswith("tuple["):
-            items = [t.strip() for t in kind[6:-1].split(",")]
-            if not isinstance(v, (list, tuple)):
-                return False
-            if items[-1] == "...":
-                return all(fits(items[0], x) for x in v)
-            return len(v) == len(items) and all(fits(t, x) for t, x in zip(items, v))
-        allowed = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}[kind]
-        return isinstance(v, allowed) and (kind == "bool" or not isinstance(v, bool))
-
-    return any(fits(kind.strip(), value) for kind in annotation.split("|"))
+        raise ValueError(f"{where}.kind: unknown network kind {kind!r}; expected one of {', '.join(CONFIG_KINDS)}")
+    return read(CONFIG_KINDS[kind][0], data, where)
 
 
 def build_network(config) -> nn.Module:

@@ -39,6 +39,7 @@ import torch
 
 from ..diffusion import add_noise
 from ..schedules import SPACINGS, check_walk_ends, sampling_times
+from ..typed import read
 from .adaptive import dpm_adaptive
 from .classic import ddim, ddpm
 from .kernel import (
@@ -262,16 +263,8 @@ class Walk:
 
     @classmethod
     def from_dict(cls, data, where: str = "walk") -> Walk:
-        """The JSON form back; an unknown field or a bad value is a one-line ValueError naming `where`."""
-        if not isinstance(data, dict):
-            raise ValueError(f"{where} must be an object of {', '.join(f.name for f in dataclasses.fields(cls))}")
-        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ValueError(f"{where}: unknown field {unknown[0]!r}")
-        try:
-            return cls(**data)
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"{where}: {error}") from None
+        """The JSON form back (`typed.read`); an unknown field or a bad value is a one-line ValueError naming `where`."""
+        return read(cls, data, where)
 
 
 def sample(
