@@ -151,3 +151,22 @@ def test_ema_profiles_resume_exactly(tmp_path):
     for name in ("ema-0.050", "ema-0.100"):
         ours, theirs = load_weights(resumed / f"{name}.safetensors"), load_weights(straight / f"{name}.safetensors")
         assert all(torch.equal(ours[k], theirs[k]) for k in ours), name
+
+
+def test_a_run_samples_with_its_own_weights_unless_told(tmp_path):
+    """A preset names the weights its measured best samples with; load_run, sample and the page
+    take them unless told, and a name no checkpoint would keep is refused before training."""
+    from pixel_diffusion import load_run
+    from pixel_diffusion.config import apply_overrides
+    from pixel_diffusion.presets import preset
+
+    _train(tmp_path / "run", (0.05,), "weights=ema-0.050")
+    own = load_run(tmp_path / "run")
+    assert own.weights == "ema-0.050" and own.spec.weights == "ema-0.050"
+    named = load_run(tmp_path / "run", weights="ema-0.050").sample(3, steps=2, seed=1, progress=False)
+    assert np.array_equal(own.sample(3, steps=2, seed=1, progress=False), named)
+    fixed = load_run(tmp_path / "run", weights="ema").sample(3, steps=2, seed=1, progress=False)
+    assert not np.array_equal(named, fixed)
+    with pytest.raises(ValueError, match="weights must be one of the weights every checkpoint keeps: ema, model, "
+                                         "ema-0.050"):
+        apply_overrides(preset("mnist"), ["ema_profiles=[0.05]", "weights=ema-0.200"])

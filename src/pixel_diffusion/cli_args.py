@@ -60,8 +60,8 @@ OPTIONS = {
                                                        "or a diffusers pipeline folder")),
     "checkpoint": (("--checkpoint",), dict(type=checkpoint_name, default="latest",
                                            help="latest, best (kept by KID during training) or a step number (default: latest)")),
-    "weights": (("--weights",), dict(default="ema", help="which weights: ema, model, or an EMA profile the checkpoint "
-                                     "holds such as ema-0.100 (default: ema)")),
+    "weights": (("--weights",), dict(help="which weights: ema, model, or an EMA profile the checkpoint holds such as "
+                                     "ema-0.100 (default: the run's own, its preset's measured best)")),
     "device": (("--device",), dict(default="auto", help="cpu, cuda, cuda:1, ... (default: auto, a GPU when there is one)")),
     "seed": (("--seed",), dict(type=int, default=0, help="seed; image k depends only on (seed, k) (default: 0)")),
     "no_progress": (("--no-progress",), dict(action="store_true", help="no progress bars (default: shown)")),

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .data import DataConfig
 from .diffusion import check_variance_preserving
+from .ema import weights_name
 from .networks import config_from_dict, config_to_dict, network_config
 from .objectives import OBJECTIVES, Diffusion, Objective, objective_from_dict
 from .samplers import Walk
@@ -45,6 +46,7 @@ RESUMABLE_FIELDS = BUDGET_FIELDS + (
     "guidance",
     "ema_snapshot_every",
     "walk",
+    "weights",
     "preview_images",
     "preview_sampler",
     "preview_steps",
@@ -85,6 +87,9 @@ class TrainConfig:
     ema_warmup: bool = True  # decay min(ema_decay, (1 + n) / (10 + n)) at optimiser step n
     ema_profiles: tuple[float, ...] = ()  # EDM2 power-function EMA lengths (sigma_rel) kept beside `ema`, e.g. (0.05, 0.1)
     ema_snapshot_every: int = 0  # steps between snapshots of those profiles, for `pixel-diffusion ema` (0: none)
+    # The weights the trained model samples with unless told (its model.json): ema (the fixed-decay
+    # average), model (the raw weights) or ema-SIGMA, one of ema_profiles (the preset's measured best).
+    weights: str = "ema"
     precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast + loss scaling, GPU only)
     # Speed levers that leave the mathematics alone (docs/performance.md measures each).
     compile: bool = False  # torch.compile the network's forward and backward
@@ -163,6 +168,10 @@ class TrainConfig:
             raise ValueError(f"ema_profiles must differ in their first three decimals (they name weights); got {self.ema_profiles}")
         if not isinstance(self.ema_snapshot_every, int) or isinstance(self.ema_snapshot_every, bool) or self.ema_snapshot_every < 0:
             raise ValueError(f"ema_snapshot_every must be 0 (none) or a number of steps; got {self.ema_snapshot_every!r}")
+        kept = ("ema", "model", *(weights_name(s) for s in self.ema_profiles))
+        if self.weights not in kept:
+            raise ValueError(f"weights must be one of the weights every checkpoint keeps: {', '.join(kept)} "
+                             f"(an EMA profile is kept when ema_profiles holds it); got {self.weights!r}")
         if self.ema_snapshot_every and not self.ema_profiles:
             raise ValueError("ema_snapshot_every takes snapshots of the ema_profiles; set ema_profiles too, such as [0.05, 0.1]")
         for name in BUDGET_FIELDS:
@@ -186,7 +195,7 @@ class TrainConfig:
             schedule_options=dict(self.schedule_options), prediction=self.prediction, noise_input=self.noise_input,
             normalisation=normalisation, channels=channels, image_size=tuple(image_size), num_classes=num_classes,
             class_names=tuple(class_names), label_prior=None if label_prior is None else tuple(label_prior),
-            guidance=self.guidance if num_classes is not None else 1.0, walk=self.sampling_walk(),
+            guidance=self.guidance if num_classes is not None else 1.0, walk=self.sampling_walk(), weights=self.weights,
         )
 
     def network_config(self, channels: int, num_classes: int | None):

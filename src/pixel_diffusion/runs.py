@@ -189,23 +189,26 @@ def read_spec(folder: Path, run_dir: Path | None) -> ModelSpec:
     return ModelSpec.from_dict(config.get("model") if isinstance(config, dict) else config, where)
 
 
-def load_run(run_dir: Path, checkpoint: str | int = "latest", weights: str = "ema",
+def load_run(run_dir: Path, checkpoint: str | int = "latest", weights: str | None = None,
              device: str | torch.device = "cpu") -> Run:
     """A trained model from a run directory (or a checkpoint folder on its own): `checkpoint` is
-    "latest", "best" or a step; `weights` "ema" (default), "model" or another name the checkpoint
-    holds (an EMA profile such as ema-0.100, kept in training or rebuilt by `pixel-diffusion ema`).
-    Never runs code from a file."""
-    checkpoints.check_weights_name(weights)
+    "latest", "best" or a step; `weights` "ema", "model" or another name the checkpoint holds (an
+    EMA profile such as ema-0.100, kept in training or rebuilt by `pixel-diffusion ema`), None for
+    the model's own (`ModelSpec.weights`, its preset's measured best). Never runs code from a file."""
+    if weights is not None:
+        checkpoints.check_weights_name(weights)
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {device} asked for, but this machine has no CUDA GPU; use --device cpu")
     if diffusers_io.is_pipeline_folder(run_dir):
-        if weights not in WEIGHTS:
+        if weights not in (None, *WEIGHTS):
             raise ValueError(f"{run_dir} is a diffusers pipeline folder with one set of weights; drop --weights")
         return _load_pipeline(Path(run_dir), checkpoint, torch.device(device))
     folder = find_checkpoint(run_dir, checkpoint)
     run_root = folder.parent.parent if folder.parent.name == checkpoints.CHECKPOINTS else None
     if run_root is not None and not (run_root / "config.json").exists():
         run_root = None
+    if weights is None:  # the model's own: named by its description, checked with it just below
+        weights = checkpoints.check_weights_name(read_spec(folder, run_root).weights)
     _check_intact(folder, run_root, reads=(f"{weights}.safetensors", "state.json", MODEL_FILE))
     spec = read_spec(folder, run_root)
     if weights not in WEIGHTS and not (folder / f"{weights}.safetensors").is_file():

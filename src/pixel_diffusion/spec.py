@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .checkpoints import CheckpointError
+from .checkpoints import CheckpointError, check_weights_name
 from .clusters import draw_clusters
 from .data import Normalisation
 from .diffusion import NOISE_INPUTS, PREDICTIONS, Denoiser, check_variance_preserving
@@ -42,6 +42,7 @@ class ModelSpec:
     clip: bool = True  # samplers clip the image estimate to the data range (diffusers' clip_sample)
     guidance: float = 1.0  # the classifier-free guidance scale sampling uses unless told (the preset's measured best)
     walk: Walk = field(default_factory=Walk)  # how it samples unless told (its preset's measured best)
+    weights: str = "ema"  # the weights it samples with unless told (ema, model, ema-SIGMA: its preset's measured best)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -61,7 +62,7 @@ class ModelSpec:
             "channels": self.channels, "image_size": list(self.image_size), "num_classes": self.num_classes,
             "class_names": list(self.class_names),
             "label_prior": None if self.label_prior is None else list(self.label_prior), "clip": self.clip,
-            "guidance": self.guidance, "walk": self.walk.to_dict(),
+            "guidance": self.guidance, "walk": self.walk.to_dict(), "weights": self.weights,
         }
 
     def __post_init__(self):
@@ -80,6 +81,7 @@ class ModelSpec:
         check_variance_preserving("prediction", self.prediction, make_schedule(self.schedule, **options))
         if not 0 <= self.guidance <= 20:
             raise ValueError(f"guidance must be a number in [0, 20]; got {self.guidance!r}")
+        check_weights_name(self.weights)
         if self.label_prior is not None and (not self.label_prior or min(self.label_prior) < 0):
             raise ValueError(f"label_prior must be a list of non-negative shares; got {list(self.label_prior)}")
 
