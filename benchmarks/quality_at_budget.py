@@ -202,7 +202,8 @@ def main() -> None:
     if inception:  # the real images are training images: each one's nearest other
         floor["inception_nearest"] = inception.real_nearest(args.samples)
     standard = " FID (Inception) | KID (Inception) |" if inception else ""
-    lines = [f"| recipe | preset | steps in {args.minutes:g} min | images seen |{standard} FID | KID | confident > 0.9 | "
+    budget = "steps" if args.train_steps else f"steps in {args.minutes:g} min"
+    lines = [f"| recipe | preset | {budget} | images seen |{standard} FID | KID | confident > 0.9 | "
              "class balance | precision | recall | nearest training image |" + (" nearest (Inception) |" if inception else ""),
              "|---|---|---:|---:|" + "---:|" * (10 if inception else 7),
              row(f"real training images ({args.samples}, the floor)", "-", floor, None,
