@@ -49,6 +49,8 @@ SNAPSHOTS = {"ema_profiles": [0.05, 0.1], "ema_snapshot_every": 250}
 # The diffusion recipe of `mnist` and `cifar10`, for a preset that now trains by flow matching.
 DIFFUSION = {"schedule": "cosine", "schedule_options": {}, "prediction": "velocity", "noise_input": "timestep",
              "loss.kind": "diffusion", "loss.target": "velocity", "loss.weighting": "min-snr"}
+# The fixed-decay EMA the presets sampled with before the short power-function one (presets.SHORT_EMA).
+FIXED_EMA = {"ema_profiles": [], "weights": "ema"}
 # name: (preset, checkpoint every so many steps, overrides)
 RECIPES = {"ours": ("mnist", 300, {}), "ours-conditional": ("mnist-conditional", 300, {}),
            "tutorial": ("mnist-tutorial", 40, {}), "ours-flow": ("mnist-flow", 300, {})}
@@ -60,8 +62,8 @@ CIFAR_RECIPES = {"ours": ("cifar10", 1500, CIFAR), "ours-conditional": ("cifar10
 # (ddpm-anime's fp16 is a GPU's: bf16 autocast here).
 TINY = {"data.source": str(DATASETS["tiny-imagenet-100"].data.source)}
 TINY_RECIPES = {"colour-64-conditional": ("colour-64-conditional", 300, {**TINY, **SNAPSHOTS}),
-                "colour-64-diffusion-conditional": ("colour-64-conditional", 300, {**TINY, **DIFFUSION}),
-                "colour-64-before": ("colour-64", 300, {**TINY, **DIFFUSION, "network": "patch-64"}),
+                "colour-64-diffusion-conditional": ("colour-64-conditional", 300, {**TINY, **DIFFUSION, **FIXED_EMA}),
+                "colour-64-before": ("colour-64", 300, {**TINY, **DIFFUSION, **FIXED_EMA, "network": "patch-64"}),
                 "keras-flowers": ("keras-flowers", 100, TINY),
                 "ddpm-anime": ("ddpm-anime", 200, {**TINY, "precision": "bf16"})}
 # dataset: (recipes, prefix of the files written to docs/)
