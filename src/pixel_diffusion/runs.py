@@ -207,10 +207,10 @@ def load_run(run_dir: Path, checkpoint: str | int = "latest", weights: str | Non
     run_root = folder.parent.parent if folder.parent.name == checkpoints.CHECKPOINTS else None
     if run_root is not None and not (run_root / "config.json").exists():
         run_root = None
-    if weights is None:  # the model's own: named by its description, checked with it just below
-        weights = checkpoints.check_weights_name(read_spec(folder, run_root).weights)
-    _check_intact(folder, run_root, reads=(f"{weights}.safetensors", "state.json", MODEL_FILE))
+    _check_intact(folder, run_root, reads=("state.json", MODEL_FILE))
     spec = read_spec(folder, run_root)
+    weights = spec.weights if weights is None else weights  # the model's own unless told
+    _check_intact(folder, run_root, reads=(f"{weights}.safetensors",))
     if weights not in WEIGHTS and not (folder / f"{weights}.safetensors").is_file():
         raise ValueError(f"{folder} holds no {weights} weights; it holds {', '.join(checkpoints.weights_names(folder))}")
     tensors = checkpoints.load_weights(folder / f"{weights}.safetensors")
