@@ -256,7 +256,7 @@ def _kind_first(items, data: dict) -> list:
     items = list(items)
     kinds = [value for key, value in items if key == "loss.kind"]
     if kinds and kinds[-1] != data["loss"].get("kind"):
-        if kinds[-1] not in OBJECTIVES:
+        if not isinstance(kinds[-1], str) or kinds[-1] not in OBJECTIVES:
             raise ValueError(f"loss.kind: unknown objective {kinds[-1]!r}; expected one of {', '.join(OBJECTIVES)}")
         data["loss"] = dataclasses.asdict(OBJECTIVES[kinds[-1]]())
     return [(key, value) for key, value in items if key != "loss.kind"]

@@ -250,6 +250,6 @@ def objective_from_dict(data, where: str = "loss") -> Objective:
         raise ValueError(f"{where} must be a table of an objective's fields; got {type(data).__name__}")
     data = dict(data)
     kind = data.pop("kind", "diffusion")
-    if kind not in OBJECTIVES:
+    if not isinstance(kind, str) or kind not in OBJECTIVES:
         raise ValueError(f"{where}.kind: unknown objective {kind!r}; expected one of {', '.join(OBJECTIVES)}")
     return read(OBJECTIVES[kind], data, where)

@@ -221,7 +221,7 @@ def config_from_dict(data, where: str = "network"):
         raise ValueError(f"{where} must be a table of a network config's fields; got {type(data).__name__}")
     data = dict(data)
     kind = data.pop("kind", "unet")
-    if kind not in CONFIG_KINDS:
+    if not isinstance(kind, str) or kind not in CONFIG_KINDS:
         raise ValueError(f"{where}.kind: unknown network kind {kind!r}; expected one of {', '.join(CONFIG_KINDS)}")
     return read(CONFIG_KINDS[kind][0], data, where)
 
