@@ -13,14 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .data import DataConfig
-from .diffusion import check_variance_preserving
 from .ema import weights_name
 from .networks import config_from_dict, config_to_dict, network_config
 from .objectives import OBJECTIVES, Diffusion, Objective, objective_from_dict
 from .samplers import Walk
-from .schedules import SCHEDULES, make_schedule
-from .spec import ModelSpec
-from .typed import read, read_call
+from .spec import ModelSpec, checked_schedule
+from .typed import read
 
 BUDGET_FIELDS = ("steps", "epochs", "minutes")
 # Fields that may change between a run and its resumption: how long, how often, where.
@@ -210,12 +208,7 @@ class TrainConfig:
         before any data is read)."""
         network = self.network_config(1, None)
         self.network_options = {name: getattr(network, name) for name in self.network_options}  # converted
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"unknown schedule {self.schedule!r}; expected one of {', '.join(SCHEDULES)}")
-        self.schedule_options = read_call(SCHEDULES[self.schedule], self.schedule_options, "schedule_options",
-                                          {"shift": float})
-        schedule = make_schedule(self.schedule, **self.schedule_options)
-        check_variance_preserving("prediction", self.prediction, schedule)
+        self.schedule_options, schedule = checked_schedule(self.schedule, self.schedule_options, self.prediction)
         self.loss.check(schedule, self.prediction)
 
     def to_dict(self) -> dict:

@@ -24,6 +24,17 @@ from .schedules import SCHEDULES, make_schedule
 from .typed import read, read_call
 
 
+def checked_schedule(name: str, options, prediction: str):
+    """(options, schedule): a schedule of the registry by name, its options read by their types
+    (`typed.read_call`), checked against the prediction; one line for what does not fit."""
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown schedule {name!r}; expected one of {', '.join(SCHEDULES)}")
+    options = read_call(SCHEDULES[name], options, "schedule_options", {"shift": float})
+    schedule = make_schedule(name, **options)
+    check_variance_preserving("prediction", prediction, schedule)
+    return options, schedule
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """A trained model's description: everything needed to rebuild and sample it."""
@@ -74,11 +85,7 @@ class ModelSpec:
         for name, registry in (("prediction", PREDICTIONS), ("noise_input", NOISE_INPUTS)):
             if getattr(self, name) not in registry:
                 raise ValueError(f"{name} must be one of {', '.join(registry)}; got {getattr(self, name)!r}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"unknown schedule {self.schedule!r}; expected one of {', '.join(SCHEDULES)}")
-        options = read_call(SCHEDULES[self.schedule], self.schedule_options, "schedule_options", {"shift": float})
-        object.__setattr__(self, "schedule_options", options)
-        check_variance_preserving("prediction", self.prediction, make_schedule(self.schedule, **options))
+        object.__setattr__(self, "schedule_options", checked_schedule(self.schedule, self.schedule_options, self.prediction)[0])
         if not 0 <= self.guidance <= 20:
             raise ValueError(f"guidance must be a number in [0, 20]; got {self.guidance!r}")
         check_weights_name(self.weights)
