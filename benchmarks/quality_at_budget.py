@@ -57,7 +57,8 @@ RECIPES = {"ours": ("mnist", 300, {}), "ours-conditional": ("mnist-conditional",
 CIFAR = {"data.source": str(DATASETS["cifar10"].data.source)}
 CIFAR_RECIPES = {"ours": ("cifar10", 1500, CIFAR), "ours-conditional": ("cifar10-conditional", 1500, CIFAR),
                  "labml": ("cifar-labml", 250, CIFAR),
-                 "ours-flow-conditional": ("cifar10-conditional", 1500, {**CIFAR, **FLOW, **SNAPSHOTS})}
+                 "ours-flow-conditional": ("cifar10-conditional", 1500, {**CIFAR, **FLOW, **SNAPSHOTS}),
+                 "ours-conditional-snapshots": ("cifar10-conditional", 1500, {**CIFAR, **SNAPSHOTS})}
 # Tiny ImageNet-100 streamed from its shards; the reference systems' presets on their own recipes
 # (ddpm-anime's fp16 is a GPU's: bf16 autocast here).
 TINY = {"data.source": str(DATASETS["tiny-imagenet-100"].data.source)}

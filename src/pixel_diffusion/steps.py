@@ -173,7 +173,7 @@ def train_step(loop: Loop, step: int, lr: float) -> tuple[Tensor, Tensor | None,
     for k in range(config.accumulation):
         x, labels, generator = loop.micro_batch(mine, step, k, micro)
         with accelerator.autocast():
-            loss = config.loss(loop.denoiser, x, labels, generator=generator).mean() / config.accumulation
+            loss = config.loss(loop.denoiser, x, labels, generator=generator, **model.parts).mean() / config.accumulation
         with accelerator.no_sync(model.net) if k < config.accumulation - 1 else contextlib.nullcontext():
             accelerator.backward(loss)
         step_loss = loss.detach() if step_loss is None else step_loss + loss.detach()

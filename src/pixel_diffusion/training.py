@@ -29,11 +29,12 @@ from . import checkpoints
 from .clusters import label_by_clusters
 from .config import TrainConfig, differences
 from .data import ImageData, load_images
+from .diffusion import Guided
 from .ema import EMA, PowerEMA
 from .loader import StepItems, loader_workers
 from .logbook import RunLog
-from .networks import build_network, summary
-from .runs import sample_images
+from .networks import build_network, config_to_dict, summary
+from .runs import load_run, sample_images
 from .spec import ModelSpec
 from .steps import SKIPPED, Health, Loop, SkippedStep, TrainingError, Window, train_step  # noqa: F401 (TrainingError: callers catch it here)
 from .viz import image_grid
@@ -115,6 +116,19 @@ def check_shards(data: ImageData, run_dir: Path, main: bool) -> None:
         checkpoints.write_json(path, data.fingerprint)
 
 
+def inherit_clusters(config: TrainConfig, run_dir: Path, main: bool) -> None:
+    """A run started from another's weights (`init`) conditions on that run's clusters: its
+    clusters.json is copied in before the first step, so the labels mean what they meant."""
+    own = run_dir / "clusters.json"
+    if not config.init or own.exists() or not main:
+        return
+    folder = Path(config.init)
+    root = folder.parent.parent if folder.parent.name == checkpoints.CHECKPOINTS else folder
+    if (root / "clusters.json").exists():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        checkpoints.write_json(own, checkpoints.read_json(root / "clusters.json"))
+
+
 def prepare_data(config: TrainConfig, run_dir: Path, world: int, main: bool, rank: int = 0) -> TrainingData:
     """Phase 2: open the data (decoded into memory, or streamed), attach labels or clusters,
     and fix which items each step reads."""
@@ -128,6 +142,7 @@ def prepare_data(config: TrainConfig, run_dir: Path, world: int, main: bool, ran
     num_classes = int(data.labels.max()) + 1 if config.conditional else None
     label_prior = None
     if config.clusters:
+        inherit_clusters(config, run_dir, main)
         data, label_prior = label_by_clusters(data, config.clusters, seed=config.seed, sample=config.data.stream_sample,
                                               path=run_dir / "clusters.json", write=main, progress=config.progress and main)
         num_classes = config.clusters
@@ -147,6 +162,7 @@ class Model:
     ema: EMA
     optimizer: torch.optim.Optimizer
     profiles: PowerEMA | None = None  # EDM2's power-function EMA profiles (ema_profiles)
+    parts: dict = dataclasses.field(default_factory=dict)  # what the objective needs besides them (`needs`): a frozen teacher
 
     def named_weights(self) -> dict[str, dict[str, torch.Tensor]]:
         """The profiles' weights by name (ema-0.050, ...), saved beside model and ema."""
@@ -157,6 +173,8 @@ class Model:
     def averages_to(self, device) -> None:
         for net in [self.ema.net, *(self.profiles.nets if self.profiles is not None else ())]:
             net.to(device)
+        for part in self.parts.values():
+            part.to(device)
 
 
 def build_model(config: TrainConfig, prepared: TrainingData) -> Model:
@@ -167,13 +185,40 @@ def build_model(config: TrainConfig, prepared: TrainingData) -> Model:
                              label_prior=prepared.label_prior)
     torch.manual_seed(config.seed)
     net = build_network(spec.network)
+    if config.init:
+        start_from(net, spec, config.init)
     ema = EMA(net, config.ema_decay, config.ema_warmup)
     if config.channels_last:
         net = net.to(memory_format=torch.channels_last)
     optimizer_class = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
     optimizer = optimizer_class(net.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay,
                                 **({"fused": True} if config.fused_optimizer else {}))
-    return Model(spec, net, ema, optimizer, PowerEMA(net, config.ema_profiles) if config.ema_profiles else None)
+    return Model(spec, net, ema, optimizer, PowerEMA(net, config.ema_profiles) if config.ema_profiles else None,
+                 parts={"teacher": frozen_teacher(config, spec)} if "teacher" in config.loss.needs else {})
+
+
+def start_from(net: torch.nn.Module, spec: ModelSpec, folder: str) -> None:
+    """Load another run's weights (its model.json's own) into `net`: the same network, or one line."""
+    trained = load_run(Path(folder))
+    if config_to_dict(trained.spec.network) != config_to_dict(spec.network):
+        raise ValueError(f"init: {folder} trained another network than this run's; start from a run of the same network")
+    net.load_state_dict(trained.denoiser.net.state_dict())
+
+
+def frozen_teacher(config: TrainConfig, spec: ModelSpec) -> torch.nn.Module:
+    """The teacher of a distillation (`loss.teacher`), frozen, with its guidance at the objective's
+    scale: it must draw what this run trains on (its image shape, normalisation and classes)."""
+    teacher = load_run(Path(config.loss.teacher))
+    own = teacher.spec
+    for what, theirs, ours in (("image shape", own.shape, spec.shape), ("normalisation", own.normalisation, spec.normalisation),
+                               ("classes", own.num_classes, spec.num_classes)):
+        if theirs != ours:
+            raise ValueError(f"loss.teacher {config.loss.teacher} was trained with another {what} ({theirs}) than this "
+                             f"run's data gives ({ours}); distil on the teacher's own data")
+    denoiser = teacher.denoiser.requires_grad_(False)
+    if own.num_classes is None or config.loss.guidance == 1:
+        return denoiser
+    return Guided(denoiser, config.loss.guidance, null_label=own.num_classes)
 
 
 def resume(config: TrainConfig, run_dir: Path, model: Model) -> tuple[int, float]:

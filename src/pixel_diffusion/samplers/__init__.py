@@ -42,6 +42,7 @@ from ..schedules import SPACINGS, check_walk_ends, sampling_times
 from ..typed import read
 from .adaptive import dpm_adaptive
 from .classic import ddim, ddpm
+from .consistency import consistency
 from .kernel import (
     DDPM_VARIANCES,
     Callback,
@@ -66,7 +67,7 @@ Tensor = torch.Tensor
 
 __all__ = [
     "CONTRACT", "DDPM_VARIANCES", "SAMPLERS", "Callback", "ImageNoise", "SamplerEntry", "as_noise",
-    "check_times", "combine_seeds", "ddim", "ddpm", "dpm_adaptive", "dpmpp_2m", "dpmpp_2m_sde",
+    "check_times", "combine_seeds", "consistency", "ddim", "ddpm", "dpm_adaptive", "dpmpp_2m", "dpmpp_2m_sde",
     "dpmpp_2s_ancestral", "dpmpp_3m", "dpmpp_3m_sde", "edm_sigmas", "euler", "euler_ancestral", "evaluations",
     "get_sampler", "heun", "ipndm", "log_snrs", "posterior_mean", "predict", "sample", "samplers_with_option",
     "start_scale", "time_at_edm_sigma", "transition_variance", "unipc", "Walk", "walk_rates",
@@ -118,6 +119,8 @@ SAMPLERS: dict[str, SamplerEntry] = {
     "unipc": SamplerEntry(unipc, description="UniPC, bh2 predictor-corrector up to 3rd order (Zhao et al. 2023)"),
     "dpm-adaptive": SamplerEntry(dpm_adaptive, None, "DPM-Solver-23 with error-controlled steps (Lu et al. 2022; "
                                  "k-diffusion's dpm_adaptive)"),
+    "consistency": SamplerEntry(consistency, description="multistep consistency sampling, for a distilled run "
+                                "(Song et al. 2023)"),
 }
 
 # What `sample` (library and CLI) walks unless told (`Walk()`): docs/samplers.md ranks every
@@ -150,8 +153,10 @@ class Walk:
     """How to sample: a sampler of the registry, its steps, the time spacing and noise range,
     whether the image estimate is clipped to the data range, the sampler's own options (eta,
     s_churn, ...), the guidance scale (None: the model's own), and the times it walks between:
-    from `start` (1: pure noise) down to `stop` (0: an image). Checked once, where it is built
-    (the CLI, the web API, a run's stored default), and passed down whole."""
+    from `start` (1: pure noise) down to `stop` (0: an image). `sigmas` names the noise levels
+    (EDM's sigma/alpha) of every step instead of a spacing, as k-diffusion's samplers take them:
+    a consistency model's intermediate levels. Checked once, where it is built (the CLI, the
+    web API, a run's stored default), and passed down whole."""
 
     sampler: str = DEFAULT_SAMPLER
     steps: int = DEFAULT_STEPS
@@ -162,6 +167,7 @@ class Walk:
     guidance: float | None = None
     start: float = 1.0  # below 1: from images noised to that time (SDEdit), not from pure noise
     stop: float = 0.0  # above 0: x at that time, for another walk to go on from
+    sigmas: tuple[float, ...] | None = None  # the noise level of each step, decreasing (steps of them)
 
     def __post_init__(self):
         entry = get_sampler(self.sampler)
@@ -187,6 +193,20 @@ class Walk:
             raise ValueError(f"guidance must be a scale in [0, 20] (1: none); got {self.guidance!r}")
         self._check_options(entry)
         object.__setattr__(self, "options", dict(self.options))
+        if self.sigmas is not None:
+            self._check_sigmas()
+
+    def _check_sigmas(self) -> None:
+        sigmas = tuple(self.sigmas)
+        if not sigmas or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and 0 < s < math.inf for s in sigmas) \
+                or any(b >= a for a, b in zip(sigmas, sigmas[1:])):
+            raise ValueError(f"sigmas must be positive noise levels sigma/alpha, strictly decreasing; got {list(sigmas)}")
+        if len(sigmas) != self.steps:
+            raise ValueError(f"sigmas name the noise level of each step: {self.steps} steps take {self.steps} of them; "
+                             f"got {len(sigmas)}")
+        if self.start != 1 or self.sigma_max is not None or self.spacing is not None:
+            raise ValueError("sigmas name every noise level of the walk; drop start, sigma_max and spacing beside them")
+        object.__setattr__(self, "sigmas", tuple(float(s) for s in sigmas))
 
     def _check_options(self, entry: SamplerEntry) -> None:
         own = {k: v for k, v in entry.options.items() if k != "clip"}
@@ -216,8 +236,16 @@ class Walk:
         return None if self.entry.adaptive else self.entry.evaluations(self.steps)
 
     def times(self, schedule) -> Tensor:
-        """The steps + 1 times walked, from `start` (or sigma_max, if later) down to `stop`."""
-        return sampling_times(schedule, self.steps, self.spacing_used, self.sigma_max, self.start, self.stop)
+        """The steps + 1 times walked, from `start` (or sigma_max, if later) down to `stop`; with
+        `sigmas`, the times where the schedule reaches them (held within [t_min, 1]), then `stop`."""
+        if self.sigmas is None:
+            return sampling_times(schedule, self.steps, self.spacing_used, self.sigma_max, self.start, self.stop)
+        times = torch.stack([time_at_edm_sigma(schedule, s) for s in self.sigmas]).clamp(schedule.t_min, 1.0)
+        times = torch.cat([times, times.new_full((1,), self.stop)])
+        if bool((times[1:] >= times[:-1]).any()):
+            raise ValueError(f"sigmas {list(self.sigmas)} repeat a time of this schedule or reach below its stop "
+                             f"t = {self.stop:g} (its noise levels run from t_min = {schedule.t_min:g} to t = 1)")
+        return times
 
     def from_noise(self, schedule, noise: Tensor) -> Tensor:
         """x at the walk's first time from standard-normal noise: the noise itself, scaled to the
@@ -250,12 +278,19 @@ class Walk:
         changes = {k: v for k, v in changes.items() if v is not None}
         if "sampler" in changes and changes["sampler"] != self.sampler and "options" not in changes:
             changes["options"] = {}
+        if self.sigmas is not None and "sigmas" not in changes and (
+                changes.get("steps", self.steps) != self.steps or {"spacing", "sigma_max", "start"} & set(changes)):
+            changes["sigmas"] = None  # another number of steps or spacing: the spacing's own levels
+        if changes.get("sigmas") is not None:  # named levels replace the spacing
+            changes = {"spacing": None, "sigma_max": None, **changes}
         return dataclasses.replace(self, **changes)
 
     def describe(self) -> str:
         ends = f", t = {self.start:g} to {self.stop:g}" if (self.start, self.stop) != (1, 0) else ""
         if self.entry.adaptive:
             return f"{self.sampler}, adaptive{ends}"
+        if self.sigmas is not None:
+            return f"{self.sampler}, {self.steps} steps at sigma {', '.join(f'{s:g}' for s in self.sigmas)}{ends}"
         return f"{self.sampler}, {self.steps} steps, {self.spacing_used} spacing{ends}"
 
     def to_dict(self) -> dict:
