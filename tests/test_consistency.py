@@ -172,6 +172,8 @@ def test_distil_a_run_resume_bit_identical_and_sample_in_two_evaluations(tmp_pat
     assert saved["train"]["init"].endswith("step-0000003") and saved["train"]["loss"]["kind"] == "consistency"
     assert main(["distill", "--run", str(whole), "--out", str(tmp_path / "again"), "--steps", "1"]) == 2
     assert "consistency model already" in capsys.readouterr().err
+    assert main(["export", "--run", str(whole), "--out", str(tmp_path / "pipeline")]) == 2
+    assert "is a consistency model" in capsys.readouterr().err and not (tmp_path / "pipeline").exists()
 
 
 def test_consistency_tuning_needs_no_teacher(tmp_path):
@@ -189,3 +191,13 @@ def test_consistency_tuning_needs_no_teacher(tmp_path):
     mine, theirs = load_run(still).denoiser.net.state_dict(), load_run(teacher).denoiser.net.state_dict()
     assert all(torch.allclose(mine[k], theirs[k], atol=1e-9) for k in theirs)
     assert math.isfinite(json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["loss"])
+
+
+def test_a_student_of_a_run_on_clusters_keeps_its_clusters(tmp_path):
+    teacher = tmp_path / "teacher"
+    assert main(["train", "--preset", "mnist", "--steps", "2", *TINY, "clusters=3", "--out", str(teacher)]) == 0
+    student = tmp_path / "student"
+    assert main(["distill", "--run", str(teacher), "--out", str(student), "--steps", "1", "--no-progress",
+                 "batch_size=16"]) == 0
+    assert json.loads((student / "clusters.json").read_text()) == json.loads((teacher / "clusters.json").read_text())
+    assert load_run(student).spec.label_prior == load_run(teacher).spec.label_prior

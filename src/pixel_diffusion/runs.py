@@ -272,6 +272,9 @@ def _load_pipeline(folder: Path, checkpoint, device: torch.device) -> Run:
 
 def export_diffusers(run: Run, out: Path) -> Path:
     """Write `run`'s model as a diffusers pipeline folder (diffusers_io.write_pipeline) with a model card."""
+    if run.spec.distilled is not None:
+        raise ValueError(f"{run.checkpoint} is a consistency model: diffusers' DDPM and DDIM schedulers would walk it as a "
+                         "diffusion model and draw something else; sample it here (pixel-diffusion sample)")
     diffusers_io.write_pipeline(out, run.spec.to_dict(), run.spec.network, run.denoiser.net.state_dict(),
                                 model_card(run, Path(out).name))
     return Path(out)
