@@ -15,7 +15,6 @@ from pixel_diffusion.objectives import Consistency, consistency_levels
 from pixel_diffusion.runs import load_run
 from pixel_diffusion.samplers import SAMPLERS, Walk, sample, time_at_edm_sigma
 from pixel_diffusion.schedules import make_schedule
-
 from test_training import TINY, _weights
 
 
