@@ -72,6 +72,7 @@ def test_runs_are_listed_with_their_summary_curves_and_preview(client, runs):
     digits = client.get("/api/runs/digits").json()
     assert digits["preset"] == "mnist" and digits["steps_trained"] == 4 and digits["classes"] == 3 and digits["on_clusters"]
     assert digits["checkpoints"][:2] == ["latest", "step-0000004"] and not digits["training"]
+    assert digits["walk"]["sampler"] == "dpmpp-2m" and not digits["consistency"]  # the page starts from the run's own walk
     assert [step for step, _ in digits["curves"]["loss"]] == [1, 2, 3, 4] and digits["preview"] == "step-0000004"
     preview = client.get("/api/runs/digits/preview.png")
     assert preview.status_code == 200 and Image.open(io.BytesIO(preview.content)).size[0] > 8

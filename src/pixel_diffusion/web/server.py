@@ -114,6 +114,7 @@ class Runs:
                 "image_shape": [model.get("channels"), *(model.get("image_size") or [])],
                 "classes": model.get("num_classes"), "class_names": model.get("class_names") or [],
                 "on_clusters": bool(model.get("label_prior")), "guidance": model.get("guidance", 1.0),
+                "walk": model.get("walk") or {}, "consistency": bool(model.get("distilled")),
                 "checkpoints": ["latest"] + (["best"] if (folder / "checkpoints" / "best").is_dir() else []) + kept[::-1],
                 "training": lock.is_file() and bool(lock.read_text().strip())}
 

@@ -3,7 +3,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-let samplers = [], lastSeed = 0, current = null, events = null, watch = null, upload = null;
+let samplers = [], defaults = null, lastSeed = 0, current = null, events = null, watch = null, upload = null;
 
 async function api(path, options = {}) {
   const response = await fetch(path, options);
@@ -36,6 +36,12 @@ async function chooseRun() {
   run.checkpoints.forEach((c) => option($("checkpoint"), c));
   if (run.checkpoints.includes(kept)) $("checkpoint").value = kept;
   $("guidance").value = run.guidance ?? 1;  // the run's own scale (its preset's measured best)
+  const walk = run.walk || {};  // the run's own walk: a distilled run's is 2 consistency steps
+  if (defaults) {
+    $("sampler").value = walk.sampler ?? defaults.sampler;
+    $("steps").value = walk.steps ?? defaults.steps;
+    $("spacing").value = walk.spacing ?? "";
+  }
   describe(run);
   clearInterval(watch);
   if (run.training) watch = setInterval(async () => describe(await api(`/api/runs/${encodeURIComponent(run.name)}`)), 5000);
@@ -91,8 +97,9 @@ async function loadSamplers() {
   samplers = registry.samplers;
   samplers.forEach((s) => option($("sampler"), s.name, `${s.name} - ${s.description}`));
   registry.spacings.forEach((s) => option($("spacing"), s));
-  $("sampler").value = registry.default.sampler;
-  $("steps").value = registry.default.steps;
+  defaults = registry.default;
+  $("sampler").value = defaults.sampler;
+  $("steps").value = defaults.steps;
 }
 
 // ---- jobs ---------------------------------------------------------------------------------------
