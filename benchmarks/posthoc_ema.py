@@ -10,7 +10,7 @@ fixed-decay `ema` the presets use, the raw `model`, the two kept profiles and th
 sampled with the same seeds and walk and scored: FID, KID and the confident share in the data set's
 classifier's features, and with `--inception` the standard FID. The same measures of as many real
 training images give the floor. Writes a table and FID against sigma_rel to
-docs/performance_{dataset}_posthoc_ema.{md,png}.
+docs/performance_{dataset}_posthoc_ema{tag}.{md,png}.
 """
 
 from __future__ import annotations
@@ -76,6 +76,7 @@ def main() -> None:
     parser.add_argument("--spacing", default="karras")
     parser.add_argument("--guidance", type=float, default=1.0)
     parser.add_argument("--inception", action="store_true", help="also the standard FID (TF-Inception features)")
+    parser.add_argument("--tag", default="", help="a suffix for the files written to docs/ (another run's sweep beside the first)")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs")
     args = parser.parse_args()
 
@@ -114,7 +115,7 @@ def main() -> None:
               + (f", guidance {args.guidance:g}" if args.guidance != 1 else "") + ")."]
     text = "\n".join(lines)
     print(text)
-    prefix = f"performance_{args.dataset}_posthoc_ema"
+    prefix = f"performance_{args.dataset}_posthoc_ema{args.tag}"
     command = "python benchmarks/posthoc_ema.py " + " ".join(sys.argv[1:])
     (args.docs / f"{prefix}.md").write_text(f"<!-- written by: {command} (on {cpu_name()}) -->\n{text}\n")
     plot(rows, floor, "inception_fid" if inception else "fid", args.docs / f"{prefix}.png")
