@@ -124,6 +124,8 @@ COLOUR_64_TRIALS = {
 # They start from the preset as it was (patch-64); it moved to the `patch-2-three-levels` network, photo-64.
 TINY = {"data.source": str(ROOT.parent / "shared" / "data" / "tiny-imagenet-100" / "train-{0000..0009}.tar"),
         "network": "patch-64"}
+# `colour-64-conditional` as shipped, on the shards' labels (the trials' base preset is `colour-64`).
+SHIPPED_64 = {"data.source": TINY["data.source"], "conditional": True, "clusters": 0, "guidance": 3.0}
 TINY_TRIALS = {
     "colour-64": ("the preset before these trials: patch-64, 4x4 patches, widths 64/128 at 16/8, attention in the "
                   "8x8 middle, 50 clusters", TINY, "clock"),
@@ -142,6 +144,13 @@ TINY_TRIALS = {
     "photo-64": ("photo-64 as shipped (= patch-2-three-levels), trained again on the day", {**TINY, "network": "photo-64"},
                  "clock"),
     "flow-matching": ("photo-64 trained by flow matching (diffusion)", {**TINY, "network": "photo-64", **FLOW}, "clock"),
+    # The third round (`--table performance_tiny_recipes_3.md`), on `colour-64-conditional` as shipped.
+    "conditional-shipped": ("`colour-64-conditional` as shipped: photo-64 by flow matching on the 100 labels, guidance 3",
+                            SHIPPED_64, "clock"),
+    "lr-4e-3": ("learning rate 4e-3 (2e-3)", {**SHIPPED_64, "lr": 4e-3}, "clock"),
+    "wide-8": ("widths 32/64/192, the 8x8 level and its attention wider (32/64/128)",
+               {**SHIPPED_64, "network_options.widths": (32, 64, 192)}, "clock"),
+    "batch-32": ("batch 32 (64)", {**SHIPPED_64, "batch_size": 32}, "clock"),
 }
 # dataset: (trials, the preset they change, the data set whose classifier scores them, table)
 DATASETS = {"mnist": (TRIALS, "mnist", "mnist", "performance_recipes.md"),
@@ -190,6 +199,7 @@ def main() -> None:
     parser.add_argument("--sampler", default="ddpm")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--spacing", default="uniform")
+    parser.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance of conditional trials")
     parser.add_argument("--inception", action="store_true", help="also the standard FID and KID (TF-Inception features)")
     parser.add_argument("--out", type=Path, help="runs (default: runs/recipe, runs/recipe-cifar10)")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs")
@@ -210,7 +220,8 @@ def main() -> None:
     for name in args.trials:  # each scored as soon as it is trained
         run = train_trial(name, args.minutes, out, args.dataset)
         last = score_run(run, scorer, sampler=args.sampler, steps=args.steps, spacing=args.spacing, samples=args.samples,
-                         curve_samples=args.samples, last_only=True, inception=inception)[-1]
+                         curve_samples=args.samples, last_only=True, guidance=args.guidance,
+                         inception=inception)[-1]
         config = checkpoints.read_json(run / "config.json")["train"]
         budget = f"{config['minutes']:g} min" if config["steps"] is None else f"{config['steps']} steps"
         scores = f" {last['inception_fid']:.2f} | {last['inception_kid']:.4f} |" if inception else ""

@@ -228,8 +228,9 @@ def test_every_preset_runs_two_steps_on_stand_in_data(name, tmp_path):
         overrides["precision"] = "fp32"  # fp16 loss scaling needs a GPU
     last = train(apply_overrides(config, overrides), tmp_path / "run")
     assert last.name == "step-0000002"
-    spec = load_run(tmp_path / "run").spec
-    assert spec.channels == channels and spec.image_size == (size, size)
+    trained = load_run(tmp_path / "run")  # with the weights the preset samples with, saved by the run
+    assert trained.spec.channels == channels and trained.spec.image_size == (size, size)
+    assert trained.weights == config.weights
 
 
 def test_kid_during_training_keeps_the_best_checkpoint(tmp_path, monkeypatch):
