@@ -63,6 +63,7 @@ CIFAR_RECIPES = {"ours": ("cifar10", 1500, CIFAR), "ours-conditional": ("cifar10
 # (ddpm-anime's fp16 is a GPU's: bf16 autocast here).
 TINY = {"data.source": str(DATASETS["tiny-imagenet-100"].data.source)}
 TINY_RECIPES = {"colour-64-conditional": ("colour-64-conditional", 300, {**TINY, **SNAPSHOTS}),
+                "colour-64-conditional-lr-4e-3": ("colour-64-conditional", 300, {**TINY, **SNAPSHOTS, "lr": 4e-3}),
                 "colour-64-diffusion-conditional": ("colour-64-conditional", 300, {**TINY, **DIFFUSION, **FIXED_EMA}),
                 "colour-64-before": ("colour-64", 300, {**TINY, **DIFFUSION, **FIXED_EMA, "network": "patch-64"}),
                 "keras-flowers": ("keras-flowers", 100, TINY),

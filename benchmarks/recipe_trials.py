@@ -151,6 +151,7 @@ TINY_TRIALS = {
     "wide-8": ("widths 32/64/192, the 8x8 level and its attention wider (32/64/128)",
                {**SHIPPED_64, "network_options.widths": (32, 64, 192)}, "clock"),
     "batch-32": ("batch 32 (64)", {**SHIPPED_64, "batch_size": 32}, "clock"),
+    "lr-8e-3": ("learning rate 8e-3 (2e-3)", {**SHIPPED_64, "lr": 8e-3}, "clock"),
 }
 # dataset: (trials, the preset they change, the data set whose classifier scores them, table)
 DATASETS = {"mnist": (TRIALS, "mnist", "mnist", "performance_recipes.md"),

@@ -16,8 +16,11 @@ from .cli_args import (
     device_of,
     load_named_run,
     numbers,
+    port_number,
     positive_float,
+    positive_fraction,
     positive_int,
+    seed_number,
     walk_changes,
 )
 
@@ -55,6 +58,7 @@ def _train_command(commands) -> None:
     train.add_argument("--config", type=Path, help="JSON or TOML file of config fields, applied after the preset (default: none)")
     train.add_argument("--resume", action="store_true", help="require an existing checkpoint in --out to continue from (default: continue if there is one)")
     train.add_argument("--checkpoint-every", type=positive_int, help="steps between checkpoints (default: the preset's)")
+    add_options(train, "report_to")
     add_options(train, "seed", "device", "no_progress", seed={"default": None, "help": "random seed (default: the preset's, 0)"},
          device={"default": None})
     train.set_defaults(handler=run_train)
@@ -75,7 +79,7 @@ def _distill_command(commands) -> None:
     distill.add_argument("--target", choices=("teacher", "data"), default="teacher",
                          help="teacher: follow the teacher's ODE (consistency distillation, the default); data: tune on "
                          "the data alone from the teacher's weights (consistency training)")
-    add_options(distill, "guidance", "device", "no_progress", guidance={"help": "the teacher's classifier-free guidance "
+    add_options(distill, "guidance", "device", "no_progress", "report_to", guidance={"help": "the teacher's classifier-free guidance "
                 "folded into the student (default: the teacher's own scale)"}, device={"default": None})
     distill.set_defaults(handler=run_distill)
 
@@ -92,6 +96,8 @@ def run_distill(args) -> None:
         chosen["device"] = args.device
     if args.no_progress:
         chosen["progress"] = False
+    if args.report_to is not None:
+        chosen["report_to"] = [name for name in args.report_to if name != "none"]
     config = student_config(args.run, target=args.target, guidance=args.guidance, overrides=chosen)
     config = apply_overrides(config, args.overrides)
     last = train(config, args.out)
@@ -194,12 +200,12 @@ def _show_command(commands) -> None:
                           "inpaint (default: RePaint's ancestral DDPM)"},
          steps={"help": "sampling steps (default: the run's own walk's)"},
          seed={"default": None, "help": "seed (default: 0)"}, guidance={"default": None})
-    show.add_argument("--seed2", type=int, help="interpolation: second seed (default: 1)")
+    show.add_argument("--seed2", type=seed_number, help="interpolation: second seed (default: 1)")
     show.add_argument("--frames", type=positive_int, help="interpolation: frames (default: 10)")
     show.add_argument("--step-counts", type=numbers(int), help="steps: step counts to compare (default: 1,2,3,5,10,20)")
     show.add_argument("--times", type=numbers(float), help="forward: times (default: 0,0.05,0.1,0.2,0.35,0.5,0.75,1)")
     show.add_argument("--input", help="forward, restore, inpaint: images to noise or edit, any data source (default: the run's data)")
-    show.add_argument("--strength", type=float, help="restore: how far to noise, in (0, 1] (default: 0.5)")
+    show.add_argument("--strength", type=positive_fraction, help="restore: how far to noise, in (0, 1] (default: 0.5)")
     show.add_argument("--variations", type=positive_int, help="restore/inpaint: results per input (default: 4)")
     show.add_argument("--mask", help="inpaint: left-half, right-half, top-half, bottom-half, centre, or an image file, "
                       "white = generate (default: right-half)")
@@ -279,7 +285,7 @@ def _serve_command(commands) -> None:
                                 "127.0.0.1, this machine only, unless --host says otherwise. Needs pixel-diffusion[web].")
     serve.add_argument("--runs", type=Path, default=Path("runs"), help="folder of runs (default: runs)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    serve.add_argument("--port", type=positive_int, default=7860, help="port (default: 7860)")
+    serve.add_argument("--port", type=port_number, default=7860, help="port, 1 to 65535 (default: 7860)")
     add_options(serve, "device")
     serve.set_defaults(handler=run_serve)
 
@@ -291,6 +297,7 @@ def run_serve(args) -> None:
         raise ValueError("the web page needs FastAPI and uvicorn: pip install 'pixel-diffusion[web]'")
     if not args.runs.is_dir():
         raise ValueError(f"--runs {args.runs} is not a folder; give the folder your runs are in")
+    _check_address(args.host, args.port)
     import uvicorn
 
     from .web.server import create_app
@@ -299,6 +306,19 @@ def run_serve(args) -> None:
         print(f"listening on {args.host}: anyone who can reach this machine can use the page and its models")
     print(f"pixel-diffusion: http://{args.host}:{args.port}/ serves the runs in {args.runs}")
     uvicorn.run(create_app(args.runs, device_of(args.device)), host=args.host, port=args.port, log_level="warning")
+
+
+def _check_address(host: str, port: int) -> None:
+    """Refuse in one line an address the page could not listen on (taken, not this machine's)."""
+    import socket
+
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind((host, port))
+    except OSError as error:
+        raise ValueError(f"cannot listen on {host}:{port} ({error.strerror or error}); choose another --host or --port") from None
 
 
 def run_export(args) -> None:
@@ -345,6 +365,8 @@ def _train_config(args):
             chosen[name] = value
     if args.no_progress:
         chosen["progress"] = False
+    if args.report_to is not None:
+        chosen["report_to"] = [name for name in args.report_to if name != "none"]
     config = apply_overrides(config, chosen)
     config = apply_overrides(config, args.overrides)
     if not config.data.source:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 
@@ -11,14 +12,35 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def positive_int(text: str) -> int:
+LARGEST = 2**31 - 1  # counts and labels; anything larger is a typo, refused rather than attempted
+
+
+def _integer(text: str, low: int, high: int, expected: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return _integer(text, 1, LARGEST, "a positive integer")
+
+
+def seed_number(text: str) -> int:
+    return _integer(text, 0, 2**63 - 1, "a seed from 0 to 2^63 - 1")
+
+
+def class_label(text: str) -> int:
+    return _integer(text, 0, LARGEST, "a class number from 0")
+
+
+def port_number(text: str) -> int:
+    if not text.strip().isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number from 1 to 65535, got {text!r}")
+    return int(text)
 
 
 def _number(text: str, accepts, expected: str) -> float:
@@ -32,7 +54,27 @@ def _number(text: str, accepts, expected: str) -> float:
 
 
 def positive_float(text: str) -> float:
-    return _number(text, lambda v: v > 0, "a positive number")
+    return _number(text, lambda v: 0 < v < math.inf, "a positive number")
+
+
+def sigma_level(text: str) -> float:
+    return _number(text, lambda v: v > 0, "a positive noise level (inf: the schedule's t = 1)")
+
+
+def finite_float(text: str) -> float:
+    return _number(text, math.isfinite, "a finite number")
+
+
+def bounded_int(text: str) -> int:
+    return _integer(text, -LARGEST, LARGEST, "an integer")
+
+
+def fraction(text: str) -> float:
+    return _number(text, lambda v: 0 <= v <= 1, "a number in [0, 1]")
+
+
+def positive_fraction(text: str) -> float:
+    return _number(text, lambda v: 0 < v <= 1, "a number in (0, 1]")
 
 
 def guidance_scale(text: str) -> float:
@@ -48,8 +90,11 @@ def checkpoint_name(text: str) -> str:
 def numbers(kind):
     def parse(text: str):
         try:
-            return tuple(kind(part) for part in text.split(","))
-        except ValueError:
+            values = tuple(kind(part) for part in text.split(","))
+            if not all(math.isfinite(v) for v in values):
+                raise ValueError(text)
+            return values
+        except (ValueError, OverflowError):
             raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 1,2,5; got {text!r}") from None
     return parse
 
@@ -63,13 +108,16 @@ OPTIONS = {
     "weights": (("--weights",), dict(help="which weights: ema, model, or an EMA profile the checkpoint holds such as "
                                      "ema-0.100 (default: the run's own, its preset's measured best)")),
     "device": (("--device",), dict(default="auto", help="cpu, cuda, cuda:1, ... (default: auto, a GPU when there is one)")),
-    "seed": (("--seed",), dict(type=int, default=0, help="seed; image k depends only on (seed, k) (default: 0)")),
+    "seed": (("--seed",), dict(type=seed_number, default=0, help="seed; image k depends only on (seed, k) (default: 0)")),
     "no_progress": (("--no-progress",), dict(action="store_true", help="no progress bars (default: shown)")),
     "sampler": (("--sampler",), dict(help="sampler (default: the run's own walk's, {default} for every preset); one of {samplers}")),
     "steps": (("--steps",), dict(type=positive_int, help="sampling steps (default: the run's own walk's, {default} for every preset)")),
     "guidance": (("--guidance",), dict(type=guidance_scale, help="classifier-free guidance scale for runs on labels or "
                                        "clusters, 1 for none (default: the run's own, its preset's measured best)")),
-    "label": (("--label",), dict(type=int, help="class to draw, for runs trained with labels or clusters (default: every class)")),
+    "report_to": (("--report-to",), dict(nargs="+", choices=("tensorboard", "wandb", "mlflow", "none"), metavar="TRACKER",
+                                          help="also log to these experiment trackers: tensorboard, wandb, mlflow, or none "
+                                          "(default: the config's report_to, none; metrics.jsonl always)")),
+    "label": (("--label",), dict(type=class_label, help="class to draw, for runs trained with labels or clusters (default: every class)")),
 }
 
 
@@ -103,17 +151,17 @@ def add_walk_arguments(command) -> None:
         own.setdefault(entry.spacing, []).append(name)
     said_spacing = "; ".join(f"{spacing} for {', '.join(names)}" for spacing, names in own.items())
     command.add_argument("--spacing", help=f"time spacing, one of {', '.join(SPACINGS)} (default: the sampler's own, {said_spacing})")
-    command.add_argument("--sigma-max", type=positive_float,
+    command.add_argument("--sigma-max", type=sigma_level,
                          help="karras and log-snr spacings: start at this EDM noise level sigma/alpha (default: 80; inf for the schedule's t = 1)")
     command.add_argument("--sigmas", type=positive_float, nargs="+", metavar="SIGMA",
                          help="the noise level sigma/alpha of each step, decreasing, instead of a spacing (a consistency "
                          "model's: 80 0.821; --steps defaults to their number)")
-    command.add_argument("--eta", type=float, help=f"noise per step in [0, 1] for {', '.join(with_eta)} (default: {said})")
+    command.add_argument("--eta", type=fraction, help=f"noise per step in [0, 1] for {', '.join(with_eta)} (default: {said})")
     command.add_argument("--no-clip", action="store_true",
                          help="leave the image estimate unclipped at each step (default: clipped to the data range; docs/samplers.md measures both)")
     for name, (kind, takers) in sampler_options().items():
         said = ", ".join(f"{n} {SAMPLERS[n].options[name]}" for n in takers)
-        command.add_argument(f"--{name.replace('_', '-')}", type=yes_no if kind is bool else kind, dest=f"walk_{name}", metavar=name.upper(),
+        command.add_argument(f"--{name.replace('_', '-')}", type=OPTION_TYPES[kind], dest=f"walk_{name}", metavar=name.upper(),
                              help=f"{name.replace('_', ' ')} of the {', '.join(takers)} samplers (default: {said})")
 
 
@@ -134,6 +182,9 @@ def yes_no(text: str) -> bool:
     if text.lower() not in ("true", "false", "yes", "no", "1", "0"):
         raise argparse.ArgumentTypeError(f"expected true or false; got {text!r}")
     return text.lower() in ("true", "yes", "1")
+
+
+OPTION_TYPES = {bool: yes_no, int: bounded_int, float: finite_float}  # a sampler option's type -> its converter
 
 
 def walk_changes(args) -> dict:

