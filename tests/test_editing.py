@@ -116,4 +116,4 @@ def test_show_errors_are_one_line(run, tmp_path, capsys):
     assert main(["show", "evolution", "--run", str(tmp_path / "bare")]) == 2
     assert "no preview grids" in capsys.readouterr().err
     assert main(["show", "restore", "--run", str(run), "--strength", "1.5"]) == 2
-    assert "strength must lie in (0, 1]" in capsys.readouterr().err
+    assert "argument --strength: expected a number in (0, 1], got '1.5'" in capsys.readouterr().err

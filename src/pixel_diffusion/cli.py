@@ -546,7 +546,10 @@ def run_demo(args) -> None:
 def main(argv=None) -> int:
     from .training import TrainingError
 
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # --help, --version (0) or a refused argument (2, its line printed)
+        return done.code if isinstance(done.code, int) else 2
     previous, warnings.formatwarning = warnings.formatwarning, lambda message, *where, **_: (
         f"pixel-diffusion {args.command}: warning: {message}\n")  # one line, no source location
     try:

@@ -344,9 +344,12 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
 
 
 def _begin(config: TrainConfig, run_dir: Path, model: Model, prepared: TrainingData, step: int, log: RunLog) -> None:
-    """The main process's start: config.json written, the log cut back to `step`, one line said."""
+    """The main process's start: config.json written, the log cut back to `step`, the trackers
+    started, one line said."""
     checkpoints.write_json(run_dir / "config.json", {"train": config.to_dict(), "model": model.spec.to_dict()})
     log.truncate(step)
+    if log.accelerator is not None:  # the run reports to trackers
+        start_trackers(log.accelerator, config)
     if config.progress:
         data = prepared.data
         workers = loader_workers(data, config.data.workers)
@@ -363,8 +366,6 @@ def _train(config: TrainConfig, run_dir: Path, accelerator) -> Path:
     log = RunLog(run_dir, enabled=main, accelerator=accelerator)
     if main:
         _begin(config, run_dir, model, prepared, step, log)
-    if config.report_to:
-        start_trackers(accelerator, config)
     model.net, model.optimizer = accelerator.prepare(model.net, model.optimizer)  # DDP under accelerate
     if config.compile:  # in place, so state_dict keys stay those of the plain network
         accelerator.unwrap_model(model.net).compile()
