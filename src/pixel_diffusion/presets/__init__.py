@@ -241,8 +241,8 @@ def colour_64() -> TrainConfig:
     (docs/performance.md) chose the network over 4x4 patches (patch-64) and the noise levels;
     flow matching beat diffusion on the same network and budget (30 minutes: standard FID 138.4
     against 148.0 at guidance 3, classifier FID 14.1 against 19.6, measured on the class-conditional
-    form). Learning rate 4e-3: at the same 3,431 steps, standard FID 134.7 against 2e-3's 145.2
-    without guidance, classifier FID 12.2 against 14.1 at guidance 3 (docs/performance.md). It
+    form). Learning rate 4e-3: at the same 3,431 steps, standard FID 125.5 against 2e-3's 138.4
+    at guidance 3, classifier FID 12.2 against 14.1 (docs/performance.md). It
     samples with a short power-function EMA (sigma_rel 0.05, `SHORT_EMA`), the best average of
     both post-hoc sweeps (docs/ema.md)."""
     return flow_matching(dataclasses.replace(cifar10(), network="photo-64", lr=4e-3,
