@@ -12,7 +12,9 @@ set). Variants run alternately, `--repeats` rounds with the order rotated each r
 of the machine hits all of them alike. Speed is the median of the logged images/s windows after
 the first `--warmup` steps (which hold torch.compile's work); each row reports the median over
 rounds and the spread (min-max), and the ratio to the suite's reference system. The same run
-measures the machine's peak: a 2048x2048 matrix product in float32 and in bf16.
+measures the machine's peak: a 2048x2048 matrix product in float32 and in bf16. Each row says the
+precision its runs trained in (for the presets' `auto`, what this machine measured faster), and
+the table's first line the processor.
 
 `--against REV` measures every variant twice in each round: on this tree and on the package as of
 git revision REV (checked out into a temporary worktree and put first on the worker's PYTHONPATH),
@@ -29,7 +31,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -39,6 +40,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from pixel_diffusion.devices import processor
 
 # name: (preset, overrides, what it is)
 VARIANTS = {
@@ -55,7 +58,7 @@ VARIANTS = {
                            "+ bf16, fused AdamW, but nearest + 3x3 conv up-sampling"),
     "ours-no-patches": ("mnist", {"network": "residual-mnist"},
                         "the preset with residual-mnist (32/64/96 at 28/14/7, no patches), its own batch"),
-    "ours-default": ("mnist", {}, "the `mnist` preset as shipped (bf16, fused AdamW, its own batch)"),
+    "ours-default": ("mnist", {}, "the `mnist` preset as shipped (precision auto, fused AdamW, its own batch)"),
 }
 # The levers must not cost quality: loss after the same steps, same seed, of the `mnist` recipe.
 LOSS_CHECKS = {
@@ -73,7 +76,7 @@ COLOUR = {
     "cifar10-fp32": ("cifar10", {"data.source": CIFAR, "precision": "fp32", "fused_optimizer": False},
                      "patch-cifar (2x2 patches, 64/128, attention at 8x8), fp32, AdamW"),
     "cifar10-cl": ("cifar10", {"data.source": CIFAR, "channels_last": True}, "+ bf16, fused AdamW, channels_last"),
-    "cifar10": ("cifar10", {"data.source": CIFAR}, "the `cifar10` preset as shipped (bf16, fused AdamW)"),
+    "cifar10": ("cifar10", {"data.source": CIFAR}, "the `cifar10` preset as shipped (precision auto, fused AdamW)"),
 }
 COLOUR_64 = {
     "keras-flowers": ("keras-flowers", {**AT_64, "kid_every": 0}, "the Keras DDIM example: keras-ddim U-Net (2.0M), fp32"),
@@ -93,6 +96,7 @@ SUITES = {
 
 def worker(suite: str, name: str, steps: int, warmup: int, extra: dict) -> dict:
     """Train one variant for `steps` steps in a scratch directory; report speed and peak memory."""
+    from pixel_diffusion.checkpoints import latest_checkpoint, read_json
     from pixel_diffusion.config import apply_overrides
     from pixel_diffusion.presets import preset
     from pixel_diffusion.training import train
@@ -107,6 +111,7 @@ def worker(suite: str, name: str, steps: int, warmup: int, extra: dict) -> dict:
         train(config, Path(run))
         wall = time.perf_counter() - start
         records = [json.loads(line) for line in open(Path(run) / "metrics.jsonl")]
+        settled = read_json(latest_checkpoint(Path(run)) / "state.json").get("precision", config.precision)
     measured = [r["images_per_s"] for r in records if r["step"] > warmup]
     tail = [r["loss"] for r in records[-max(1, len(records) // 5):]]
     return {
@@ -115,6 +120,7 @@ def worker(suite: str, name: str, steps: int, warmup: int, extra: dict) -> dict:
         "wall_s": wall,
         "tail_loss": statistics.fmean(tail),
         "batch_size": config.batch_size,
+        "precision": settled,  # what the run trained in: precision=auto's choice on this machine
     }
 
 
@@ -206,22 +212,23 @@ def main() -> None:
     # The ratio column: against the suite's reference system, or with --against each variant against itself at REV.
     against = f" @ {args.against}" if args.against else None
     reference_of = (lambda name: speed(name + against)) if against else (lambda name: speed(reference_name))
-    rows = [f"| variant | what | batch | images/s (median) | spread (min-max) | vs {'itself' + against if against else reference_name} | peak memory (MB) "
+    versus = "itself" + against if against else reference_name
+    rows = [f"| variant | what | batch | precision | images/s (median) | spread (min-max) | vs {versus} | peak memory (MB) "
             "| GFLOP/s (fwd+bwd = 3x fwd) | of peak |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+            "|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for name, label in runs:
         speeds = [r["images_per_s"] for r in results[name + label]]
         median = statistics.median(speeds)
         preset_name, overrides, what = suite[name]
         config = preset(preset_name)
-        precision = overrides.get("precision", config.precision)
+        precision = results[name + label][0]["precision"]
         network = overrides.get("network", config.network)
         achieved = 3 * forward_gflops(network, overrides.get("network_options", {}), shape) * median
         fraction = achieved / peak["bf16" if precision == "bf16" else "fp32"]
         reference = reference_of(name)
         ratio = f"{median / reference:.2f}x" if reference else "-"
         rows.append(
-            f"| `{name}`{label} | {what} | {results[name + label][0]['batch_size']} | {median:.0f} | "
+            f"| `{name}`{label} | {what} | {results[name + label][0]['batch_size']} | {precision} | {median:.0f} | "
             f"{min(speeds):.0f}-{max(speeds):.0f} | {ratio} | "
             f"{statistics.median(r['peak_rss_mb'] for r in results[name + label]):.0f} | {achieved:.0f} | {100 * fraction:.0f}% |"
         )
@@ -238,7 +245,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     command = "python benchmarks/train_speed.py " + " ".join(sys.argv[1:])
-    (args.doc or doc).write_text(f"<!-- written by: {command.strip()} on {platform.processor() or platform.machine()}, "
+    (args.doc or doc).write_text(f"<!-- written by: {command.strip()} on {processor()}, "
                                  f"{torch.get_num_threads()} threads -->\n{text}\n")
 
 

@@ -17,6 +17,7 @@ from pixel_diffusion import checkpoints
 from pixel_diffusion.checkpoints import CheckpointError, latest_checkpoint, load_checkpoint
 from pixel_diffusion.cli import main
 from pixel_diffusion.config import apply_overrides
+from pixel_diffusion.logbook import read_records
 from pixel_diffusion.objectives import Diffusion
 from pixel_diffusion.presets import preset
 from pixel_diffusion.runs import load_run
@@ -151,6 +152,57 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_says_what_was_needed(whole, t
         load_checkpoint(latest_checkpoint(run))  # whole, manifest and all
     finally:
         subprocess.run(["umount", str(mount)], check=False)
+
+
+# ---- writes that fail ---------------------------------------------------------------------------
+
+
+def test_a_preview_that_cannot_be_written_keeps_the_steps_taken_and_is_one_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "samples").write_text("a file where the previews' folder goes")
+    command = ["train", "--preset", "mnist", "--steps", "8", "--checkpoint-every", "100", "--out", str(run),
+               "--no-progress", *[o for o in TINY if not o.startswith("preview_every")], "preview_every=3",
+               "preview_images=4", "preview_steps=2"]
+    capsys.readouterr()
+    assert main(command) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "a write failed at step 3 (" in err and "checkpoint step-0000003 is kept" in err
+    assert latest_checkpoint(run).name == "step-0000003"  # saved on the way out: no step lost
+    load_checkpoint(latest_checkpoint(run))
+    (run / "samples").unlink()  # the place mended, the same command goes on from there
+    assert main(command) == 0
+    assert latest_checkpoint(run).name == "step-0000008"
+    assert [r["step"] for r in read_records(run) if "loss" in r] == list(range(1, 9))
+
+
+@pytest.mark.parametrize("command", [
+    ["sample", "--n", "2", "--steps", "2", "--no-progress", "--out", "{blocked}"],
+    ["show", "trajectory", "--steps", "2", "--out", "{blocked}/picture.png"],
+    ["evaluate", "--n", "8", "--steps", "2", "--no-progress", "--out", "{blocked}/metrics.json"],
+])
+def test_an_output_that_cannot_be_written_is_one_line(whole, tmp_path, capsys, command):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    blocked = str(blocker / "out")
+    capsys.readouterr()
+    assert main([*[a.format(blocked=blocked) for a in command], "--run", str(whole)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(blocker) in err and err.startswith(f"pixel-diffusion {command[0]}: error: ")
+
+
+def test_a_metrics_log_that_cannot_be_read_is_one_line_and_touches_no_checkpoint(whole, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(whole, run)
+    (run / "metrics.jsonl").unlink()
+    (run / "metrics.jsonl").mkdir()  # a folder where the log goes
+    before = {p.name: p.stat().st_mtime_ns for p in (run / "checkpoints").iterdir()}
+    capsys.readouterr()
+    assert main(["train", "--preset", "mnist", "--steps", "8", "--checkpoint-every", "2", "--out", str(run),
+                 "--no-progress", *TINY]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "metrics.jsonl" in err
+    assert {p.name: p.stat().st_mtime_ns for p in (run / "checkpoints").iterdir()} == before
 
 
 # ---- non-finite steps ------------------------------------------------------------------------------

@@ -85,3 +85,31 @@ def test_the_command_line_offers_every_tracker():
     train = next(a for a in parser._actions if a.dest == "command" or hasattr(a, "choices") and isinstance(a.choices, dict))
     option = next(a for a in train.choices["train"]._actions if a.dest == "report_to")
     assert set(option.choices) == {*TRACKERS, "none"}
+
+
+def test_a_tracker_that_fails_mid_run_is_one_warning_and_the_log_goes_on(tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    import shutil
+    import warnings
+
+    from pixel_diffusion.logbook import RunLog
+    from pixel_diffusion.training import make_engine, start_trackers
+
+    store = tmp_path / "mlruns"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.as_uri())
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    config = apply_overrides(apply_overrides(preset("mnist"), TINY), {"report_to": ["mlflow"]})
+    run = tmp_path / "run"
+    accelerator = make_engine(config, run)
+    assert accelerator.log_with  # the real MLflow tracker, on its file store
+    start_trackers(accelerator, config)
+    log = RunLog(run, accelerator=accelerator)
+    log.write({"step": 1, "loss": 0.5})
+    shutil.rmtree(store)  # the store goes away mid-run, as a server would
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        log.write({"step": 2, "loss": 0.25})
+        log.write({"step": 3, "loss": 0.125})
+        log.close()
+    assert len(said) == 1 and "the trackers stopped taking metrics at step 2" in str(said[0].message)
+    assert [r["step"] for r in read_records(run)] == [1, 2, 3]  # metrics.jsonl keeps every record

@@ -12,7 +12,8 @@
     runs/NAME/ema-snapshots/step-NNNNNNN.safetensors   the EMA profiles at a step, for post-hoc EMA
     runs/NAME/checkpoints/best/                 the weights KID selection kept, model.json, manifest.json
     runs/NAME/checkpoints/latest                the newest checkpoint's folder name
-    runs/NAME/.lock                             held by the one process that trains the run
+    runs/NAME/.lock                             held (filelock) by the one process that trains the run
+    runs/NAME/.trainer                          that process: host, process id, since when
 
 Tensors are stored as safetensors and everything else as JSON, so loading never executes code
 from a file. Every write goes to a temporary name and is renamed into place: a crash mid-write
@@ -39,7 +40,8 @@ from safetensors.torch import load_file, save_file
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
-LOCK = ".lock"  # held (flock) by the process that trains the run; it names its holder
+LOCK = ".lock"  # held (filelock: flock, or msvcrt's lock on Windows) by the process that trains the run
+HOLDER = ".trainer"  # the holder's record, beside the lock: present while a run trains, or left by a killed trainer
 
 
 class CheckpointError(ValueError):
@@ -80,41 +82,34 @@ def read_json(path: Path):
 @contextlib.contextmanager
 def run_lock(run: Path, say=print):
     """Hold RUN/.lock exclusively while training: a second trainer is refused with a line naming
-    the holder (host, process id, since when). The lock is an flock, which the system releases
-    when its process ends however it ends; a holder record left by a killed process is taken over,
-    and said so. Readers (sample, evaluate, show) never take it."""
-    try:
-        import fcntl
-    except ImportError:  # no flock on this system: train unlocked
-        yield
-        return
+    the holder (host, process id, since when: RUN/.trainer). The lock is the operating system's
+    (filelock), which it releases when its process ends however it ends; a holder record left by
+    a killed process is taken over, and said so. Readers (sample, evaluate, show) never take it."""
+    from filelock import FileLock, Timeout
+
     run = Path(run)
+    holder = run / HOLDER
     try:
         run.mkdir(parents=True, exist_ok=True)
-        handle = open(run / LOCK, "a+")
+        lock = FileLock(run / LOCK, timeout=0, thread_local=False)
+        lock.acquire()
+    except Timeout:
+        recorded = holder.read_text().strip() if holder.is_file() else ""
+        raise ValueError(f"{run} is being trained by {recorded or 'another process'}; wait for it to finish, "
+                         "stop it, or train into another --out") from None
     except OSError as error:
         raise ValueError(f"cannot train into {run} ({error.strerror or error}); choose a folder you can write") from None
-    with handle as f:
-        f.seek(0)
-        recorded = f.read().strip()
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise ValueError(f"{run} is being trained by {recorded or 'another process'}; wait for it to finish, "
-                             "stop it, or train into another --out") from None
+    try:
+        recorded = holder.read_text().strip() if holder.is_file() else ""
         if recorded:
             say(f"{run}: taking over the lock left by {recorded}, which no longer runs")
-        f.seek(0)
-        f.truncate()
-        f.write(f"process {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-        f.flush()
+        atomic_write_text(holder, f"process {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         try:
             yield
         finally:
-            f.seek(0)
-            f.truncate()  # a clean exit leaves no holder record
-            f.flush()
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            holder.unlink(missing_ok=True)  # a clean exit leaves no holder record
+    finally:
+        lock.release()
 
 
 # ---- optimiser state as tensors + JSON --------------------------------------------------------

@@ -304,8 +304,11 @@ def run_serve(args) -> None:
 
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"listening on {args.host}: anyone who can reach this machine can use the page and its models")
-    print(f"pixel-diffusion: http://{args.host}:{args.port}/ serves the runs in {args.runs}")
-    uvicorn.run(create_app(args.runs, device_of(args.device)), host=args.host, port=args.port, log_level="warning")
+    from .devices import describe_device
+
+    device = device_of(args.device)
+    print(f"pixel-diffusion: http://{args.host}:{args.port}/ serves the runs in {args.runs} on {describe_device(device)}")
+    uvicorn.run(create_app(args.runs, device), host=args.host, port=args.port, log_level="warning")
 
 
 def _check_address(host: str, port: int) -> None:
@@ -392,6 +395,7 @@ GRID_IMAGES = 100  # sample's grid.png shows the first so many images
 def run_sample(args) -> None:
     import numpy as np
 
+    from .devices import describe_device
     from .runs import generation_parameters
     from .viz import write_samples
 
@@ -401,10 +405,11 @@ def run_sample(args) -> None:
     labels = run.sample_labels(args.n, args.label) if args.label is not None else run.spec.default_labels(args.n, args.seed)
     guidance = run.spec.guidance_for(walk.guidance, labels)
     report: dict = {}
-    images = run.sample(args.n, walk, seed=args.seed, labels=labels, guidance=guidance, batch_size=args.batch_size,
-                        precision=args.precision, progress=not args.no_progress, report=report)
     base = args.run if run.directory is None else run.directory
     out = args.out or base / f"samples-{walk.sampler}-{walk.steps}"
+    out.mkdir(parents=True, exist_ok=True)  # a place that cannot be written is said before any sampling
+    images = run.sample(args.n, walk, seed=args.seed, labels=labels, guidance=guidance, batch_size=args.batch_size,
+                        precision=args.precision, progress=not args.no_progress, report=report)
     made = generation_parameters(run, str(args.run), walk, seed=args.seed, label=args.label, guidance=guidance,
                                  precision=args.precision)
     write_samples(out, images, made, labels, grid_images=GRID_IMAGES, pngs=not args.no_png)
@@ -414,7 +419,7 @@ def run_sample(args) -> None:
         each = f"{spent.mean():.1f} network evaluations each ({spent.min()} to {spent.max()})"
     else:
         each = f"{spent[0]} network evaluations each"
-    print(f"{len(images)} images ({walk.describe()}, {each}) in {out}")
+    print(f"{len(images)} images ({walk.describe()}, {each}) in {out}, drawn on {describe_device(run.device)}")
 
 
 def run_info(args) -> None:
@@ -447,11 +452,14 @@ def run_evaluate(args) -> None:
 
     from .checkpoints import atomic_write_text
     from .data import load_images
+    from .devices import describe_device
     from .features import load_extractor
     from .metrics import evaluate_images, images_config, open_reference
 
     if (args.run is None) == (args.images is None):
         raise ValueError("give either --run (to sample from) or --images (to evaluate as they are)")
+    if args.out is not None:  # a place that cannot be written is said before any work
+        args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.images is not None:
         given = ["--" + dest.replace("_", "-") for dest, default in args.sampling_defaults.items()
                  if getattr(args, dest) != default]
@@ -478,6 +486,7 @@ def run_evaluate(args) -> None:
         images = loaded.uint8(np.arange(len(loaded))).permute(0, 2, 3, 1).numpy()
     scores = evaluate_images(images, reference, extractor, requested=requested, kid_subset_size=args.kid_subset_size,
                              with_precision_recall=not args.no_precision_recall, device=device)
+    print(f"{extractor.key} features on {describe_device(device)}" + (", samples drawn on it too" if run else ""))
     for key, value in scores.items():
         print(f"  {key:14s} {value:.5g}" if isinstance(value, float) else f"  {key:14s} {value}")
     base = None if run is None else (run.directory or args.run)
@@ -514,15 +523,19 @@ def run_show(args) -> None:
         from .samplers import get_sampler
 
         get_sampler(given["sampler"])
-    made = {"command": "show", "kind": args.kind, "run": str(args.run), **given}
+    made, where = {"command": "show", "kind": args.kind, "run": str(args.run), **given}, ""
+    if args.out is not None:  # a place that cannot be written is said before any drawing
+        args.out.parent.mkdir(parents=True, exist_ok=True)
     if picture.of_model:
+        from .devices import describe_device
+
         run = load_named_run(args)
         drawn = picture.draw(run, **given)
-        base = run.directory or args.run
+        base, where = run.directory or args.run, f" (drawn on {describe_device(run.device)})"
         made.update(checkpoint=str(run.checkpoint), step=run.step, weights=run.weights)
     else:
         drawn, base = picture.draw(args.run, **given), args.run
-    print(save_picture(drawn, args.out or base / f"show-{args.kind}.{picture.suffix}", made))
+    print(f"{save_picture(drawn, args.out or base / f'show-{args.kind}.{picture.suffix}', made)}{where}")
 
 
 def run_demo(args) -> None:
@@ -556,6 +569,11 @@ def main(argv=None) -> int:
         args.handler(args)
     except (ValueError, FileNotFoundError) as error:
         print(f"pixel-diffusion {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a folder that cannot be written, a full disk, a file where a folder should be
+        where = f": {error.filename}" if error.filename else ""
+        print(f"pixel-diffusion {args.command}: error: cannot write or read{where} ({error.strerror or error}); "
+              "choose a place you can write", file=sys.stderr)
         return 2
     except TrainingError as error:
         print(f"pixel-diffusion {args.command}: {error}", file=sys.stderr)

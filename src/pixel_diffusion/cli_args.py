@@ -201,10 +201,11 @@ def walk_changes(args) -> dict:
     return changes
 
 
-def device_of(name: str) -> str:
-    import torch
+def device_of(name: str):
+    """The torch device --device names, by the one rule of every command (`devices.pick_device`)."""
+    from .devices import pick_device
 
-    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+    return pick_device(name)
 
 
 def load_named_run(args):

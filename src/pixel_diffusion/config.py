@@ -93,7 +93,9 @@ class TrainConfig:
     # A run or checkpoint folder whose weights (its model.json's own) the network and its averages
     # start from, instead of a fresh initialisation: a distilled student starts as its teacher.
     init: str | None = None
-    precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast + loss scaling, GPU only)
+    # fp32 | bf16 (autocast) | fp16 (autocast + loss scaling, GPU only) | auto (bf16 or fp32, whichever
+    # this machine runs the network's training step faster: devices.choose_precision)
+    precision: str = "fp32"
     # Speed levers that leave the mathematics alone (docs/performance.md measures each).
     compile: bool = False  # torch.compile the network's forward and backward
     channels_last: bool = False  # NHWC memory layout for the network's weights and activations
@@ -138,7 +140,7 @@ class TrainConfig:
         checks = [
             ("optimizer", self.optimizer, ("adamw", "adam")),
             ("lr_decay", self.lr_decay, ("constant", "cosine")),
-            ("precision", self.precision, ("fp32", "bf16", "fp16")),
+            ("precision", self.precision, ("auto", "fp32", "bf16", "fp16")),
         ]
         for name, value, options in checks:
             if value not in options:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,9 +137,23 @@ class RunLog:
             f.write(json.dumps(record) + "\n")
         values = {f"train/{key}": record[key] for key in LOGGED if key in record}
         if self.accelerator is not None and values:
-            self.accelerator.log(values, step=record["step"])
+            try:
+                self.accelerator.log(values, step=record["step"])
+            except Exception as error:  # the tracker's own (its server, its store): training goes on without it
+                said = (str(error).strip().splitlines() or [type(error).__name__])[0]
+                warnings.warn(f"the trackers stopped taking metrics at step {record['step']} ({said}); training goes on "
+                              f"and {self.path} keeps every record", stacklevel=2)
+                self.close(quietly=True)
 
-    def close(self) -> None:
+    def close(self, quietly: bool = False) -> None:
+        """End the trackers' runs (finished and flushed); a tracker that cannot is a warning, or
+        nothing `quietly` (after one already said it failed)."""
         if self.accelerator is not None:
-            self.accelerator.end_training()  # the trackers' runs finished and flushed
-            self.accelerator = None
+            accelerator, self.accelerator = self.accelerator, None
+            try:
+                accelerator.end_training()
+            except Exception as error:
+                said = (str(error).strip().splitlines() or [type(error).__name__])[0]
+                if not quietly:
+                    warnings.warn(f"the trackers could not finish their runs ({said}); {self.path} keeps every record",
+                                  stacklevel=2)

@@ -21,6 +21,7 @@ import torch
 
 from . import checkpoints
 from .config import TrainConfig
+from .devices import autocast
 from .loader import BatchLoader, LoaderError, step_generator
 from .samplers import combine_seeds
 
@@ -112,6 +113,13 @@ class Loop:
     denoiser: torch.nn.Module
     run_dir: Path
     health: Health
+    precision: str = "fp32"  # the settled arithmetic of the forward passes: fp32, bf16 or fp16
+
+    def autocast(self):
+        """The forward pass's autocast: fp16's through the engine (its loss scaler), bf16's by torch."""
+        if self.precision == "fp16":
+            return self.accelerator.autocast()
+        return autocast(self.accelerator.device, self.precision)
 
     batches: object = None  # the BatchLoader's iterator, from the step training starts at
     broken: set = dataclasses.field(default_factory=set)  # items found unreadable in training batches
@@ -172,7 +180,7 @@ def train_step(loop: Loop, step: int, lr: float) -> tuple[Tensor, Tensor | None,
     step_loss = None
     for k in range(config.accumulation):
         x, labels, generator = loop.micro_batch(mine, step, k, micro)
-        with accelerator.autocast():
+        with loop.autocast():
             loss = config.loss(loop.denoiser, x, labels, generator=generator, **model.parts).mean() / config.accumulation
         with accelerator.no_sync(model.net) if k < config.accumulation - 1 else contextlib.nullcontext():
             accelerator.backward(loss)

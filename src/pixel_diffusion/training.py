@@ -29,6 +29,7 @@ from . import checkpoints
 from .clusters import label_by_clusters
 from .config import TrainConfig, differences
 from .data import ImageData, load_images
+from .devices import choose_precision, describe_device, engine_device, pick_device
 from .diffusion import Guided
 from .ema import EMA, PowerEMA
 from .loader import StepItems, loader_workers
@@ -58,21 +59,29 @@ def learning_rate(config: TrainConfig, step: int, total: int | None, fraction: f
 
 
 def make_engine(config: TrainConfig, run_dir: Path | None = None):
-    """Phase 1: the accelerate engine (device, processes, mixed precision, the trackers the run
-    reports to)."""
+    """Phase 1: the accelerate engine (device, processes, fp16's loss scaling, the trackers the run
+    reports to). One process runs on `config.device` by the one device rule (`devices.pick_device`);
+    launched processes take a GPU each, as `accelerate launch` assigns them."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
     if config.threads is not None:
         torch.set_num_threads(config.threads)
-    if config.precision == "fp16" and not torch.cuda.is_available():
-        raise ValueError("precision fp16 needs a GPU (it uses loss scaling); use bf16 or fp32 on the CPU")
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        # One process: a previous run in this interpreter may have fixed accelerate's global state.
+    device = pick_device(config.device)
+    if config.precision == "fp16" and device.type != "cuda":
+        raise ValueError("precision fp16 needs a GPU (it uses loss scaling); use auto, bf16 or fp32 on the CPU")
+    single = int(os.environ.get("WORLD_SIZE", "1")) == 1
+    if not single and config.device not in ("auto", device.type):
+        raise ValueError(f"device {config.device}: launched processes take a GPU each; choose them with "
+                         "accelerate launch --gpu_ids and leave device auto")
+    if single:  # a previous run in this interpreter may have fixed accelerate's global state
         AcceleratorState._reset_state(reset_partial_state=True)
     trackers = make_trackers(config.report_to, run_dir) if config.report_to and run_dir is not None else None
-    accelerator = Accelerator(mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[config.precision],
-                              cpu=config.device == "cpu", log_with=trackers)
+    # bf16 is an autocast the loop opens itself (`Loop.precision`, settled once the network exists);
+    # only fp16 needs the engine, for its loss scaler.
+    with engine_device(device) if single else contextlib.nullcontext():
+        accelerator = Accelerator(mixed_precision="fp16" if config.precision == "fp16" else "no",
+                                  cpu=device.type == "cpu", log_with=trackers)
     if config.compile and accelerator.device.type == "cpu":
         from torch._inductor import cpp_builder  # torch.compile builds C++ for a CPU: check up front
 
@@ -233,12 +242,12 @@ def frozen_teacher(config: TrainConfig, spec: ModelSpec) -> torch.nn.Module:
     return Guided(denoiser, config.loss.guidance, null_label=own.num_classes)
 
 
-def resume(config: TrainConfig, run_dir: Path, model: Model) -> tuple[int, float]:
+def resume(config: TrainConfig, run_dir: Path, model: Model) -> tuple[int, float, str | None]:
     """Phase 4: load the newest checkpoint into the model, if there is one. Returns (step,
-    training seconds before this process)."""
+    training seconds before this process, the precision it trained in where it says)."""
     candidates = checkpoints.newest_first(run_dir)
     if not candidates:
-        return 0, 0.0
+        return 0, 0.0, None
     saved = checkpoints.read_json(run_dir / "config.json")
     changed = differences(saved.get("train", {}) if isinstance(saved, dict) else {}, config.to_dict())
     if changed:
@@ -260,7 +269,53 @@ def resume(config: TrainConfig, run_dir: Path, model: Model) -> tuple[int, float
             raise checkpoints.CheckpointError(f"{folder} holds no {name} weights to resume the EMA profile from")
         net.load_state_dict(state["named"][name])
     model.optimizer.load_state_dict(state["optimizer"])
-    return int(state["state"]["step"]), float(state["state"].get("elapsed_s", 0.0))
+    return int(state["state"]["step"]), float(state["state"].get("elapsed_s", 0.0)), state["state"].get("precision")
+
+
+def settle_precision(config: TrainConfig, model: Model, prepared: TrainingData, accelerator,
+                     resumed: str | None) -> tuple[str, str]:
+    """(precision, how it was chosen): the config's, or for `auto` the resumed checkpoint's (a run
+    keeps its arithmetic) or the faster of bf16 and fp32 for this network's training step on this
+    machine (`devices.choose_precision`, measured by the main process and cached)."""
+    if config.precision != "auto":
+        return config.precision, config.precision
+    if resumed in ("fp32", "bf16"):
+        return resumed, f"{resumed} (this run's own, from its checkpoint)"
+    device, processes, chosen = accelerator.device, accelerator.num_processes, [None]
+    if accelerator.is_main_process:
+        step = _probe_step(config, model, prepared, device, processes)
+        chosen = [choose_precision(step, device, config_to_dict(model.spec.network),
+                                   _probe_shape(config, prepared, processes))]
+    if processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        chosen = broadcast_object_list(chosen)
+    return chosen[0]
+
+
+def _probe_shape(config: TrainConfig, prepared: TrainingData, processes: int) -> tuple[int, ...]:
+    """(micro-batch, channels, height, width) of one process's forward pass."""
+    micro = config.batch_size // processes // config.accumulation
+    return (micro, prepared.data.channels, *prepared.data.size)
+
+
+def _probe_step(config: TrainConfig, model: Model, prepared: TrainingData, device, processes: int = 1):
+    """One micro-batch's forward and backward pass of the loss on noise images, leaving no
+    gradient and no trace in the random streams: what precision=auto times."""
+    micro, channels, height, width = _probe_shape(config, prepared, processes)
+    denoiser = model.spec.build_denoiser(model.net)
+    layout = torch.channels_last if config.channels_last else torch.contiguous_format
+    classes = prepared.num_classes
+
+    def step() -> None:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            generator = torch.Generator().manual_seed(0)
+            x = torch.randn(micro, channels, height, width, generator=generator).to(device, memory_format=layout)
+            labels = None if classes is None else torch.randint(0, classes + 1, (micro,), generator=generator).to(device)
+            config.loss(denoiser, x, labels, generator=generator, **model.parts).mean().backward()
+        model.net.zero_grad(set_to_none=True)
+
+    return step
 
 
 @dataclass
@@ -343,9 +398,10 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
         return _train(config, run_dir, accelerator)
 
 
-def _begin(config: TrainConfig, run_dir: Path, model: Model, prepared: TrainingData, step: int, log: RunLog) -> None:
+def _begin(config: TrainConfig, run_dir: Path, model: Model, prepared: TrainingData, step: int, log: RunLog,
+           arithmetic: str) -> None:
     """The main process's start: config.json written, the log cut back to `step`, the trackers
-    started, one line said."""
+    started, one line said (what trains on what, where, in which precision)."""
     checkpoints.write_json(run_dir / "config.json", {"train": config.to_dict(), "model": model.spec.to_dict()})
     log.truncate(step)
     if log.accelerator is not None:  # the run reports to trackers
@@ -355,23 +411,48 @@ def _begin(config: TrainConfig, run_dir: Path, model: Model, prepared: TrainingD
         workers = loader_workers(data, config.data.workers)
         print(f"{run_dir}: {summary(model.net)}; {len(data.train)} training images of "
               f"{data.size[0]}x{data.size[1]}x{data.channels}, {data.describe()}"
-              + (f", {workers} decoding workers" if workers else "") + (f"; resuming at step {step}" if step else ""))
+              + (f", {workers} decoding workers" if workers else "") + f"; on {arithmetic}"
+              + (f"; resuming at step {step}" if step else ""))
 
 
-def _train(config: TrainConfig, run_dir: Path, accelerator) -> Path:
-    main, world, device = accelerator.is_main_process, accelerator.num_processes, accelerator.device
-    prepared = prepare_data(config, run_dir, world, main, accelerator.process_index)
+def _set_up(config: TrainConfig, run_dir: Path, accelerator) -> tuple[Loop, int, float, RunLog]:
+    """Phases 2 to 4 and the start: data, model, resume, precision, the first line, the engine's
+    wrapping. Returns the loop, the step and training seconds it resumes from, and the log."""
+    main, device = accelerator.is_main_process, accelerator.device
+    prepared = prepare_data(config, run_dir, accelerator.num_processes, main, accelerator.process_index)
     model = build_model(config, prepared)
-    step, trained_s = resume(config, run_dir, model)
+    step, trained_s, resumed = resume(config, run_dir, model)
+    model.net.to(device)
+    precision, said = settle_precision(config, model, prepared, accelerator, resumed)  # before DDP wraps the network
     log = RunLog(run_dir, enabled=main, accelerator=accelerator)
     if main:
-        _begin(config, run_dir, model, prepared, step, log)
+        _begin(config, run_dir, model, prepared, step, log, f"{describe_device(device)} in {said}")
     model.net, model.optimizer = accelerator.prepare(model.net, model.optimizer)  # DDP under accelerate
     if config.compile:  # in place, so state_dict keys stay those of the plain network
         accelerator.unwrap_model(model.net).compile()
     model.averages_to(device)
     loop = Loop(config, accelerator, model, prepared, model.spec.build_denoiser(model.net), run_dir,
-                Health(config, model.optimizer, run_dir))
+                Health(config, model.optimizer, run_dir), precision)
+    return loop, step, trained_s, log
+
+
+def _write_failed(error: OSError, step: int, save, run_dir: Path) -> TrainingError:
+    """A write failed mid-training (metrics, a preview, an EMA snapshot): the steps taken are saved
+    where the disk still takes them, and training stops in one line naming what failed and what is kept."""
+    try:
+        kept = save()
+    except (OSError, ValueError):
+        kept = None
+    kept = kept or checkpoints.latest_checkpoint(run_dir)
+    what = f"{error.strerror or error}" + (f": {error.filename}" if error.filename else "")
+    return TrainingError(f"a write failed at step {step} ({what}); "
+                         + (f"checkpoint {kept.name} is kept" if kept else "no checkpoint was written yet"))
+
+
+def _train(config: TrainConfig, run_dir: Path, accelerator) -> Path:
+    main, world, device = accelerator.is_main_process, accelerator.num_processes, accelerator.device
+    loop, step, trained_s, log = _set_up(config, run_dir, accelerator)
+    model, prepared = loop.model, loop.prepared
     kid = KIDSelection(config, device) if config.kid_every and main else None
     budget = Budget.of(config, prepared.steps_per_epoch)
     started = time.perf_counter()
@@ -393,7 +474,7 @@ def _train(config: TrainConfig, run_dir: Path, accelerator) -> Path:
             run_dir, at, model=accelerator.unwrap_model(model.net).state_dict(), ema=model.ema.net.state_dict(),
             optimizer=(optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer).state_dict(),
             state={"epoch": at // prepared.steps_per_epoch, "images_seen": at * config.batch_size,
-                   "elapsed_s": elapsed()},
+                   "elapsed_s": elapsed(), "precision": loop.precision},
             keep=config.keep_checkpoints, description=model.spec.to_dict(), named=model.named_weights())
 
     with _stop_on_signals() as stop, _progress(config, budget, step, main) as bar, contextlib.closing(log):
@@ -403,33 +484,36 @@ def _train(config: TrainConfig, run_dir: Path, accelerator) -> Path:
             for skipped in loop.health.read():
                 log.write(skipped)
 
-        while (fraction := budget.fraction(step, lambda: agreed(elapsed()))) < 1:
-            lr = learning_rate(config, step, budget.total, None if budget.total is not None else fraction)
-            try:
-                loss, norm, verdict = train_step(loop, step, lr)
-                window.add(loss, norm, verdict)
-            except SkippedStep as skipped:
-                log.write({"step": step + 1, "skipped": str(skipped)})
-            step += 1
-            bar.advance(step, elapsed())
-            if window.steps and (step % config.log_every == 0 or step == budget.total):
-                settle()
-                record = window.record(loop, step, lr, elapsed())
-                if record is not None:
-                    bar.show(record)
-                    log.write(record)
-                window = Window()
-            if kid is not None and step % config.kid_every == 0:
-                kid(model.spec, model.ema.net, step, run_dir, log, model=accelerator.unwrap_model(model.net).state_dict())
-            if config.preview_every and step % config.preview_every == 0 and main:
-                preview(config, model.spec, model.ema.net, run_dir, step)
-            if step % config.checkpoint_every == 0:
-                settle()  # no checkpoint after a step that should stop training
-                last = save(step)
-            if config.ema_snapshot_every and step % config.ema_snapshot_every == 0 and main:
-                checkpoints.save_snapshot(run_dir, step, model.named_weights(), model.profiles.sigma_rel_names())
-            if agreed(float(stop["signal"] is not None)) > 0:  # a signal to any process stops them all
-                break
+        try:
+            while (fraction := budget.fraction(step, lambda: agreed(elapsed()))) < 1:
+                lr = learning_rate(config, step, budget.total, None if budget.total is not None else fraction)
+                try:
+                    loss, norm, verdict = train_step(loop, step, lr)
+                    window.add(loss, norm, verdict)
+                except SkippedStep as skipped:
+                    log.write({"step": step + 1, "skipped": str(skipped)})
+                step += 1
+                bar.advance(step, elapsed())
+                if window.steps and (step % config.log_every == 0 or step == budget.total):
+                    settle()
+                    record = window.record(loop, step, lr, elapsed())
+                    if record is not None:
+                        bar.show(record)
+                        log.write(record)
+                    window = Window()
+                if kid is not None and step % config.kid_every == 0:
+                    kid(model.spec, model.ema.net, step, run_dir, log, model=accelerator.unwrap_model(model.net).state_dict())
+                if config.preview_every and step % config.preview_every == 0 and main:
+                    preview(config, model.spec, model.ema.net, run_dir, step)
+                if step % config.checkpoint_every == 0:
+                    settle()  # no checkpoint after a step that should stop training
+                    last = save(step)
+                if config.ema_snapshot_every and step % config.ema_snapshot_every == 0 and main:
+                    checkpoints.save_snapshot(run_dir, step, model.named_weights(), model.profiles.sigma_rel_names())
+                if agreed(float(stop["signal"] is not None)) > 0:  # a signal to any process stops them all
+                    break
+        except OSError as error:  # not a checkpoint's write (a full disk there is its own line): keep the steps taken
+            raise _write_failed(error, step, lambda: save(step) if world == 1 else None, run_dir) from None
         settle()
         if last is None or int(last.name.split("-")[1]) != step:
             last = save(step)

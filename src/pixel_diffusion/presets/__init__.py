@@ -21,7 +21,8 @@ def mnist() -> TrainConfig:
     """Fast default for the built-in mnist-5k on a CPU: a plain residual U-Net on 2x2 patches
     (patch-mnist) conditioned on 50 k-means clusters of the images (no labels needed; samples draw
     a cluster by its share), cosine schedule, velocity prediction, min-SNR-5 weighting, AdamW 2e-3
-    with 200 warmup steps and cosine decay, EMA 0.999 with warmup, bf16 autocast, fused AdamW,
+    with 200 warmup steps and cosine decay, EMA 0.999 with warmup, precision auto (bf16 autocast
+    where this machine runs it faster than float32), fused AdamW,
     batch 64, 3000 steps (docs/performance.md measures the speed settings and the 10-minute quality)."""
     return TrainConfig(
         preset="mnist",
@@ -39,7 +40,7 @@ def mnist() -> TrainConfig:
         min_lr_ratio=0.1,
         batch_size=64,
         ema_decay=0.999,
-        precision="bf16",
+        precision="auto",
         fused_optimizer=True,
         steps=3000,
         checkpoint_every=250,
@@ -216,7 +217,7 @@ def cifar10() -> TrainConfig:
     """Fast default for small colour images (CIFAR-10, 32x32) on a CPU: patch-cifar (a residual
     U-Net on 2x2 patches with self-attention at 8x8) conditioned on 50 k-means clusters of the
     images, random flips, otherwise the `mnist` recipe: cosine schedule, velocity prediction,
-    min-SNR-5, AdamW 2e-3 with warmup and cosine decay, bf16 autocast, fused AdamW
+    min-SNR-5, AdamW 2e-3 with warmup and cosine decay, precision auto, fused AdamW
     (docs/performance.md: the recipe trials and 30-minute quality). It samples with a short
     power-function EMA (sigma_rel 0.05, `SHORT_EMA`); the fixed EMA is kept beside it."""
     return dataclasses.replace(

@@ -108,7 +108,7 @@ class Runs:
         kept = [p.name for p in checkpoints.list_checkpoints(folder)]
         latest = checkpoints.latest_checkpoint(folder)
         state = checkpoints.read_json(latest / "state.json") if latest else {}
-        lock = folder / checkpoints.LOCK
+        holder = folder / checkpoints.HOLDER
         return {"name": name, "kind": "run", "preset": train.get("preset"), "data": (train.get("data") or {}).get("source"),
                 "steps_trained": state.get("step") if isinstance(state, dict) else None,
                 "image_shape": [model.get("channels"), *(model.get("image_size") or [])],
@@ -116,7 +116,7 @@ class Runs:
                 "on_clusters": bool(model.get("label_prior")), "guidance": model.get("guidance", 1.0),
                 "walk": model.get("walk") or {}, "consistency": bool(model.get("distilled")),
                 "checkpoints": ["latest"] + (["best"] if (folder / "checkpoints" / "best").is_dir() else []) + kept[::-1],
-                "training": lock.is_file() and bool(lock.read_text().strip())}
+                "training": holder.is_file() and bool(holder.read_text().strip())}
 
 
 class Previews:
