@@ -35,8 +35,12 @@ from test_web import make_runs, png_of  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    runs = make_runs(tmp_path_factory.mktemp("browser"))
+def runs(tmp_path_factory):
+    return make_runs(tmp_path_factory.mktemp("browser"))
+
+
+@pytest.fixture(scope="module")
+def server(runs):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -117,3 +121,25 @@ def test_generate_watch_download_and_inpaint_in_a_browser(server, browser, tmp_p
     wait.until(lambda d: "restore" in d.find_element(By.ID, "status").text and "done" in d.find_element(By.ID, "status").text)
     assert len(browser.find_elements(By.CSS_SELECTOR, "#results img")) == 4
     shot(browser, "restore")
+
+
+def test_the_panels_hold_their_pictures_and_the_idle_progress_panel_shows_no_broken_image(runs, server, browser):
+    # The newest preview as wide as a 64x64 run's grid of 16: wider than its panel.
+    newest = sorted((runs / "plain" / "samples").glob("step-*.png"))[-1]
+    Image.new("RGB", (1100, 1100), (40, 120, 200)).save(newest)
+    browser.get(server)
+    wait = WebDriverWait(browser, 60)
+    wait.until(lambda d: len(Select(d.find_element(By.ID, "run")).options) == 2)
+    Select(browser.find_element(By.ID, "run")).select_by_value("plain")
+    wait.until(lambda d: d.execute_script("const p = document.getElementById('preview'); "
+                                          "return !p.hidden && p.complete && p.naturalWidth === 1100"))
+    panel, preview = (browser.find_element(By.ID, name).rect for name in ("about", "preview"))
+    assert preview["width"] > 100  # shown, scaled to fit
+    assert preview["x"] >= panel["x"] and preview["x"] + preview["width"] <= panel["x"] + panel["width"] + 0.5, (preview, panel)
+    assert preview["y"] + preview["height"] <= panel["y"] + panel["height"] + 0.5, (preview, panel)
+    shot(browser, "preview")
+    # Idle: no job yet, so no image estimate; nothing of the empty image (not its alt text) is drawn.
+    assert browser.find_element(By.ID, "status").text == "idle"
+    live = browser.find_element(By.ID, "live")
+    assert not live.is_displayed() and live.rect["height"] == 0
+    assert "image estimate" not in browser.find_element(By.ID, "progress-panel").text
