@@ -46,6 +46,7 @@ def test_a_gpu_asked_for_where_there_is_none_is_refused_by_every_command(tmp_pat
         make_engine(config)
     for command in (["train", "--data", "digits", "--steps", "1", "--out", str(tmp_path / "run"), *TINY],
                     ["sample", "--run", str(tmp_path / "run"), "--n", "1"],
+                    ["train-classifier", "--data", "digits", "--out", str(tmp_path / "classifier")],
                     ["serve", "--runs", str(tmp_path)]):
         capsys.readouterr()
         assert main([*command, "--device", name]) == 2

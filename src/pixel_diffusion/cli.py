@@ -136,7 +136,7 @@ def _classifier_command(commands) -> None:
     classifier.add_argument("--flip", action="store_true", help="mirror training images at random (photos; not digits)")
     classifier.add_argument("--no-reject-class", action="store_true",
                             help="no 'not a data image' class trained on corrupted images (default: trained)")
-    add_options(classifier, "no_progress")
+    add_options(classifier, "device", "no_progress")
     classifier.set_defaults(handler=run_train_classifier)
 
 
@@ -435,14 +435,17 @@ def run_info(args) -> None:
 
 def run_train_classifier(args) -> None:
     from .data import DataConfig
+    from .devices import describe_device
     from .features import train_classifier
 
     config = DataConfig(args.data, image_size=args.image_size, class_folders=args.class_folders)
+    device = device_of(args.device)
     info = train_classifier(config, args.out, epochs=args.epochs, reject_class=not args.no_reject_class,
-                            flip=args.flip, progress=not args.no_progress)
+                            flip=args.flip, progress=not args.no_progress, device=device)
     rejected = info["validation_corrupted_rejected"]
     print(f"classifier in {args.out}: validation accuracy {info['validation_accuracy']:.4f}"
-          + ("" if rejected is None else f"; corrupted validation images rejected {rejected:.4f}"))
+          + ("" if rejected is None else f"; corrupted validation images rejected {rejected:.4f}")
+          + f"; trained on {describe_device(device)}")
 
 
 def run_evaluate(args) -> None:

@@ -86,14 +86,15 @@ def corrupt(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 def train_classifier(
     data_config: DataConfig, out: Path, *, epochs: int = 8, batch_size: int = 128, lr: float = 2e-3,
-    seed: int = 0, progress: bool = True, reject_class: bool = True, flip: bool = False,
+    seed: int = 0, progress: bool = True, reject_class: bool = True, flip: bool = False, device: str | torch.device = "cpu",
 ) -> dict:
     """Train on a labelled source with 10% held out; write classifier.safetensors and
     classifier.json (config, normalisation, validation accuracy) to `out`; return that JSON.
 
     With `reject_class`, every batch also holds a quarter as many corrupted images (`corrupt`)
     labelled "not a data image", so noise and scribbles are not called digits with confidence.
-    `flip` mirrors training images at random (photos; not digits)."""
+    `flip` mirrors training images at random (photos; not digits). The network trains on `device`;
+    the batches and their corruption are drawn on the CPU, so a seed gives the same data anywhere."""
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
@@ -104,7 +105,7 @@ def train_classifier(
     num_classes = int(data.labels.max()) + 1
     config = ClassifierConfig(data.channels, data.size, num_classes, reject_class=reject_class)
     torch.manual_seed(seed)
-    net = Classifier(config)
+    net = Classifier(config).to(device)
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     generator = torch.Generator().manual_seed(seed)
     total = epochs * (len(data.train) // batch_size)
@@ -119,7 +120,7 @@ def train_classifier(
                     fakes = corrupt(x[: max(1, len(x) // 4)], generator)
                     x = torch.cat([x, fakes])
                     labels = torch.cat([labels, torch.full((len(fakes),), num_classes, dtype=labels.dtype)])
-                loss = F.cross_entropy(net(x)[1], labels)
+                loss = F.cross_entropy(net(x.to(device))[1], labels.to(device))
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
@@ -130,14 +131,14 @@ def train_classifier(
     correct, rejected = 0, 0
     with torch.no_grad():
         for x, labels in data.batches(256, generator=generator, split="validation", drop_last=False):
-            correct += int((net(x)[1].argmax(1) == labels).sum())
+            correct += int((net(x.to(device))[1].argmax(1).cpu() == labels).sum())
             if reject_class:
-                rejected += int((net(corrupt(x, generator))[1].argmax(1) == num_classes).sum())
+                rejected += int((net(corrupt(x, generator).to(device))[1].argmax(1) == num_classes).sum())
     accuracy = correct / max(len(data.validation), 1)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / ".classifier.safetensors.tmp"
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, tmp)
+    save_file({k: v.cpu().contiguous() for k, v in net.state_dict().items()}, tmp)
     tmp.replace(out / "classifier.safetensors")
     info = {
         "config": dataclasses.asdict(config),
