@@ -53,7 +53,8 @@ DIFFUSION = {"schedule": "cosine", "schedule_options": {}, "prediction": "veloci
 FIXED_EMA = {"ema_profiles": [], "weights": "ema"}
 # name: (preset, checkpoint every so many steps, overrides)
 RECIPES = {"ours": ("mnist", 300, {}), "ours-conditional": ("mnist-conditional", 300, {}),
-           "tutorial": ("mnist-tutorial", 40, {}), "ours-flow": ("mnist-flow", 300, {})}
+           "tutorial": ("mnist-tutorial", 40, {}), "ours-flow": ("mnist-flow", 300, {}),
+           "ours-snapshots": ("mnist", 300, SNAPSHOTS), "ours-flow-snapshots": ("mnist-flow", 300, SNAPSHOTS)}
 CIFAR = {"data.source": str(DATASETS["cifar10"].data.source)}
 CIFAR_RECIPES = {"ours": ("cifar10", 1500, CIFAR), "ours-conditional": ("cifar10-conditional", 1500, CIFAR),
                  "labml": ("cifar-labml", 250, CIFAR),
