@@ -449,6 +449,17 @@ def _write_failed(error: OSError, step: int, save, run_dir: Path) -> TrainingErr
                          + (f"checkpoint {kept.name} is kept" if kept else "no checkpoint was written yet"))
 
 
+def _marked(write):
+    """`write` whose OSError is marked as a checkpoint's own (said as it is, never retried)."""
+    def marked(*args, **kwargs):
+        try:
+            return write(*args, **kwargs)
+        except OSError as error:
+            error.checkpoint_write = True
+            raise
+    return marked
+
+
 def _train(config: TrainConfig, run_dir: Path, accelerator) -> Path:
     main, world, device = accelerator.is_main_process, accelerator.num_processes, accelerator.device
     loop, step, trained_s, log = _set_up(config, run_dir, accelerator)
@@ -470,7 +481,7 @@ def _train(config: TrainConfig, run_dir: Path, accelerator) -> Path:
         if not main:
             return None
         optimizer = model.optimizer
-        return checkpoints.save_checkpoint(
+        return _marked(checkpoints.save_checkpoint)(
             run_dir, at, model=accelerator.unwrap_model(model.net).state_dict(), ema=model.ema.net.state_dict(),
             optimizer=(optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer).state_dict(),
             state={"epoch": at // prepared.steps_per_epoch, "images_seen": at * config.batch_size,
@@ -513,6 +524,8 @@ def _train(config: TrainConfig, run_dir: Path, accelerator) -> Path:
                 if agreed(float(stop["signal"] is not None)) > 0:  # a signal to any process stops them all
                     break
         except OSError as error:  # not a checkpoint's write (a full disk there is its own line): keep the steps taken
+            if getattr(error, "checkpoint_write", False):
+                raise
             raise _write_failed(error, step, lambda: save(step) if world == 1 else None, run_dir) from None
         settle()
         if last is None or int(last.name.split("-")[1]) != step:

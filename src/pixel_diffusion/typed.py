@@ -36,7 +36,8 @@ def read(cls, data, where: str = "", readers: dict[str, Callable] | None = None)
     names = {f.name for f in fields}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ValueError(f"unknown field {prefix}{unknown[0]}; expected one of {', '.join(sorted(names))}")
+        shown = unknown[0] if str(unknown[0]).isprintable() else repr(unknown[0])  # one line, whatever the key
+        raise ValueError(f"unknown field {prefix}{shown}; expected one of {', '.join(sorted(names))}")
     required = [f.name for f in fields if f.default is dataclasses.MISSING
                 and f.default_factory is dataclasses.MISSING and f.name not in data]
     if required:
