@@ -5,7 +5,6 @@ lie to the training images (a check for copies)."""
 
 from __future__ import annotations
 
-import platform
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -151,10 +150,6 @@ def nearest_distance(query: torch.Tensor, reference: torch.Tensor, exclude_self:
 
 def cpu_name() -> str:
     """The processor's model name, for every figure a benchmark writes."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    from pixel_diffusion.devices import processor
+
+    return processor()
