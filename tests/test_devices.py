@@ -1,6 +1,7 @@
 """The one device rule of every command, and precision=auto's measured choice."""
 
 import json
+import os
 import time
 
 import pytest
@@ -66,7 +67,7 @@ def test_an_explicit_gpu_index_is_checked_against_the_gpus_there_are(monkeypatch
 def test_the_engine_takes_the_device_the_rule_names():
     accelerator = make_engine(apply_overrides(preset("mnist"), [*TINY, "device=cpu"]))
     assert accelerator.device == torch.device("cpu")
-    assert "ACCELERATE_TORCH_DEVICE" not in __import__("os").environ  # set only while the engine is made
+    assert "ACCELERATE_TORCH_DEVICE" not in os.environ  # set only while the engine is made
 
 
 def _step(slow_in: str, seconds: float = 0.01):
